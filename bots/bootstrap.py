@@ -1,0 +1,138 @@
+"""The one place that wires Parley together. Every part can be passed in, for tests."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from core.config import Settings
+from core.conversation import Engine, EngineOptions
+from core.errors import ConfigError
+from core.llm import ModelClient, OpenAIModelClient
+from core.personas import Persona, PersonaCatalogue
+from core.storage import SessionStore, SqlStore, create_database_engine, migrate
+from core.storage.database import current_revision, head_revision
+
+log = logging.getLogger(__name__)
+
+SHIPPED_PERSONAS = Path(__file__).resolve().parent / "personas"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A wired engine and the parts adapters may need beside it."""
+
+    engine: Engine
+    store: SessionStore
+    settings: Settings
+    personas: PersonaCatalogue
+    model_name: str
+
+
+def load_personas(settings: Settings) -> tuple[PersonaCatalogue, Persona]:
+    """The catalogue (shipped, then the user's directory) and the default persona."""
+    catalogue = PersonaCatalogue.load(SHIPPED_PERSONAS, settings.personas_dir)
+    default = catalogue.get(settings.persona)
+    if default is None:
+        raise ConfigError(
+            f"PARLEY_PERSONA: unknown persona '{settings.persona}'; "
+            f"available: {', '.join(catalogue.names())}"
+        )
+    return catalogue, default
+
+
+async def open_store(settings: Settings) -> SqlStore:
+    """The SQL store, with the schema brought up to date (or checked, if that is turned off)."""
+    engine = create_database_engine(settings.database_url, pool_size=settings.db_pool_size)
+    try:
+        if settings.auto_migrate:
+            await migrate(engine)
+        elif await current_revision(engine) != head_revision():
+            raise ConfigError(
+                "the database schema is not up to date and PARLEY_AUTO_MIGRATE is off; "
+                "run `parley db upgrade`"
+            )
+    except ConfigError:
+        await engine.dispose()
+        raise
+    except Exception as exc:
+        await engine.dispose()
+        raise ConfigError(
+            f"DATABASE_URL: cannot open the database ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+    return SqlStore(engine)
+
+
+@asynccontextmanager
+async def build_engine(
+    settings: Settings,
+    *,
+    store: SessionStore | None = None,
+    model: ModelClient | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> AsyncIterator[Runtime]:
+    """Wire the engine from settings; closes what it opened on exit."""
+    catalogue, default = load_personas(settings)
+    async with AsyncExitStack() as stack:
+        model_name = settings.model
+        context_tokens = settings.context_tokens
+        if model is None:
+            base_url = str(settings.openai_base_url) if settings.openai_base_url else None
+            api_key = (
+                settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
+            )
+            if settings.uses_embedded_model:
+                from bots.local_model import (
+                    LocalModelServer,
+                    LocalModelUnavailable,
+                    find_local_model,
+                )
+
+                try:
+                    path = find_local_model(settings.local_model_path)
+                    server = await stack.enter_async_context(
+                        LocalModelServer(path, n_ctx=settings.local_context_tokens)
+                    )
+                except LocalModelUnavailable as exc:
+                    raise ConfigError(str(exc)) from None
+                base_url, api_key, model_name = server.base_url, "local", server.model
+                context_tokens = context_tokens or server.context_tokens
+            client = OpenAIModelClient(
+                api_key=api_key,
+                base_url=base_url,
+                timeout=settings.model_timeout,
+                max_retries=settings.model_retries,
+                fallback_model=settings.fallback_model,
+            )
+            stack.push_async_callback(client.close)
+            model = client
+        if store is None:
+            sql_store = await open_store(settings)
+            stack.push_async_callback(sql_store.close)
+            store = sql_store
+        engine = Engine(
+            store=store,
+            model=model,
+            personas=catalogue,
+            default_persona=default,
+            options=EngineOptions(
+                bot_name=settings.bot_name,
+                model=model_name,
+                reply_tokens=settings.reply_tokens,
+                context_tokens=context_tokens,
+                summaries=settings.summaries,
+            ),
+            clock=clock or (lambda: datetime.now(UTC)),
+        )
+        yield Runtime(
+            engine=engine,
+            store=store,
+            settings=settings,
+            personas=catalogue,
+            model_name=model_name,
+        )

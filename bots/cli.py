@@ -1,0 +1,86 @@
+"""The `parley` command line (also `python -m bots`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from core.config import Settings, load_settings
+from core.errors import ConfigError
+
+log = logging.getLogger("parley")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="parley", description="An LLM in your chat: Slack, Discord, Telegram, terminal."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    chat = commands.add_parser("chat", help="chat in the terminal (continues the last chat)")
+    chat.add_argument("--new", action="store_true", help="start a new conversation")
+    chat.add_argument("--persona", metavar="NAME", help="use this persona in the conversation")
+
+    db = commands.add_parser("db", help="manage the database schema")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    upgrade = db_commands.add_parser("upgrade", help="apply pending migrations")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    downgrade = db_commands.add_parser("downgrade", help="revert migrations")
+    downgrade.add_argument("revision", help="target revision, e.g. -1 or base")
+    db_commands.add_parser("current", help="show the schema revision")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        logging.basicConfig(
+            stream=sys.stderr,
+            level=settings.log_level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        if arguments.command == "chat":
+            return asyncio.run(_chat(settings, new=arguments.new, persona=arguments.persona))
+        return asyncio.run(_db(settings, arguments.db_command, getattr(arguments, "revision", "")))
+    except ConfigError as exc:
+        print(f"parley: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _chat(settings: Settings, *, new: bool, persona: str | None) -> int:
+    from adapters.console import Console, conversation_key, local_user
+    from bots.bootstrap import build_engine
+
+    async with build_engine(settings) as runtime:
+        user = local_user()
+        key = await conversation_key(runtime.store, user=user, new=new)
+        if persona is not None and runtime.personas.get(persona) is None:
+            raise ConfigError(
+                f"--persona: unknown persona '{persona}'; "
+                f"available: {', '.join(runtime.personas.names())}"
+            )
+        console = Console(runtime.engine, key, user=user, bot_name=settings.bot_name)
+        if persona is not None:
+            await runtime.store.set_persona(key=key, persona=persona)
+        return await console.run()
+
+
+async def _db(settings: Settings, action: str, revision: str) -> int:
+    from core.storage.database import create_database_engine, current_revision, migrate
+
+    engine = create_database_engine(settings.database_url)
+    try:
+        if action == "current":
+            print(await current_revision(engine) or "(empty database)")
+        else:
+            await migrate(engine, revision, down=action == "downgrade")
+            print(f"database at {await current_revision(engine) or 'base'}")
+    finally:
+        await engine.dispose()
+    return 0

@@ -1,0 +1,119 @@
+"""Settings: the only place that reads the environment (and `.env`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from core.errors import ConfigError
+
+# Users paste the URLs their database provider gives them; map those to the async drivers.
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+}
+
+
+class Settings(BaseSettings):
+    """Every setting of Parley. Names are the environment variables, documented in .env.example."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    database_url: str = Field("sqlite+aiosqlite:///./parley.db", alias="DATABASE_URL")
+    db_pool_size: PositiveInt = Field(10, alias="PARLEY_DB_POOL_SIZE")
+    auto_migrate: bool = Field(True, alias="PARLEY_AUTO_MIGRATE")
+
+    openai_api_key: SecretStr | None = Field(None, alias="OPENAI_API_KEY")
+    openai_base_url: AnyHttpUrl | None = Field(None, alias="OPENAI_BASE_URL")
+    model: str = Field("gpt-4o-mini", alias="PARLEY_MODEL", min_length=1)
+    fallback_model: str | None = Field(None, alias="PARLEY_FALLBACK_MODEL")
+    model_timeout: PositiveFloat = Field(60.0, alias="PARLEY_MODEL_TIMEOUT")
+    model_retries: NonNegativeInt = Field(2, alias="PARLEY_MODEL_RETRIES")
+    context_tokens: PositiveInt | None = Field(None, alias="PARLEY_CONTEXT_TOKENS")
+    reply_tokens: PositiveInt = Field(1024, alias="PARLEY_REPLY_TOKENS")
+    summaries: bool = Field(False, alias="PARLEY_SUMMARIES")
+
+    persona: str = Field("assistant", alias="PARLEY_PERSONA", min_length=1)
+    personas_dir: Path | None = Field(None, alias="PARLEY_PERSONAS_DIR")
+    bot_name: str = Field("Parley", alias="PARLEY_BOT_NAME", min_length=1)
+
+    local_model_path: Path | None = Field(None, alias="PARLEY_LOCAL_MODEL_PATH")
+    local_context_tokens: PositiveInt = Field(2048, alias="PARLEY_LOCAL_CONTEXT_TOKENS")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", alias="PARLEY_LOG_LEVEL"
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_database_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(
+                "not a database URL; use e.g. sqlite+aiosqlite:///./parley.db "
+                "or postgresql+asyncpg://user@host/dbname"
+            ) from None
+        driver = _ASYNC_DRIVERS.get(url.drivername)
+        if driver is None:
+            raise ValueError(f"unsupported database '{url.drivername}'; use SQLite or PostgreSQL")
+        return url.set(drivername=driver).render_as_string(hide_password=False)
+
+    @field_validator("personas_dir")
+    @classmethod
+    def _existing_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
+        return value
+
+    @field_validator("fallback_model", "openai_base_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `.env.example` copies leave `KEY=` lines; an empty value means "not set".
+        return None if value == "" else value
+
+    @property
+    def uses_embedded_model(self) -> bool:
+        """True when no model service is configured, so the bundled local model answers."""
+        return self.openai_api_key is None and self.openai_base_url is None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment and `.env`; a bad value becomes a one-line ConfigError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each bad setting, what is wrong, and the value given."""
+    aliases = {name: field.alias or name for name, field in Settings.model_fields.items()}
+    parts = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        setting = aliases.get(name, name)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        given = error.get("input")
+        shown = "" if given is None or isinstance(given, dict) else f" (got {str(given)!r})"
+        parts.append(f"{setting}: {message}{shown}")
+    return "invalid setting " + "; ".join(parts)

@@ -1,0 +1,314 @@
+"""The engine: one turn of a conversation, from an inbound message to reply events."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from core import wording
+from core.commands import CommandHandler, parse_command
+from core.context import Window, build_window, context_size
+from core.errors import ModelError
+from core.events import (
+    CommandResult,
+    Delta,
+    Failed,
+    Final,
+    Inbound,
+    ReplyEvent,
+    Usage,
+)
+from core.llm import ModelClient, ModelRequest, TextChunk, UsageChunk
+from core.personas import Persona, PersonaCatalogue, resolve_persona
+from core.storage.base import ConversationState, NewMessage, SessionStore, UsageRecord
+from core.tokens import REPLY_PRIMING, TokenCounter, counter_for_model, message_tokens
+
+log = logging.getLogger(__name__)
+
+# The smallest window worth sending: below it the persona or the reply reserve is too large
+# for the model, and the server's own error says so better than an empty prompt would.
+MIN_WINDOW_TOKENS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """The engine's knobs, taken from Settings by the bootstrap."""
+
+    bot_name: str
+    model: str
+    reply_tokens: int
+    context_tokens: int | None = None
+    summaries: bool = False
+
+
+class Engine:
+    """Runs turns: claim the event, lock the conversation, store, build context, call the model.
+
+    Every part it talks to is a port (SessionStore, ModelClient), so tests and later features
+    (tools, moderation) plug in without changing the turn's shape.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: SessionStore,
+        model: ModelClient,
+        personas: PersonaCatalogue,
+        default_persona: Persona,
+        options: EngineOptions,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._model = model
+        self._personas = personas
+        self._default_persona = default_persona
+        self._options = options
+        self._clock = clock
+        self.commands = CommandHandler(
+            store=store, personas=personas, default_persona=default_persona, clock=clock
+        )
+
+    async def handle(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
+        """Answer one inbound message; yields nothing for a redelivered event.
+
+        Yields Delta events while the model streams, then Final; or CommandResult for a command;
+        or Failed with a message for the user. The user's message is stored before the model is
+        called, so a failure never loses it.
+        """
+        key = inbound.key
+        if not await self._store.claim_event(platform=key.platform, event_id=inbound.event_id):
+            log.info(
+                "event %s/%s already handled; not answering again", key.platform, inbound.event_id
+            )
+            return
+        command = parse_command(inbound.text)
+        async with self._store.turn_lock(key):
+            try:
+                if command is not None:
+                    name, argument = command
+                    text = await self.commands.run(inbound, name, argument)
+                    yield CommandResult(text=text, command=name)
+                    return
+                async for event in self._turn(inbound):
+                    yield event
+            except Exception:
+                # The one place a bug in a turn is caught: log it, tell the user briefly.
+                log.exception("turn failed for %s", key)
+                yield Failed(text=wording.UNEXPECTED_FAILURE, reason="internal")
+
+    async def _turn(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
+        # The persona (and so the model) is known only after the conversation row is read, but
+        # the message is stored in that same transaction: count with the channel's likely model
+        # first and correct nothing later; counts are estimates of the same text either way.
+        provisional = self._persona_for(None)
+        counter = counter_for_model(provisional.model or self._options.model)
+        state, _ = await self._store.begin_turn(
+            key=inbound.key,
+            message=NewMessage(
+                role="user",
+                content=inbound.text,
+                token_count=message_tokens(counter, inbound.text, inbound.user_name),
+                author_id=inbound.user_id,
+                author_name=inbound.user_name,
+            ),
+        )
+        persona = self._persona_for(state)
+        model = persona.model or self._options.model
+        counter = counter_for_model(model)
+        reply_tokens = persona.max_reply_tokens or self._options.reply_tokens
+        system = self._system_prompt(persona, inbound, state)
+        system_tokens = message_tokens(counter, system)
+        budget = (
+            context_size(model, self._options.context_tokens)
+            - reply_tokens
+            - system_tokens
+            - REPLY_PRIMING
+        )
+        window = await build_window(
+            self._store,
+            conversation_id=state.id,
+            after_id=state.window_start_id,
+            budget=max(budget, MIN_WINDOW_TOKENS),
+            counter=counter,
+        )
+        request = ModelRequest(
+            model=model,
+            messages=[{"role": "system", "content": system}, *to_openai_messages(window)],
+            max_tokens=reply_tokens,
+            temperature=persona.temperature,
+        )
+
+        parts: list[str] = []
+        reported: UsageChunk | None = None
+        try:
+            async for chunk in self._model.stream(request):
+                if isinstance(chunk, TextChunk):
+                    parts.append(chunk.text)
+                    yield Delta(chunk.text)
+                else:
+                    reported = chunk
+        except ModelError as exc:
+            log.warning("model call failed for %s: %s", inbound.key, exc)
+            yield Failed(
+                text=wording.MODEL_FAILURE[exc.kind], reason=exc.kind.value, partial="".join(parts)
+            )
+            return
+        text = "".join(parts)
+        if not text.strip():
+            yield Failed(text=wording.EMPTY_REPLY, reason="empty")
+            return
+
+        usage = self._usage(reported, model, system_tokens + window.tokens, text, counter)
+        await self._store.finish_turn(
+            conversation_id=state.id,
+            messages=[
+                NewMessage(
+                    role="assistant",
+                    content=text,
+                    token_count=message_tokens(counter, text),
+                    author_name=self._options.bot_name,
+                )
+            ],
+            usage=UsageRecord(
+                platform=inbound.key.platform,
+                user_id=inbound.user_id,
+                model=usage.model,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                estimated=usage.estimated,
+            ),
+        )
+        yield Final(text=text, usage=usage)
+
+        if self._options.summaries and window.dropped and window.oldest_id is not None:
+            await self._summarize(inbound, state, window, model, counter)
+
+    def _persona_for(self, state: ConversationState | None) -> Persona:
+        if state is None:
+            return self._default_persona
+        return resolve_persona(
+            self._personas, self._default_persona, state.persona, state.channel_persona
+        )
+
+    def _system_prompt(self, persona: Persona, inbound: Inbound, state: ConversationState) -> str:
+        prompt = persona.render_system_prompt(
+            bot_name=self._options.bot_name,
+            platform=inbound.key.platform,
+            user_name=inbound.user_name,
+            today=self._clock().date(),
+        ).strip()
+        if state.summary and state.summary_through_id >= state.window_start_id:
+            prompt += f"\n\n{wording.SUMMARY_PREFIX}\n{state.summary}"
+        return prompt
+
+    @staticmethod
+    def _usage(
+        reported: UsageChunk | None,
+        model: str,
+        prompt_estimate: int,
+        text: str,
+        counter: TokenCounter,
+    ) -> Usage:
+        if reported is not None:
+            return Usage(reported.prompt_tokens, reported.completion_tokens, reported.model)
+        # Some servers do not report usage when streaming; our counts are the next best thing.
+        return Usage(prompt_estimate + REPLY_PRIMING, counter.count(text), model, estimated=True)
+
+    async def _summarize(
+        self,
+        inbound: Inbound,
+        state: ConversationState,
+        window: Window,
+        model: str,
+        counter: TokenCounter,
+    ) -> None:
+        """Fold the messages that fell out of the window into the conversation's summary.
+
+        Only messages not yet summarized are read, and at most what fits half the context, so
+        the cost is bounded however long the history is.
+        """
+        assert window.oldest_id is not None
+        limit = context_size(model, self._options.context_tokens) // 2
+        after = max(state.summary_through_id, state.window_start_id)
+        dropped = await self._store.recent_messages(
+            conversation_id=state.id, after_id=after, before_id=window.oldest_id, limit=500
+        )
+        chosen, used = [], counter.count(state.summary)
+        for message in dropped:  # newest first
+            if used + message.token_count > limit:
+                break
+            chosen.append(message)
+            used += message.token_count
+        if not chosen:
+            return
+        transcript = "\n".join(
+            f"{m.author_name or m.role}: {m.content}" for m in reversed(chosen) if m.content
+        )
+        request = ModelRequest(
+            model=model,
+            messages=[
+                {"role": "system", "content": SUMMARIZER_PROMPT},
+                {
+                    "role": "user",
+                    "content": f"Summary so far:\n{state.summary or '(none)'}\n\n"
+                    f"New messages:\n{transcript}",
+                },
+            ],
+            max_tokens=512,
+            temperature=0.2,
+        )
+        parts: list[str] = []
+        reported: UsageChunk | None = None
+        try:
+            async for chunk in self._model.stream(request):
+                if isinstance(chunk, TextChunk):
+                    parts.append(chunk.text)
+                else:
+                    reported = chunk
+        except ModelError as exc:
+            log.warning("summary for conversation %s failed: %s", state.id, exc)
+            return
+        summary = "".join(parts).strip()
+        if not summary:
+            return
+        await self._store.save_summary(
+            conversation_id=state.id, summary=summary, through_id=chosen[0].id
+        )
+        usage = self._usage(reported, model, used, summary, counter)
+        await self._store.record_usage(
+            conversation_id=state.id,
+            usage=UsageRecord(
+                platform=inbound.key.platform,
+                user_id=inbound.user_id,
+                model=usage.model,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                estimated=usage.estimated,
+            ),
+        )
+
+
+SUMMARIZER_PROMPT = (
+    "You maintain the running summary of a chat. Merge the new messages into the summary so "
+    "far. Keep names, decisions, facts, open questions and commitments; drop small talk. "
+    "Write at most 200 words of plain prose."
+)
+
+
+def to_openai_messages(window: Window) -> list[dict[str, Any]]:
+    """Stored messages as OpenAI chat messages; user messages carry their author's name."""
+    result: list[dict[str, Any]] = []
+    for message in window.messages:
+        content = message.content
+        if message.role == "user" and message.author_name:
+            content = f"{message.author_name}: {content}"
+        entry: dict[str, Any] = {"role": message.role, "content": content}
+        if message.tool_calls:
+            entry["tool_calls"] = message.tool_calls
+        if message.tool_call_id:
+            entry["tool_call_id"] = message.tool_call_id
+        result.append(entry)
+    return result

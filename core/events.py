@@ -1,0 +1,107 @@
+"""What flows into the engine (Inbound) and what comes out of a turn (reply events)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationKey:
+    """Where a conversation lives. Adapters fill it; the channel's scope decides `thread`.
+
+    Empty strings stand for "none" (a platform without workspaces, a message outside a thread),
+    so the key is always four comparable strings.
+    """
+
+    platform: str
+    workspace: str
+    channel: str
+    thread: str = ""
+
+    @property
+    def channel_key(self) -> ConversationKey:
+        """The key of the channel this conversation belongs to (the thread left out)."""
+        return ConversationKey(self.platform, self.workspace, self.channel)
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One message for the bot, already translated from the platform's payload.
+
+    Attributes:
+        key: The conversation the message belongs to.
+        event_id: The platform's id of this delivery; a redelivery carries the same id.
+        user_id: The author's id on the platform.
+        user_name: The author's display name (reaches the model, so it can tell speakers apart).
+        text: The message text; a leading `/name` is a command.
+        is_direct: A direct message (always answered).
+        mentions_bot: The bot was mentioned.
+        received_at: When the platform says the message was sent.
+    """
+
+    key: ConversationKey
+    event_id: str
+    user_id: str
+    text: str
+    user_name: str = ""
+    is_direct: bool = False
+    mentions_bot: bool = False
+    received_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens one turn cost. `estimated` is set when the server did not report usage."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of the reply as the model streams it."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    """The complete reply, stored, with what it cost."""
+
+    text: str
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """The answer to a command (/help, /reset ...). Adapters may show it privately."""
+
+    text: str
+    command: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The turn was not sent to the model; `text` tells the user why and what to do."""
+
+    text: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The model could not answer; the user's message is kept. `text` is for the user."""
+
+    text: str
+    reason: str
+    partial: str = field(default="", repr=False)
+
+
+ReplyEvent = Delta | Final | CommandResult | Refused | Failed

@@ -1,0 +1,92 @@
+"""Creating the database engine (SQLite or PostgreSQL) and applying migrations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+# The migrations live beside the packages, at the repository's top level (alembic/).
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "alembic"
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def create_database_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    """An async engine with the settings each backend needs for concurrent use."""
+    if not is_sqlite(url):
+        # One connection per active turn on PostgreSQL (the advisory turn lock holds it), so
+        # allow bursts well past the steady pool.
+        return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size * 4)
+    engine = create_async_engine(url, connect_args={"timeout": 30})
+    _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # The driver's own BEGIN handling is off so that ours (below) takes effect.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cursor.execute("PRAGMA synchronous=NORMAL")  # durable with WAL, far fewer fsyncs
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # IMMEDIATE takes the write lock up front: a deferred transaction that later writes can
+        # fail with "database is locked" without waiting for busy_timeout.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def alembic_config(url: str) -> Any:
+    """An Alembic Config pointing at our migrations and at `url`."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+async def migrate(engine: AsyncEngine, revision: str = "head", *, down: bool = False) -> None:
+    """Upgrade (or downgrade) the schema on `engine`, inside the running event loop."""
+    from alembic import command
+
+    config = alembic_config(engine.url.render_as_string(hide_password=False))
+
+    def run(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        if down:
+            command.downgrade(config, revision)
+        else:
+            command.upgrade(config, revision)
+
+    async with engine.begin() as connection:
+        await connection.run_sync(run)
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The schema revision the database is at (None before the first migration)."""
+    from alembic.runtime.migration import MigrationContext
+
+    def read(connection: Connection) -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    async with engine.connect() as connection:
+        return await connection.run_sync(read)
+
+
+def head_revision() -> str | None:
+    """The newest migration shipped with this version of Parley."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()

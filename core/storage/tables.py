@@ -1,0 +1,126 @@
+"""The schema, as SQLAlchemy Core tables. Alembic migrations must match it (a test checks)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+    func,
+)
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _now() -> Column[object]:
+    return Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("platform", String(32), nullable=False),
+    Column("workspace", String(128), nullable=False),
+    Column("channel", String(128), nullable=False),
+    Column("thread", String(128), nullable=False),
+    Column("persona", String(64)),
+    # Messages with id > window_start_id are in the window; /reset moves it, deleting nothing.
+    Column("window_start_id", BigInteger, nullable=False, server_default="0"),
+    Column("summary", Text, nullable=False, server_default=""),
+    Column("summary_through_id", BigInteger, nullable=False, server_default="0"),
+    _now(),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("platform", "workspace", "channel", "thread"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column(
+        "conversation_id",
+        Id,
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("role", String(16), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("tool_calls", JSON),
+    Column("tool_call_id", String(128)),
+    Column("author_id", String(128), nullable=False, server_default=""),
+    Column("author_name", String(256), nullable=False, server_default=""),
+    # Computed once when stored, so building a window never re-tokenizes history.
+    Column("token_count", Integer, nullable=False),
+    _now(),
+    # The window is read newest-first within one conversation: this index makes it a range scan.
+    Index(None, "conversation_id", "id"),
+)
+
+channel_settings = Table(
+    "channel_settings",
+    metadata,
+    Column("platform", String(32), nullable=False),
+    Column("workspace", String(128), nullable=False),
+    Column("channel", String(128), nullable=False),
+    Column("persona", String(64)),
+    Column("scope", String(16)),
+    Column("tools", JSON),
+    Column("model", String(128)),
+    Column("require_mention", Boolean),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("platform", "workspace", "channel"),
+)
+
+processed_events = Table(
+    "processed_events",
+    metadata,
+    Column("platform", String(32), nullable=False),
+    Column("event_id", String(191), nullable=False),
+    _now(),
+    PrimaryKeyConstraint("platform", "event_id"),
+)
+
+usage = Table(
+    "usage",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column(
+        "conversation_id",
+        Id,
+        ForeignKey("conversations.id", ondelete="SET NULL"),
+    ),
+    Column("platform", String(32), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("model", String(128), nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("estimated", Boolean, nullable=False, server_default=false()),
+    Column("cost_usd", Float),
+    _now(),
+    Index(None, "platform", "user_id", "created_at"),
+    Index(None, "conversation_id"),
+)

