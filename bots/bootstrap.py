@@ -16,6 +16,7 @@ from core.llm import ModelClient, OpenAIModelClient
 from core.personas import Persona, PersonaCatalogue
 from core.storage import SessionStore, SqlStore, create_database_engine, migrate
 from core.storage.database import current_revision, head_revision
+from core.tokens import counter_for_model
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ async def build_engine(
             sql_store = await open_store(settings)
             stack.push_async_callback(sql_store.close)
             store = sql_store
+        counter_for_model(model_name)  # load the tokenizer now, not during the first turn
         engine = Engine(
             store=store,
             model=model,

@@ -55,16 +55,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _chat(settings: Settings, *, new: bool, persona: str | None) -> int:
     from adapters.console import Console, conversation_key, local_user
-    from bots.bootstrap import build_engine
+    from bots.bootstrap import build_engine, load_personas
 
+    catalogue, _ = load_personas(settings)
+    if persona is not None and catalogue.get(persona) is None:
+        raise ConfigError(
+            f"--persona: unknown persona '{persona}'; available: {', '.join(catalogue.names())}"
+        )
     async with build_engine(settings) as runtime:
         user = local_user()
         key = await conversation_key(runtime.store, user=user, new=new)
-        if persona is not None and runtime.personas.get(persona) is None:
-            raise ConfigError(
-                f"--persona: unknown persona '{persona}'; "
-                f"available: {', '.join(runtime.personas.names())}"
-            )
         console = Console(runtime.engine, key, user=user, bot_name=settings.bot_name)
         if persona is not None:
             await runtime.store.set_persona(key=key, persona=persona)

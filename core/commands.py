@@ -112,9 +112,13 @@ class CommandHandler:
         conversation = await self._store.conversation_tokens(conversation_id=state.id)
         return wording.USAGE_REPORT.format(
             today_tokens=today.tokens,
-            today_turns=today.turns,
+            today_turns=_replies(today.turns),
             month_tokens=month.tokens,
-            month_turns=month.turns,
+            month_turns=_replies(month.turns),
             cost=f", about ${month.cost_usd:.4f}" if month.cost_usd else "",
             conversation_tokens=conversation,
         )
+
+
+def _replies(count: int) -> str:
+    return f"{count} reply" if count == 1 else f"{count} replies"

@@ -8,6 +8,7 @@ inside its wheel and encodes identically, so counts are exact and nothing is fet
 from __future__ import annotations
 
 import math
+import warnings
 from functools import cache
 from typing import Protocol
 
@@ -111,7 +112,11 @@ def counter_for_model(model: str) -> TokenCounter:
 
 @cache
 def _load_encoding(name: str) -> _Encoding:
-    import bpe_openai  # deferred: loading a table takes ~50 ms, only pay it when needed
+    # Deferred: importing bpe_openai loads its tables (~0.8 s), so only pay it when needed;
+    # the bootstrap warms it at start-up. Its import uses a deprecated importlib API.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import bpe_openai
 
     encoding: _Encoding = bpe_openai.get_encoding(name)
     return encoding

@@ -38,8 +38,8 @@ PERSONA_UNKNOWN = "There is no persona called '{name}'. Available: {available}."
 UNKNOWN_COMMAND = "Unknown command /{name}. Available commands: {available}."
 
 USAGE_REPORT = (
-    "Your usage: today {today_tokens:,} tokens in {today_turns} replies; "
-    "last 30 days {month_tokens:,} tokens in {month_turns} replies"
+    "Your usage: today {today_tokens:,} tokens in {today_turns}; "
+    "last 30 days {month_tokens:,} tokens in {month_turns}"
     "{cost}. This conversation: {conversation_tokens:,} tokens."
 )
 

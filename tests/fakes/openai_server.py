@@ -50,6 +50,7 @@ class FakeOpenAI:
         self.default: Reply | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self._arrived = asyncio.Condition()
 
     # --- scripting -----------------------------------------------------------------------
     def reply(self, text: str, **options: Any) -> None:
@@ -57,6 +58,12 @@ class FakeOpenAI:
 
     def error(self, status: int, **options: Any) -> None:
         self.script.append(Error(status, **options))
+
+    async def received(self, count: int) -> None:
+        """Wait (at most 10 s) until `count` requests have arrived."""
+        async with asyncio.timeout(10):
+            async with self._arrived:
+                await self._arrived.wait_for(lambda: len(self.requests) >= count)
 
     @property
     def base_url(self) -> str:
@@ -89,6 +96,8 @@ class FakeOpenAI:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(Recorded(request.path, body, dict(request.headers)))
+        async with self._arrived:
+            self._arrived.notify_all()
         if self.script:
             step = self.script.popleft()
         elif self.default is not None:

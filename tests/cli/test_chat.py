@@ -1,0 +1,137 @@
+"""`parley chat` as a user runs it: a subprocess with piped input."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from tests.fakes.openai_server import FakeOpenAI
+
+
+async def parley(*args: str, stdin: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bots",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=cwd,
+    )
+    out, err = await process.communicate(stdin.encode())
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def environment(fake: FakeOpenAI, tmp_path: Path, **extra: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+    return {
+        **keep,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/chat.db",
+        "OPENAI_BASE_URL": fake.base_url,
+        "OPENAI_API_KEY": "sk-test",
+        "PARLEY_MODEL": "gpt-4o-mini",
+        "PARLEY_MODEL_RETRIES": "0",
+        "PARLEY_LOG_LEVEL": "INFO",
+        **extra,
+    }
+
+
+async def test_piped_chat_answers_each_line_and_continues_next_time(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    env = environment(fake_openai, tmp_path)
+    fake_openai.reply("Hi there!")
+    fake_openai.reply("Your name is Sam.")
+    code, out, err = await parley(
+        "chat", stdin="Hello, I am Sam\n\nWhat is my name?\n", env=env, cwd=tmp_path
+    )
+    assert (code, out) == (0, "Hi there!\nYour name is Sam.\n")
+    assert "INFO" in err and "INFO" not in out  # logs on stderr only
+
+    fake_openai.reply("Still Sam.")
+    code, out, _ = await parley("chat", stdin="And now?\n", env=env, cwd=tmp_path)
+    assert (code, out) == (0, "Still Sam.\n")
+    assert [m["content"] for m in fake_openai.chat_requests[-1]["messages"][1:]] == [
+        f"{user()}: Hello, I am Sam",
+        "Hi there!",
+        f"{user()}: What is my name?",
+        "Your name is Sam.",
+        f"{user()}: And now?",
+    ]
+
+    fake_openai.reply("Nice to meet you.")
+    code, out, _ = await parley("chat", "--new", stdin="Hi\n", env=env, cwd=tmp_path)
+    assert (code, out) == (0, "Nice to meet you.\n")
+    assert len(fake_openai.chat_requests[-1]["messages"]) == 2  # system + the new message
+
+
+async def test_persona_option_and_commands(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    env = environment(fake_openai, tmp_path)
+    fake_openai.reply("```python\nprint(1)\n```")
+    code, out, _ = await parley(
+        "chat", "--persona", "coder", stdin="print one\n/persona\n", env=env, cwd=tmp_path
+    )
+    assert code == 0
+    assert out.startswith("```python\nprint(1)\n```\nCurrent persona: *coder*")
+    assert "senior software engineer" in fake_openai.chat_requests[0]["messages"][0]["content"]
+
+
+async def test_a_model_failure_is_one_line_on_stdout_and_exit_status_1(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    fake_openai.error(500)
+    code, out, err = await parley(
+        "chat", stdin="hello\n", env=environment(fake_openai, tmp_path), cwd=tmp_path
+    )
+    assert code == 1
+    assert out == "[The model service had an error. Please try again in a moment.]\n"
+    assert "Traceback" not in out + err
+
+
+async def test_bad_settings_stop_start_up_with_one_line(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    for setting, value, expected in [
+        ("PARLEY_CONTEXT_TOKENS", "-1", "invalid setting PARLEY_CONTEXT_TOKENS"),
+        ("PARLEY_PERSONA", "pirate", "PARLEY_PERSONA: unknown persona 'pirate'; available:"),
+        ("OPENAI_BASE_URL", "localhost:8000", "invalid setting OPENAI_BASE_URL"),
+    ]:
+        env = environment(fake_openai, tmp_path, **{setting: value})
+        code, out, err = await parley("chat", stdin="hi\n", env=env, cwd=tmp_path)
+        assert (code, out) == (2, "")
+        assert err.startswith(f"parley: {expected}") and err.count("\n") == 1, err
+    code, _, err = await parley(
+        "chat",
+        "--persona",
+        "pirate",
+        stdin="",
+        env=environment(fake_openai, tmp_path),
+        cwd=tmp_path,
+    )
+    assert code == 2 and err.startswith("parley: --persona: unknown persona 'pirate'")
+    assert fake_openai.requests == []
+
+
+async def test_settings_are_read_from_a_dotenv_file(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    env = environment(fake_openai, tmp_path)
+    persona = env.pop("PARLEY_MODEL")
+    (tmp_path / ".env").write_text(f"PARLEY_MODEL=gpt-4.1\nPARLEY_PERSONA=editor\n# {persona}\n")
+    fake_openai.reply("Edited.")
+    code, out, _ = await parley("chat", stdin="fix this\n", env=env, cwd=tmp_path)
+    assert (code, out) == (0, "Edited.\n")
+    request = fake_openai.chat_requests[0]
+    assert request["model"] == "gpt-4.1"
+    assert "copy editor" in request["messages"][0]["content"]
+
+
+def user() -> str:
+    from adapters.console import local_user
+
+    return local_user()

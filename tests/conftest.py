@@ -1,0 +1,97 @@
+"""Shared fixtures: the scripted model server, databases, and a wired engine."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from bots.bootstrap import Runtime, build_engine
+from core.config import Settings
+from tests.fakes.openai_server import FakeOpenAI
+
+FIXED_NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Any) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path}/parley.db"
+
+
+@asynccontextmanager
+async def fresh_postgres_database() -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards."""
+    base = os.environ.get("TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("TEST_POSTGRES_URL is not set (e.g. postgresql://postgres@127.0.0.1/test)")
+    import asyncpg
+
+    url = make_url(base)
+    name = f"parley_test_{uuid.uuid4().hex[:10]}"
+    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield url.set(drivername="postgresql+asyncpg", database=name).render_as_string(
+                hide_password=False
+            )
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    async with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, sqlite_url: str) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield sqlite_url
+        return
+    async with fresh_postgres_database() as url:
+        yield url
+
+
+def make_settings(**values: Any) -> Settings:
+    """Settings from explicit values only: no `.env`, defaults for the rest."""
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+EngineFactory = Callable[..., AbstractAsyncContextManager[Runtime]]
+
+
+@pytest.fixture
+def engine_factory(fake_openai: FakeOpenAI, sqlite_url: str) -> EngineFactory:
+    """`async with engine_factory(**settings) as runtime:` an engine on the fake model server."""
+
+    def factory(**values: Any) -> AbstractAsyncContextManager[Runtime]:
+        settings = make_settings(
+            **{
+                "OPENAI_BASE_URL": fake_openai.base_url,
+                "OPENAI_API_KEY": "sk-test",
+                "PARLEY_MODEL": "gpt-4o-mini",
+                "PARLEY_MODEL_RETRIES": 0,
+                "DATABASE_URL": sqlite_url,
+                **values,
+            }
+        )
+        return build_engine(settings, clock=lambda: FIXED_NOW)
+
+    return factory

@@ -1,0 +1,99 @@
+"""Settings and personas: a bad value stops start-up with one line naming it."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from bots.bootstrap import SHIPPED_PERSONAS, load_personas
+from core.config import load_settings
+from core.errors import ConfigError
+from core.personas import PersonaCatalogue, parse_persona
+from tests.conftest import make_settings
+
+
+def config_error(**values: object) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(_env_file=None, **values)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_bad_settings_are_named_in_one_line() -> None:
+    assert config_error(PARLEY_CONTEXT_TOKENS=-5) == (
+        "invalid setting PARLEY_CONTEXT_TOKENS: Input should be greater than 0 (got '-5')"
+    )
+    assert config_error(OPENAI_BASE_URL="not a url").startswith("invalid setting OPENAI_BASE_URL:")
+    assert config_error(DATABASE_URL="mysql://x/y") == (
+        "invalid setting DATABASE_URL: unsupported database 'mysql'; use SQLite or PostgreSQL "
+        "(got 'mysql://x/y')"
+    )
+    assert config_error(DATABASE_URL="::nonsense").startswith("invalid setting DATABASE_URL: not")
+    assert "PARLEY_MODEL_TIMEOUT" in config_error(PARLEY_MODEL_TIMEOUT="soon")
+
+
+def test_plain_database_urls_get_the_async_driver() -> None:
+    settings = make_settings(DATABASE_URL="postgresql://parley:s3cret@db/parley")
+    assert settings.database_url == "postgresql+asyncpg://parley:s3cret@db/parley"
+    assert make_settings(DATABASE_URL="sqlite:///x.db").database_url == "sqlite+aiosqlite:///x.db"
+
+
+def test_an_unknown_persona_setting_lists_the_available_ones() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_personas(make_settings(PARLEY_PERSONA="pirate"))
+    assert str(caught.value) == (
+        "PARLEY_PERSONA: unknown persona 'pirate'; available: assistant, coder, editor, translator"
+    )
+
+
+def test_shipped_personas_are_valid_and_render_every_variable() -> None:
+    catalogue = PersonaCatalogue.load(SHIPPED_PERSONAS)
+    assert len(catalogue) >= 3
+    for persona in catalogue:
+        assert persona.description
+        prompt = persona.render_system_prompt(
+            bot_name="Bot", platform="slack", user_name="Ann", today=date(2026, 1, 2)
+        )
+        assert "Bot" in prompt and "slack" in prompt and "2026-01-02" in prompt and "Ann" in prompt
+
+
+def test_a_users_directory_adds_and_overrides_personas(tmp_path: Path) -> None:
+    (tmp_path / "pirate.toml").write_text(
+        'description = "Arr"\nsystem_prompt = "You are {bot_name}, a pirate."\nmodel = "gpt-4.1"\n'
+    )
+    (tmp_path / "coder.toml").write_text('description = "mine"\nsystem_prompt = "Code."\n')
+    catalogue, default = load_personas(
+        make_settings(PARLEY_PERSONAS_DIR=str(tmp_path), PARLEY_PERSONA="pirate")
+    )
+    assert default.name == "pirate" and default.model == "gpt-4.1"
+    assert catalogue.get("coder").description == "mine"  # type: ignore[union-attr]
+    assert "assistant" in catalogue.names()
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('system_prompt = "Hi {nickname}"', "unknown variable(s) nickname"),
+        ('system_prompt = "x"\ntemperature = 3', "temperature: Input should be less than"),
+        ('system_prompt = "x"\ncolour = "red"', "colour: Extra inputs are not permitted"),
+        ("system_prompt = ", "Invalid value"),
+        ('description = "no prompt"', "system_prompt: Field required"),
+    ],
+)
+def test_a_bad_persona_file_is_named_with_its_problem(
+    tmp_path: Path, content: str, problem: str
+) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as caught:
+        parse_persona(path)
+    assert str(caught.value).startswith(f"persona file {path}: ")
+    assert problem in str(caught.value)
+
+
+def test_a_missing_personas_directory_is_a_setting_error(tmp_path: Path) -> None:
+    message = config_error(PARLEY_PERSONAS_DIR=str(tmp_path / "nope"))
+    assert message.startswith("invalid setting PARLEY_PERSONAS_DIR:")

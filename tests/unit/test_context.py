@@ -1,0 +1,155 @@
+"""The context window: whole turns by stored token counts, truncation, summaries."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+
+from core import wording
+from core.context import PAGE_SIZE, build_window, context_size
+from core.events import Final
+from core.storage import (
+    NewMessage,
+    SqlStore,
+    StoredMessage,
+    UsageRecord,
+    create_database_engine,
+    migrate,
+)
+from core.tokens import ApproximateCounter, counter_for_model
+from tests.conftest import EngineFactory
+from tests.fakes.openai_server import FakeOpenAI
+from tests.helpers import KEY, turn
+
+
+class CountingStore(SqlStore):
+    """The real store, counting how many rows the window reads."""
+
+    rows_read = 0
+
+    async def recent_messages(self, **kwargs: Any) -> Sequence[StoredMessage]:
+        rows = await super().recent_messages(**kwargs)
+        self.rows_read += len(rows)
+        return rows
+
+
+@pytest.fixture
+async def store(sqlite_url: str) -> AsyncIterator[CountingStore]:
+    store = CountingStore(create_database_engine(sqlite_url))
+    await migrate(store.engine)
+    yield store
+    await store.close()
+
+
+async def add_turns(store: SqlStore, count: int, tokens: int = 10) -> int:
+    state = await store.conversation(key=KEY)
+    await store.finish_turn(
+        conversation_id=state.id,
+        messages=[
+            NewMessage(role=role, content=f"{role} {i}", token_count=tokens)
+            for i in range(count)
+            for role in ("user", "assistant")
+        ],
+        usage=UsageRecord(
+            platform="test", user_id="U1", model="m", prompt_tokens=0, completion_tokens=0
+        ),
+    )
+    return state.id
+
+
+async def test_the_window_keeps_the_newest_whole_turns_within_the_budget(
+    store: CountingStore,
+) -> None:
+    conversation = await add_turns(store, 10)  # 20 messages of 10 tokens
+    window = await build_window(
+        store, conversation_id=conversation, after_id=0, budget=65, counter=ApproximateCounter()
+    )
+    # 65 tokens hold three whole turns (60); half a turn is never sent.
+    assert [m.content for m in window.messages] == [
+        "user 7",
+        "assistant 7",
+        "user 8",
+        "assistant 8",
+        "user 9",
+        "assistant 9",
+    ]
+    assert window.tokens == 60 and window.dropped
+
+
+async def test_building_the_window_reads_only_what_it_needs_however_long_the_history(
+    store: CountingStore,
+) -> None:
+    conversation = await add_turns(store, 2_000)  # 4,000 stored messages
+    window = await build_window(
+        store, conversation_id=conversation, after_id=0, budget=200, counter=ApproximateCounter()
+    )
+    assert len(window.messages) == 20
+    assert store.rows_read == PAGE_SIZE  # one page, not the history
+
+
+async def test_a_message_larger_than_the_budget_is_truncated_with_a_marker(
+    store: CountingStore,
+) -> None:
+    counter = counter_for_model("gpt-4o")
+    huge = "word " * 5_000
+    state, _ = await store.begin_turn(
+        key=KEY, message=NewMessage(role="user", content=huge, token_count=counter.count(huge) + 4)
+    )
+    window = await build_window(
+        store, conversation_id=state.id, after_id=0, budget=300, counter=counter
+    )
+    [message] = window.messages
+    assert message.content.endswith(wording.TRUNCATED_MARKER)
+    assert message.content.startswith("word word")
+    assert counter.count(message.content) + 4 == message.token_count <= 300
+    assert message.token_count > 250  # it uses the room it has
+
+
+def test_context_sizes_come_from_the_table_with_an_override() -> None:
+    assert context_size("gpt-4o-mini") == 128_000
+    assert context_size("openai/gpt-4.1") == 1_047_576
+    assert context_size("gpt-4") == 8_192
+    assert context_size("some-local-model") == 8_192  # the safe default
+    assert context_size("gpt-4o", override=4_000) == 4_000
+
+
+async def test_the_engine_sends_only_what_fits_in_a_small_context(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI
+) -> None:
+    for i in range(6):
+        fake_openai.reply(f"answer {i} " + "blah " * 100)
+    # 1,600 context - 1,024 reply reserve - ~110 system prompt: the new question and one turn.
+    async with engine_factory(PARLEY_CONTEXT_TOKENS=1600) as runtime:
+        for i in range(6):
+            events = await turn(runtime.engine, f"question {i} " + "blah " * 100)
+            assert isinstance(events[-1], Final)
+    last = fake_openai.chat_requests[-1]["messages"]
+    assert last[0]["role"] == "system"
+    assert [m["content"].split(" blah")[0] for m in last[1:]] == [
+        "alice: question 4",
+        "answer 4",
+        "alice: question 5",
+    ]
+
+
+async def test_summaries_carry_what_fell_out_of_the_window(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI
+) -> None:
+    async with engine_factory(PARLEY_CONTEXT_TOKENS=1600, PARLEY_SUMMARIES=True) as runtime:
+        for i in range(3):
+            fake_openai.reply(f"answer {i} " + "blah " * 100)
+            if i == 2:
+                fake_openai.reply("scripted summary")
+            await turn(runtime.engine, f"question {i} " + "blah " * 100)
+        # Turn 2 pushed turn 0 out of the window, so a summary request followed it.
+        summary_request = fake_openai.chat_requests[-1]
+        assert summary_request["messages"][0]["content"].startswith("You maintain the running")
+        assert "alice: question 0" in summary_request["messages"][1]["content"]
+        assert "question 1" not in summary_request["messages"][1]["content"]
+        fake_openai.reply("the next answer")
+        await turn(runtime.engine, "and now?")
+    assert fake_openai.chat_requests[-1]["messages"][0]["content"].endswith(
+        f"{wording.SUMMARY_PREFIX}\nscripted summary"
+    )

@@ -1,0 +1,40 @@
+"""Offline token counting."""
+
+from __future__ import annotations
+
+from core.tokens import ApproximateCounter, ExactCounter, counter_for_model, encoding_for_model
+
+
+def test_openai_models_are_counted_exactly_offline() -> None:
+    # Reference counts published with tiktoken for these encodings.
+    assert counter_for_model("gpt-4").count("tiktoken is great!") == 6
+    assert counter_for_model("gpt-3.5-turbo").count("hello world") == 2
+    assert counter_for_model("gpt-4o").count("hello world") == 2
+    assert counter_for_model("gpt-4o").count("<|endoftext|>") > 1  # never a special token
+
+
+def test_models_map_to_their_encodings() -> None:
+    assert encoding_for_model("gpt-4o-mini") == "o200k_base"
+    assert encoding_for_model("openai/gpt-5") == "o200k_base"
+    assert encoding_for_model("gpt-4-turbo") == "cl100k_base"
+    assert encoding_for_model("llama3.1:8b") is None
+    assert isinstance(counter_for_model("gpt-4.1"), ExactCounter)
+    assert isinstance(counter_for_model("mistral-7b"), ApproximateCounter)
+
+
+def test_the_approximation_errs_high_for_english_and_cjk() -> None:
+    exact = counter_for_model("gpt-4o")
+    approximate = ApproximateCounter()
+    english = "The quick brown fox jumps over the lazy dog near the riverbank. " * 20
+    chinese = "我们今天讨论一下这个项目的进度和下一步计划。" * 20
+    assert approximate.count(english) >= exact.count(english) * 1.2
+    assert approximate.count(chinese) >= exact.count(chinese)
+
+
+def test_truncation_keeps_a_prefix_within_the_limit() -> None:
+    for counter in (counter_for_model("gpt-4o"), ApproximateCounter()):
+        text = "naïve café déjà vu " * 200
+        cut = counter.truncate(text, 50)
+        assert text.startswith(cut)
+        assert 40 <= counter.count(cut) <= 50
+        assert counter.truncate("short", 50) == "short"
