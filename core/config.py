@@ -35,7 +35,12 @@ class Settings(BaseSettings):
     """Every setting of Parley. Names are the environment variables, documented in .env.example."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        # `.env.example` copies leave `KEY=` lines; an empty value means "not set".
+        env_ignore_empty=True,
     )
 
     database_url: str = Field("sqlite+aiosqlite:///./parley.db", alias="DATABASE_URL")
@@ -84,12 +89,6 @@ class Settings(BaseSettings):
         if value is not None and not value.is_dir():
             raise ValueError(f"{value} is not a directory")
         return value
-
-    @field_validator("fallback_model", "openai_base_url", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        # `.env.example` copies leave `KEY=` lines; an empty value means "not set".
-        return None if value == "" else value
 
     @property
     def uses_embedded_model(self) -> bool:

@@ -97,3 +97,16 @@ def test_a_bad_persona_file_is_named_with_its_problem(
 def test_a_missing_personas_directory_is_a_setting_error(tmp_path: Path) -> None:
     message = config_error(PARLEY_PERSONAS_DIR=str(tmp_path / "nope"))
     assert message.startswith("invalid setting PARLEY_PERSONAS_DIR:")
+
+
+def test_a_copy_of_env_example_loads_with_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    (tmp_path / ".env").write_text(example.read_text())
+    monkeypatch.chdir(tmp_path)
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert settings == make_settings()
+    assert settings.uses_embedded_model
