@@ -1,0 +1,125 @@
+"""Alembic migrations against the schema in core.storage.tables, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core.storage.database import create_database_engine, current_revision, head_revision, migrate
+from core.storage.tables import metadata
+
+SCHEMA_TABLES = set(metadata.tables)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_database_engine(database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def table_names(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as connection:
+        return set(await connection.run_sync(lambda sync: inspect(sync).get_table_names()))
+
+
+async def schema_differences(engine: AsyncEngine) -> list[Any]:
+    """What autogenerate would put in a new migration: empty when the schema matches `metadata`."""
+
+    def compare(connection: Connection) -> list[Any]:
+        options = {
+            "compare_type": True,
+            # Alembic misreads SQLite's DEFAULT '' (it reports every empty-string default as
+            # changed), so server defaults are compared on PostgreSQL only.
+            "compare_server_default": connection.dialect.name == "postgresql",
+        }
+        return compare_metadata(MigrationContext.configure(connection, opts=options), metadata)
+
+    async with engine.connect() as connection:
+        return await connection.run_sync(compare)
+
+
+async def test_upgrade_creates_exactly_the_schema_tables(engine: AsyncEngine) -> None:
+    assert await table_names(engine) == set()
+
+    await migrate(engine)
+
+    assert await table_names(engine) == SCHEMA_TABLES | {"alembic_version"}
+    assert {
+        "conversations",
+        "messages",
+        "channel_settings",
+        "processed_events",
+        "usage",
+    } == SCHEMA_TABLES
+
+
+async def test_migrated_schema_matches_the_tables(engine: AsyncEngine) -> None:
+    await migrate(engine)
+
+    assert await schema_differences(engine) == []
+
+
+async def test_revisions_agree_after_upgrade(engine: AsyncEngine) -> None:
+    assert head_revision() == "0001"
+    assert await current_revision(engine) is None
+
+    await migrate(engine)
+
+    assert await current_revision(engine) == head_revision()
+
+
+async def test_downgrade_to_base_then_upgrade_again(engine: AsyncEngine) -> None:
+    await migrate(engine)
+
+    await migrate(engine, "base", down=True)
+    assert await table_names(engine) == {"alembic_version"}
+    assert await current_revision(engine) is None
+
+    await migrate(engine)
+    assert await table_names(engine) == SCHEMA_TABLES | {"alembic_version"}
+    assert await current_revision(engine) == "0001"
+    assert await schema_differences(engine) == []
+
+
+def run_cli(*arguments: str, database: Path) -> str:
+    """Run `python -m bots ARGUMENTS` in a fresh process; return its standard output."""
+    environment = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{database}",
+        "PARLEY_LOG_LEVEL": "WARNING",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "bots", *arguments],
+        # Away from the repository, so that no `.env` there is read.
+        cwd=database.parent,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_db_commands_of_the_cli(tmp_path: Path) -> None:
+    database = tmp_path / "cli.db"
+
+    assert run_cli("db", "upgrade", database=database) == "database at 0001"
+    assert run_cli("db", "current", database=database) == "0001"
+    assert run_cli("db", "downgrade", "base", database=database) == "database at base"
+    assert run_cli("db", "current", database=database) == "(empty database)"
