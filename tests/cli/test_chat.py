@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -135,3 +138,27 @@ def user() -> str:
     from adapters.console import local_user
 
     return local_user()
+
+
+async def test_with_no_model_configured_chat_answers_with_the_embedded_model(
+    tmp_path: Path,
+) -> None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (pip install 'parley[local]')")
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+    env = {**keep, "DATABASE_URL": f"sqlite:///{tmp_path}/chat.db"}
+    code, out, err = await parley("chat", stdin="Say hello.\n", env=env, cwd=tmp_path)
+    assert code == 0, err
+    assert out.strip() and out.endswith("\n")
+    assert "Traceback" not in err
+
+
+async def test_a_missing_local_model_file_is_one_line(tmp_path: Path) -> None:
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+    env = {**keep, "PARLEY_LOCAL_MODEL_PATH": str(tmp_path / "missing.gguf")}
+    code, out, err = await parley("chat", stdin="hi\n", env=env, cwd=tmp_path)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"parley: Local model file not found: {tmp_path / 'missing.gguf'}; check the path, "
+        "or unset it to use the embedded SmolLM2 model.\n"
+    )

@@ -1,0 +1,123 @@
+"""The embedded model: locating the GGUF and serving it over the OpenAI API."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import openai
+import pytest
+
+from bots import local_model
+from bots.local_model import LocalModelServer, LocalModelUnavailable, find_local_model
+
+
+def test_missing_explicit_model_path_is_a_one_line_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.gguf"
+
+    with pytest.raises(LocalModelUnavailable) as info:
+        find_local_model(missing)
+
+    message = str(info.value)
+    assert str(missing) in message
+    assert "\n" not in message
+
+
+def test_existing_explicit_model_path_wins(tmp_path: Path) -> None:
+    model = tmp_path / "mine.gguf"
+    model.write_bytes(b"GGUF")
+
+    assert find_local_model(model) == model
+
+
+async def test_missing_server_dependencies_tell_the_user_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, package: str | None = None) -> object:
+        return None if name == "llama_cpp" else real_find_spec(name, package)
+
+    monkeypatch.setattr(local_model.importlib.util, "find_spec", find_spec)
+    model = tmp_path / "mine.gguf"
+    model.write_bytes(b"GGUF")
+
+    with pytest.raises(LocalModelUnavailable) as info:
+        async with LocalModelServer(model):
+            pass
+
+    message = str(info.value)
+    assert "\n" not in message
+    assert "pip install 'parley[local]'" in message
+    assert "OPENAI_API_KEY" in message
+
+
+def _needs_llama_cpp() -> None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (pip install 'parley[local]')")
+
+
+@pytest.mark.local_model
+async def test_server_that_dies_at_startup_reports_its_last_words(tmp_path: Path) -> None:
+    _needs_llama_cpp()
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF not really")
+    server = LocalModelServer(broken)
+
+    with pytest.raises(LocalModelUnavailable) as info:
+        async with server:
+            pass
+
+    first_line = str(info.value).splitlines()[0]
+    assert "exited during start-up" in first_line
+    assert str(broken) in first_line  # llama.cpp's "Failed to load model from file: ..."
+    assert server.process is not None
+    assert server.process.returncode is not None
+    assert server.log_path is None  # the temporary log is cleaned up
+
+
+@pytest.mark.local_model
+async def test_server_that_does_not_answer_in_time_is_stopped() -> None:
+    _needs_llama_cpp()
+    server = LocalModelServer(find_local_model(), startup_timeout=0)
+
+    with pytest.raises(LocalModelUnavailable, match="did not answer within 0 s"):
+        async with server:
+            pass
+
+    assert server.process is not None
+    assert server.process.returncode is not None
+
+
+@pytest.mark.local_model
+async def test_shipped_model_answers_a_streamed_chat(capfd: pytest.CaptureFixture[str]) -> None:
+    _needs_llama_cpp()
+
+    async with LocalModelServer(find_local_model(), n_ctx=1024) as server:
+        assert server.base_url.startswith("http://127.0.0.1:")
+        assert server.context_tokens == 1024
+        process = server.process
+        assert process is not None
+        async with openai.AsyncOpenAI(
+            base_url=server.base_url, api_key="local", max_retries=0
+        ) as client:
+            stream = await client.chat.completions.create(
+                model=server.model,
+                messages=[
+                    {"role": "system", "content": "You are a helpful assistant."},
+                    {"role": "user", "content": "Say hello in one short sentence."},
+                ],
+                max_tokens=32,
+                temperature=0.2,
+                stream=True,
+            )
+            parts: list[str] = []
+            async with stream:
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        parts.append(chunk.choices[0].delta.content)
+
+    assert "".join(parts).strip()
+    assert process.returncode is not None
+    # `parley chat` writes replies to stdout: the server must keep out of it.
+    assert capfd.readouterr().out == ""
