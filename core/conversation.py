@@ -172,14 +172,7 @@ class Engine:
                     author_name=self._options.bot_name,
                 )
             ],
-            usage=UsageRecord(
-                platform=inbound.key.platform,
-                user_id=inbound.user_id,
-                model=usage.model,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                estimated=usage.estimated,
-            ),
+            usage=usage_record(inbound, usage),
         )
         yield Final(text=text, usage=usage)
 
@@ -278,17 +271,7 @@ class Engine:
             conversation_id=state.id, summary=summary, through_id=chosen[0].id
         )
         usage = self._usage(reported, model, used, summary, counter)
-        await self._store.record_usage(
-            conversation_id=state.id,
-            usage=UsageRecord(
-                platform=inbound.key.platform,
-                user_id=inbound.user_id,
-                model=usage.model,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                estimated=usage.estimated,
-            ),
-        )
+        await self._store.record_usage(conversation_id=state.id, usage=usage_record(inbound, usage))
 
 
 SUMMARIZER_PROMPT = (
@@ -296,6 +279,18 @@ SUMMARIZER_PROMPT = (
     "far. Keep names, decisions, facts, open questions and commitments; drop small talk. "
     "Write at most 200 words of plain prose."
 )
+
+
+def usage_record(inbound: Inbound, usage: Usage) -> UsageRecord:
+    """The usage row for a model call made on behalf of `inbound`'s author."""
+    return UsageRecord(
+        platform=inbound.key.platform,
+        user_id=inbound.user_id,
+        model=usage.model,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        estimated=usage.estimated,
+    )
 
 
 def to_openai_messages(window: Window) -> list[dict[str, Any]]:
