@@ -1,0 +1,749 @@
+"""The engine's own cost per turn, with a model that answers at once.
+
+Runs turns through `Engine.handle` against a real store (a SQLite file, PostgreSQL) and an
+in-process model whose own time is measured and subtracted, so what is left is the engine:
+claiming the event, the turn lock, storing the message, building the window, token counting,
+storing the reply and its usage. See bench/README.md for what the figures mean.
+
+    python -m bench.engine_overhead --database both --turns 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import io
+import itertools
+import logging
+import os
+import pstats
+import random
+import statistics
+import sys
+import tempfile
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    nullcontext,
+)
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from time import perf_counter, process_time
+from typing import Any
+
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.engine import make_url
+
+from bots.bootstrap import build_engine
+from core.config import Settings
+from core.conversation import Engine
+from core.events import ConversationKey, Final, Inbound
+from core.llm import ModelChunk, ModelRequest, TextChunk, UsageChunk
+from core.storage import SqlStore
+from core.storage.tables import messages as message_rows
+from core.tokens import counter_for_model, message_tokens
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REPLY = ("Sure", " — that works.", " Here is a short answer", " to your question.")
+USER_NAME = "Alice"
+SEED_BATCH = 2_000
+
+# Words for seeded history: plain English, so BPE counts are like real chat text.
+_VOCABULARY = (
+    "the a to of and in is it you that for on with this be are as have not can what do "
+    "we if will about there how your but so more when one all would time they like just "
+    "from or my an by me up out was which get use make could know need think want also "
+    "new some other than then now look only come its over work first well way even good "
+    "because any these give day most us database message model reply thread channel token "
+    "window context summary persona question answer python server deploy config error test "
+    "release budget meeting schedule customer report invoice design review branch merge"
+)
+WORDS = _VOCABULARY.split()
+
+log = logging.getLogger("bench")
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+class InstantModel:
+    """A ModelClient that answers at once and keeps account of the time spent inside stream().
+
+    Time is taken from each resumption of the generator to its next `yield`, so only the
+    model's own work is counted, not the engine's handling of each chunk.
+    """
+
+    def __init__(self, reply: Sequence[str] = REPLY) -> None:
+        self._reply = tuple(reply)
+        self.wall = 0.0
+        self.cpu = 0.0
+        self.calls = 0
+        self.last_window = 0  # chat messages (system prompt included) in the latest request
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        wall, cpu = perf_counter(), process_time()
+        self.calls += 1
+        self.last_window = len(request.messages)
+        for piece in self._reply:
+            chunk: ModelChunk = TextChunk(piece)
+            self._add(wall, cpu)
+            yield chunk
+            wall, cpu = perf_counter(), process_time()
+        chunk = UsageChunk(
+            prompt_tokens=sum(len(m["content"]) for m in request.messages) // 4,
+            completion_tokens=len(self._reply) * 3,
+            model=request.model,
+        )
+        self._add(wall, cpu)
+        yield chunk
+
+    def _add(self, wall: float, cpu: float) -> None:
+        self.cpu += process_time() - cpu
+        self.wall += perf_counter() - wall
+
+    def snapshot(self) -> tuple[float, float]:
+        return self.wall, self.cpu
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a turn's time goes: the store's calls, timed from outside (`--breakdown`)
+
+
+class StageTimer:
+    """Wraps a store's turn methods on the instance, summing the wall time spent in each.
+
+    `handoffs` is for counters installed from outside (bench/what_if.py counts aiosqlite's
+    thread handoffs): they find the running stage in CURRENT_STAGE.
+    """
+
+    STAGES = ("claim_event", "turn_lock", "begin_turn", "recent_messages", "finish_turn")
+
+    def __init__(self, store: SqlStore) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: Counter[str] = Counter()
+        self.handoffs: Counter[str] = Counter()
+        for name in ("claim_event", "begin_turn", "recent_messages", "finish_turn"):
+            setattr(store, name, self._timed(name, getattr(store, name)))
+        store.turn_lock = self._timed_lock(store.turn_lock)  # type: ignore[method-assign,assignment]
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+        self.handoffs.clear()
+
+    def _timed(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            token = CURRENT_STAGE.set((self, name))
+            start = perf_counter()
+            try:
+                return await method(*args, **kwargs)
+            finally:
+                self.seconds[name] += perf_counter() - start
+                self.calls[name] += 1
+                CURRENT_STAGE.reset(token)
+
+        return timed
+
+    def _timed_lock(
+        self, lock: Callable[[ConversationKey], AbstractAsyncContextManager[None]]
+    ) -> Callable[[ConversationKey], AbstractAsyncContextManager[None]]:
+        @asynccontextmanager
+        async def timed(key: ConversationKey) -> AsyncIterator[None]:
+            start = perf_counter()
+            async with lock(key):  # taking the lock and releasing it count; holding it does not
+                self.seconds["turn_lock"] += perf_counter() - start
+                self.calls["turn_lock"] += 1
+                try:
+                    yield
+                finally:
+                    start = perf_counter()
+            self.seconds["turn_lock"] += perf_counter() - start
+
+        return timed
+
+
+# The store call a turn is in (not set while the turn lock is taken or released).
+CURRENT_STAGE: ContextVar[tuple[StageTimer, str] | None] = ContextVar("stage", default=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Databases and seeding
+
+
+@asynccontextmanager
+async def sqlite_database() -> AsyncIterator[str]:
+    """A SQLite file in a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="parley-bench-") as directory:
+        yield f"sqlite+aiosqlite:///{directory}/bench.db"
+
+
+@asynccontextmanager
+async def postgres_database(base_url: str) -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database on the server of `base_url`, dropped afterwards."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    url = make_url(base_url)
+    name = f"parley_bench_{uuid.uuid4().hex[:10]}"
+    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield url.set(drivername="postgresql+asyncpg", database=name).render_as_string(
+                hide_password=False
+            )
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@dataclass(frozen=True)
+class TextPool:
+    """Chat-like texts with their token counts, computed as the engine computes them."""
+
+    user: list[tuple[str, int]]
+    assistant: list[tuple[str, int]]
+
+    @classmethod
+    def build(cls, model: str, seed: int = 7) -> TextPool:
+        rng = random.Random(seed)
+        counter = counter_for_model(model)
+
+        def texts(low: int, high: int, name: str) -> list[tuple[str, int]]:
+            result = []
+            for _ in range(64):
+                words = rng.choices(WORDS, k=rng.randint(low, high))
+                content = " ".join(words).capitalize() + rng.choice(".?!")
+                result.append((content, message_tokens(counter, content, name)))
+            return result
+
+        # Users write a line or two; replies run from a sentence to a few paragraphs.
+        return cls(user=texts(4, 60, USER_NAME), assistant=texts(20, 320, ""))
+
+
+async def seed_history(
+    store: SqlStore, key: ConversationKey, count: int, pool: TextPool, rng: random.Random
+) -> None:
+    """Store `count` alternating user/assistant messages in one go, oldest first."""
+    state = await store.conversation(key=key)
+    rows: list[dict[str, Any]] = []
+    for index in range(count):
+        user = index % 2 == 0
+        content, tokens = rng.choice(pool.user if user else pool.assistant)
+        rows.append(
+            {
+                "conversation_id": state.id,
+                "role": "user" if user else "assistant",
+                "content": content,
+                "token_count": tokens,
+                "author_id": "U1" if user else "",
+                "author_name": USER_NAME if user else "Parley",
+                "tool_calls": None,  # stored as the engine stores it (JSON null)
+                "tool_call_id": None,
+            }
+        )
+    async with store.engine.begin() as connection:
+        for start in range(0, len(rows), SEED_BATCH):
+            await connection.execute(message_rows.insert(), rows[start : start + SEED_BATCH])
+
+
+async def newest_message_id(store: SqlStore) -> int:
+    async with store.engine.connect() as connection:
+        return int((await connection.execute(select(func.max(message_rows.c.id)))).scalar() or 0)
+
+
+async def trim_to(store: SqlStore, newest_id: int) -> None:
+    """Delete messages added after seeding, so each turn sees exactly the seeded history."""
+    async with store.engine.begin() as connection:
+        await connection.execute(delete(message_rows).where(message_rows.c.id > newest_id))
+
+
+async def analyze(store: SqlStore) -> None:
+    """Planner statistics, as PostgreSQL's autovacuum would gather after a bulk load."""
+    if store.engine.dialect.name == "postgresql":
+        async with store.engine.connect() as connection:
+            await connection.execute(text("ANALYZE"))
+            await connection.commit()
+
+
+# ---------------------------------------------------------------------------------------------
+# Running turns
+
+_event_ids = itertools.count(1)
+
+
+def make_inbound(key: ConversationKey, pool: TextPool, rng: random.Random) -> Inbound:
+    return Inbound(
+        key=key,
+        event_id=f"bench-{next(_event_ids)}",
+        user_id="U1",
+        user_name=USER_NAME,
+        text=rng.choice(pool.user)[0],
+    )
+
+
+async def run_turn(engine: Engine, inbound: Inbound) -> bool:
+    """One turn, every event consumed; True when it ended with a stored reply."""
+    last = None
+    async for event in engine.handle(inbound):
+        last = event
+    return isinstance(last, Final)
+
+
+class FailureLog(logging.Handler):
+    """Counts the engine's "turn failed" reports and keeps the first, without the tracebacks."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.count = 0
+        self.first = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if not self.first and record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            self.first = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+
+
+@dataclass
+class Phase:
+    """The figures of one history size on one database, sequential turns."""
+
+    database: str
+    history: int
+    window: int = 0
+    overhead_ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+    wall_s: float = 0.0  # the turns' wall time, model included
+    model_ms: float = 0.0  # the model's own wall time, subtracted (all turns together)
+    stages_ms: dict[str, float] = field(default_factory=dict)  # per turn, with --breakdown
+    pages: float = 0.0  # recent_messages calls per turn, with --breakdown
+    handoffs: dict[str, float] = field(default_factory=dict)  # per turn, when counted
+
+    def p(self, q: int) -> float:
+        return percentile(self.overhead_ms, q)
+
+    @property
+    def turns_per_second(self) -> float:
+        return len(self.overhead_ms) / self.wall_s
+
+
+@dataclass
+class Concurrent:
+    """The figures of the concurrent mode on one database and history size."""
+
+    database: str
+    history: int
+    chats: int
+    messages: int = 0  # turns that ended with a stored reply
+    failed: int = 0
+    first_failure: str = ""
+    wall_s: float = 0.0  # model time subtracted
+    cpu_s: float = 0.0  # model time subtracted
+    latency_ms: list[float] = field(default_factory=list)
+
+    @property
+    def per_second(self) -> float:
+        return self.messages / self.wall_s
+
+    @property
+    def cpu_ms_per_message(self) -> float:
+        return self.cpu_s * 1000 / max(self.messages, 1)
+
+
+async def handoff_microseconds(rounds: int = 500) -> float:
+    """The median round trip to a worker thread and back, as aiosqlite makes for each call.
+
+    On a small VM it depends on whether the other CPUs are idle (waking one is slow), and it
+    drives the SQLite figures, so the report shows it.
+    """
+    loop = asyncio.get_running_loop()
+    samples = []
+    with ThreadPoolExecutor(1) as thread:
+        for _ in range(rounds):
+            start = perf_counter()
+            await loop.run_in_executor(thread, int)
+            samples.append((perf_counter() - start) * 1e6)
+    return statistics.median(samples)
+
+
+def percentile(values: Sequence[float], q: int) -> float:
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+@asynccontextmanager
+async def open_runtime(
+    url: str, args: argparse.Namespace, model: InstantModel
+) -> AsyncIterator[tuple[Engine, SqlStore]]:
+    """The engine as the bots wire it (bootstrap, migrations), on `url` and the instant model."""
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        DATABASE_URL=url,
+        PARLEY_MODEL=args.model,
+        PARLEY_CONTEXT_TOKENS=args.context_tokens,
+    )
+    async with build_engine(settings, model=model) as runtime:
+        assert isinstance(runtime.store, SqlStore)
+        yield runtime.engine, runtime.store
+
+
+async def sequential_phase(
+    database: str,
+    url: str,
+    history: int,
+    args: argparse.Namespace,
+    pool: TextPool,
+    profiler: Profiler,
+) -> Phase:
+    model = InstantModel()
+    rng = random.Random(history)
+    key = ConversationKey("bench", "team", f"chat-{history}", "")
+    phase = Phase(database, history)
+    async with open_runtime(url, args, model) as (engine, store):
+        await seed_history(store, key, history, pool, rng)
+        await analyze(store)
+        seeded = await newest_message_id(store)
+        timer = StageTimer(store) if args.breakdown else None
+        for _ in range(args.warmup):
+            await run_turn(engine, make_inbound(key, pool, rng))
+            await trim_to(store, seeded)
+        if timer:
+            timer.reset()
+        gc.collect()
+        for _ in range(args.turns):
+            inbound = make_inbound(key, pool, rng)
+            model_wall, model_cpu = model.snapshot()
+            with profiler.running():
+                wall, cpu = perf_counter(), process_time()
+                completed = await run_turn(engine, inbound)
+                cpu, wall = process_time() - cpu, perf_counter() - wall
+            if not completed:
+                raise RuntimeError(f"a turn failed on {database}; see the log above")
+            phase.wall_s += wall
+            phase.model_ms += (model.wall - model_wall) * 1000
+            phase.overhead_ms.append((wall - (model.wall - model_wall)) * 1000)
+            phase.cpu_ms.append((cpu - (model.cpu - model_cpu)) * 1000)
+            await trim_to(store, seeded)
+        phase.window = model.last_window - 1  # the system prompt is not a stored message
+        if timer:
+            phase.stages_ms = {
+                name: timer.seconds[name] * 1000 / args.turns for name in StageTimer.STAGES
+            }
+            phase.pages = timer.calls["recent_messages"] / args.turns
+            phase.handoffs = {name: n / args.turns for name, n in timer.handoffs.items()}
+    return phase
+
+
+async def concurrent_phase(
+    database: str,
+    url: str,
+    history: int,
+    args: argparse.Namespace,
+    pool: TextPool,
+    failures: FailureLog,
+) -> Concurrent:
+    model = InstantModel()
+    rng = random.Random(history)
+    keys = [ConversationKey("bench", "team", f"room-{n}", "") for n in range(args.concurrency)]
+    result = Concurrent(database, history, args.concurrency)
+
+    async with open_runtime(url, args, model) as (engine, store):
+        for key in keys:
+            await seed_history(store, key, history, pool, rng)
+        await analyze(store)
+        seeded = await newest_message_id(store)
+
+        async def timed_turn(inbound: Inbound) -> tuple[bool, float]:
+            start = perf_counter()
+            completed = await run_turn(engine, inbound)
+            return completed, (perf_counter() - start) * 1000
+
+        for round_number in range(1 + args.rounds):  # the first round warms up
+            inbounds = [make_inbound(key, pool, rng) for key in keys]
+            gc.collect()
+            failures.count, failures.first = 0, ""
+            model_wall, model_cpu = model.snapshot()
+            wall, cpu = perf_counter(), process_time()
+            outcomes = await asyncio.gather(*(timed_turn(i) for i in inbounds))
+            cpu, wall = process_time() - cpu, perf_counter() - wall
+            if round_number:
+                completed = sum(ok for ok, _ in outcomes)
+                result.messages += completed
+                result.failed += len(outcomes) - completed
+                result.first_failure = result.first_failure or failures.first
+                result.wall_s += wall - (model.wall - model_wall)
+                result.cpu_s += cpu - (model.cpu - model_cpu)
+                result.latency_ms.extend(ms for ok, ms in outcomes if ok)
+            await trim_to(store, seeded)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Profiling (optional)
+
+
+class Profiler:
+    """Profiles the timed sequential turns of one phase with cProfile or pyinstrument.
+
+    Both see only the event loop's thread: the SQLite work aiosqlite runs on its own thread
+    shows up as waiting (`epoll.poll`), the PostgreSQL server's work likewise.
+    """
+
+    def __init__(self, kind: str, top: int) -> None:
+        self.kind = kind
+        self.top = top
+        self._profile: Any = None
+
+    def start_phase(self) -> None:
+        if self.kind == "cprofile":
+            self._profile = cProfile.Profile()
+        elif self.kind == "pyinstrument":
+            from pyinstrument import Profiler as Instrument
+
+            self._profile = Instrument(interval=0.0002, async_mode="disabled")
+
+    def running(self) -> AbstractContextManager[Any]:
+        if self._profile is None:
+            return nullcontext()
+        return self._profile  # type: ignore[no-any-return]
+
+    def report(self, title: str) -> None:
+        if self._profile is None:
+            return
+        print(f"\n--- profile: {title} ---")
+        if self.kind == "cprofile":
+            out = io.StringIO()
+            stats = pstats.Stats(self._profile, stream=out).strip_dirs()
+            stats.sort_stats("tottime").print_stats(self.top)
+            stats.sort_stats("cumulative").print_stats(self.top)
+            print(out.getvalue())
+        else:
+            print(self._profile.output_text(unicode=True, color=False, show_all=False))
+        self._profile = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def print_sequential(phases: Sequence[Phase]) -> None:
+    header = (
+        f"{'database':<9} {'history':>8} {'window':>7} {'turns':>6} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'mean ms':>8} {'CPU ms/turn':>12} {'turns/s':>8} {'model ms':>9}"
+    )
+    print("\nSequential turns (engine overhead per turn; model time subtracted)")
+    print(header)
+    print("-" * len(header))
+    for phase in phases:
+        print(
+            f"{phase.database:<9} {phase.history:>8,} {phase.window:>7,} "
+            f"{len(phase.overhead_ms):>6} {phase.p(50):>8.2f} {phase.p(99):>8.2f} "
+            f"{statistics.fmean(phase.overhead_ms):>8.2f} "
+            f"{statistics.fmean(phase.cpu_ms):>12.2f} {phase.turns_per_second:>8.1f} "
+            f"{phase.model_ms / len(phase.overhead_ms):>9.3f}"
+        )
+    print("(model ms: the instant model's own time per turn, already subtracted)")
+
+
+def print_breakdown(phases: Sequence[Phase]) -> None:
+    names = ("claim", "lock", "begin", "window reads", "finish", "rest")
+    header = f"{'database':<9} {'history':>8} " + " ".join(f"{n:>12}" for n in names)
+    print("\nWhere a turn's wall time goes (mean ms per turn; 'rest' is the engine's own code)")
+    print(header)
+    print("-" * len(header))
+    for phase in phases:
+        stages = [phase.stages_ms[name] for name in StageTimer.STAGES]
+        rest = statistics.fmean(phase.overhead_ms) - sum(stages)
+        cells = [f"{ms:>12.2f}" for ms in stages]
+        cells[3] = f"{stages[3]:>6.2f} ({phase.pages:>3.0f})"
+        print(f"{phase.database:<9} {phase.history:>8,} " + " ".join(cells) + f" {rest:>12.2f}")
+    print("('window reads': recent_messages calls, with their number per turn in brackets)")
+    counted = [phase for phase in phases if phase.handoffs]
+    if counted:
+        print("\naiosqlite thread handoffs per turn (each is a round trip to its worker thread)")
+        for phase in counted:
+            parts = ", ".join(
+                f"{name} {phase.handoffs.get(name, 0):.0f}"
+                for name in StageTimer.STAGES
+                if name != "turn_lock"
+            )
+            total = sum(phase.handoffs.values())
+            print(f"  {phase.database} {phase.history:>6,}: {parts}; total {total:.0f}")
+
+
+def print_concurrent(results: Sequence[Concurrent]) -> None:
+    header = (
+        f"{'database':<9} {'history':>8} {'chats':>6} {'replies':>8} {'failed':>7} "
+        f"{'msg/s':>8} {'CPU ms/msg':>11} {'lat p50 ms':>11} {'lat p99 ms':>11}"
+    )
+    print("\nConcurrent chats (one turn per chat per round, asyncio.gather; model subtracted)")
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        latency = r.latency_ms or [float("nan")]
+        print(
+            f"{r.database:<9} {r.history:>8,} {r.chats:>6} {r.messages:>8} {r.failed:>7} "
+            f"{r.per_second:>8.1f} {r.cpu_ms_per_message:>11.2f} "
+            f"{percentile(latency, 50):>11.1f} {percentile(latency, 99):>11.1f}"
+        )
+    for r in results:
+        if r.failed:
+            print(f"  {r.database} x {r.history:,}: first failure: {r.first_failure}")
+
+
+def print_targets(phases: Sequence[Phase], results: Sequence[Concurrent]) -> None:
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "MISS"
+
+    print("\nTargets")
+    by_key = {(p.database, p.history): p for p in phases}
+    small = by_key.get(("sqlite", 10))
+    if small:
+        p50 = small.p(50)
+        print(f"  SQLite p50 at 10 messages <= 5 ms: {p50:.2f} ms  {verdict(p50 <= 5)}")
+    for database in sorted({p.database for p in phases}):
+        base, big = by_key.get((database, 10)), by_key.get((database, 10_000))
+        if base and big:
+            ratio = big.p(50) / base.p(50)
+            print(
+                f"  {database} p50 at 10,000 <= 2x p50 at 10: "
+                f"{big.p(50):.2f} / {base.p(50):.2f} ms = {ratio:.2f}x  {verdict(ratio <= 2)}"
+            )
+    for r in results:
+        ok = r.per_second >= 70 and not r.failed
+        print(
+            f"  {r.database} {r.chats} chats at once ({r.history:,} messages each) >= 70 msg/s: "
+            f"{r.per_second:.1f} msg/s, {r.failed} failed  {verdict(ok)}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def parse_sizes(value: str) -> list[int]:
+    try:
+        sizes = [int(part.replace("_", "")) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {value}") from None
+    if not sizes or min(sizes) < 0:
+        raise argparse.ArgumentTypeError("history sizes must be numbers >= 0")
+    return sizes
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--database", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help="server to create a throwaway database on (default: $TEST_POSTGRES_URL or "
+        f"{DEFAULT_POSTGRES_URL})",
+    )
+    parser.add_argument("--turns", type=int, default=300, help="timed sequential turns per size")
+    parser.add_argument("--warmup", type=int, default=30, help="untimed turns before each size")
+    parser.add_argument(
+        "--history", type=parse_sizes, default=[10, 1_000, 10_000], help="e.g. 10,1000,10000"
+    )
+    parser.add_argument("--concurrency", type=int, default=50, help="chats at once (0: skip)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed concurrent rounds")
+    parser.add_argument(
+        "--concurrent-history",
+        type=parse_sizes,
+        default=[10, 1_000],
+        help="stored messages per chat in the concurrent mode (default 10,1000)",
+    )
+    parser.add_argument("--model", default="gpt-4o-mini", help="PARLEY_MODEL (sets the counter)")
+    parser.add_argument(
+        "--context-tokens", type=int, default=None, help="PARLEY_CONTEXT_TOKENS override"
+    )
+    parser.add_argument(
+        "--breakdown", action="store_true", help="time the store's calls within each turn"
+    )
+    parser.add_argument(
+        "--profile",
+        choices=("none", "cprofile", "pyinstrument"),
+        default="none",
+        help="profile the timed sequential turns of each size (slows them down)",
+    )
+    parser.add_argument("--profile-top", type=int, default=30)
+    return parser.parse_args(argv)
+
+
+async def main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # A failed turn is counted and reported once, not printed with its traceback 50 times.
+    failures = FailureLog()
+    engine_log = logging.getLogger("core.conversation")
+    engine_log.addHandler(failures)
+    engine_log.propagate = False
+
+    databases = ["sqlite", "postgres"] if args.database == "both" else [args.database]
+    pool = TextPool.build(args.model)
+    profiler = Profiler(args.profile, args.profile_top)
+
+    def database(kind: str) -> AbstractAsyncContextManager[str]:
+        return sqlite_database() if kind == "sqlite" else postgres_database(args.postgres_url)
+
+    handoff_before = await handoff_microseconds()
+    phases: list[Phase] = []
+    results: list[Concurrent] = []
+    for kind in databases:
+        for history in args.history:
+            async with database(kind) as url:
+                profiler.start_phase()
+                phase = await sequential_phase(kind, url, history, args, pool, profiler)
+                profiler.report(f"{kind}, {history:,} messages")
+            phases.append(phase)
+            log.warning(
+                "%s, %s messages: p50 %.2f ms, p99 %.2f ms",
+                kind,
+                f"{history:,}",
+                phase.p(50),
+                phase.p(99),
+            )
+        for history in args.concurrent_history if args.concurrency > 0 else []:
+            async with database(kind) as url:
+                result = await concurrent_phase(kind, url, history, args, pool, failures)
+            results.append(result)
+            log.warning(
+                "%s, %d chats x %s messages: %.1f msg/s, %d failed",
+                kind,
+                args.concurrency,
+                f"{history:,}",
+                result.per_second,
+                result.failed,
+            )
+
+    handoff_after = await handoff_microseconds()
+    load = os.getloadavg()
+    print(
+        f"\nPython {sys.version.split()[0]}, {os.cpu_count()} CPUs (load average now "
+        f"{load[0]:.2f}), model {args.model}, context "
+        f"{args.context_tokens or 'from the model table'}"
+    )
+    print(
+        f"Thread handoff round trip: {handoff_before:.0f} us before the runs, "
+        f"{handoff_after:.0f} us after (SQLite turns make ~45 of them through aiosqlite)"
+    )
+    print_sequential(phases)
+    if args.breakdown:
+        print_breakdown(phases)
+    if results:
+        print_concurrent(results)
+    print_targets(phases, results)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))
