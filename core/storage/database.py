@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 # The migrations live beside the packages, at the repository's top level (alembic/).
@@ -24,12 +24,14 @@ def create_database_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         # allow bursts well past the steady pool.
         return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size * 4)
     engine = create_async_engine(url, connect_args={"timeout": 30})
-    _configure_sqlite(engine)
+    configure_sqlite(engine.sync_engine)
     return engine
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def configure_sqlite(engine: Engine) -> None:
+    """Pragmas for concurrent use, and BEGIN IMMEDIATE unless `sqlite_deferred` is set."""
+
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # The driver's own BEGIN handling is off so that ours (below) takes effect.
         dbapi_connection.isolation_level = None
@@ -40,11 +42,13 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         # IMMEDIATE takes the write lock up front: a deferred transaction that later writes can
-        # fail with "database is locked" without waiting for busy_timeout.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # fail with "database is locked" without waiting for busy_timeout. Read-only work asks
+        # for a deferred one, so it does not queue behind writers.
+        deferred = connection.get_execution_options().get("sqlite_deferred", False)
+        connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
 def alembic_config(url: str) -> Any:
