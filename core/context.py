@@ -6,7 +6,9 @@ depends on the window's size and never on the length of the conversation's histo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 
 from core.storage.base import SessionStore, StoredMessage
@@ -69,6 +71,45 @@ class Window:
     oldest_id: int | None
 
 
+class WindowCache:
+    """The last window of recently active conversations, newest message first.
+
+    With it a turn reads only the messages stored since its conversation's previous turn
+    instead of the whole window again (about 1,200 rows for a 128k-token model), so the cost
+    of a turn stays flat as a conversation grows. It is safe across processes: a turn holds
+    the conversation's lock and asks the database for every message newer than the cached
+    ones, and a /reset (a new window start) discards the entry. Messages are never edited;
+    whatever deletes them must call `forget`.
+    """
+
+    def __init__(self, max_conversations: int = 512) -> None:
+        self._max = max_conversations
+        self._entries: OrderedDict[int, _Cached] = OrderedDict()
+
+    def get(self, conversation_id: int, after_id: int) -> _Cached | None:
+        entry = self._entries.get(conversation_id)
+        if entry is None or entry.after_id != after_id:
+            return None
+        self._entries.move_to_end(conversation_id)
+        return entry
+
+    def put(self, conversation_id: int, entry: _Cached) -> None:
+        self._entries[conversation_id] = entry
+        self._entries.move_to_end(conversation_id)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def forget(self, conversation_id: int) -> None:
+        self._entries.pop(conversation_id, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    after_id: int
+    newest_first: list[StoredMessage]
+    complete: bool  # no older message (after after_id) exists beyond these
+
+
 async def build_window(
     store: SessionStore,
     *,
@@ -76,6 +117,7 @@ async def build_window(
     after_id: int,
     budget: int,
     counter: TokenCounter,
+    cache: WindowCache | None = None,
 ) -> Window:
     """Newest whole turns that fit in `budget` tokens; the newest turn always goes in.
 
@@ -83,46 +125,71 @@ async def build_window(
     tool calls and their results), so a tool call is never separated from its result. When the
     newest turn alone is too large, its largest message is truncated with a marker.
     """
-    chosen: list[StoredMessage] = []  # newest first
+    chosen: list[StoredMessage] = []  # newest first, as stored
+    fitted: list[StoredMessage] = []  # the newest turn, as sent (maybe truncated)
     used = 0
     pending: list[StoredMessage] = []  # the turn being gathered, newest first
-    before_id: int | None = None
-    while True:
-        page = await store.recent_messages(
-            conversation_id=conversation_id, after_id=after_id, before_id=before_id, limit=PAGE_SIZE
-        )
-        for message in page:
+    dropped = True
+    async with aclosing(_newest_first(store, conversation_id, after_id, cache)) as newest:
+        async for message in newest:
             pending.append(message)
             if message.role != "user":
                 continue
             turn_tokens = sum(m.token_count for m in pending)
             if not chosen:
-                pending, turn_tokens = _fit(pending, budget, counter)
+                fitted, turn_tokens = _fit(pending, budget, counter)
             elif used + turn_tokens > budget:
-                return _window(chosen, used, dropped=True)
+                break
             chosen.extend(pending)
             used += turn_tokens
             pending = []
-        if len(page) < PAGE_SIZE:
-            break
-        before_id = page[-1].id
-    # Messages older than the oldest user message (e.g. a greeting) go in if they fit.
-    leftover = sum(m.token_count for m in pending)
-    if pending and used + leftover <= budget:
-        chosen.extend(pending)
-        used += leftover
-        pending = []
-    return _window(chosen, used, dropped=bool(pending))
-
-
-def _window(newest_first: list[StoredMessage], tokens: int, *, dropped: bool) -> Window:
-    messages = newest_first[::-1]
+        else:
+            # History exhausted. Messages older than the oldest user message (a greeting, say)
+            # go in if they fit.
+            leftover = sum(m.token_count for m in pending)
+            if used + leftover <= budget:
+                chosen.extend(pending)
+                used += leftover
+                pending = []
+            dropped = bool(pending)
+    if cache is not None:
+        cache.put(conversation_id, _Cached(after_id, chosen, complete=not dropped))
+    messages = [*fitted, *chosen[len(fitted) :]][::-1]
     return Window(
         messages=messages,
-        tokens=tokens,
+        tokens=used,
         dropped=dropped,
         oldest_id=messages[0].id if messages else None,
     )
+
+
+async def _newest_first(
+    store: SessionStore, conversation_id: int, after_id: int, cache: WindowCache | None
+) -> AsyncGenerator[StoredMessage, None]:
+    """The conversation's messages after `after_id`, newest first, read a page at a time."""
+    before_id: int | None = None
+    entry = cache.get(conversation_id, after_id) if cache is not None else None
+    if entry is not None:
+        newest_known = entry.newest_first[0].id if entry.newest_first else after_id
+        new = await store.recent_messages(
+            conversation_id=conversation_id, after_id=newest_known, before_id=None, limit=PAGE_SIZE
+        )
+        if len(new) < PAGE_SIZE:  # else another process wrote a lot: read afresh
+            known = [*new, *entry.newest_first]
+            for message in known:
+                yield message
+            if entry.complete:
+                return
+            before_id = known[-1].id if known else None
+    while True:
+        page = await store.recent_messages(
+            conversation_id=conversation_id, after_id=after_id, before_id=before_id, limit=PAGE_SIZE
+        )
+        for message in page:
+            yield message
+        if len(page) < PAGE_SIZE:
+            return
+        before_id = page[-1].id
 
 
 def _fit(

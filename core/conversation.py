@@ -10,7 +10,7 @@ from typing import Any
 
 from core import wording
 from core.commands import CommandHandler, parse_command
-from core.context import Window, build_window, context_size
+from core.context import Window, WindowCache, build_window, context_size
 from core.errors import ModelError
 from core.events import (
     CommandResult,
@@ -42,6 +42,7 @@ class EngineOptions:
     reply_tokens: int
     context_tokens: int | None = None
     summaries: bool = False
+    window_cache_size: int = 512
 
 
 class Engine:
@@ -67,6 +68,7 @@ class Engine:
         self._default_persona = default_persona
         self._options = options
         self._clock = clock
+        self._windows = WindowCache(options.window_cache_size)
         self.commands = CommandHandler(
             store=store, personas=personas, default_persona=default_persona, clock=clock
         )
@@ -133,6 +135,7 @@ class Engine:
             after_id=state.window_start_id,
             budget=max(budget, MIN_WINDOW_TOKENS),
             counter=counter,
+            cache=self._windows,
         )
         request = ModelRequest(
             model=model,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
 
 from core import wording
-from core.context import PAGE_SIZE, build_window, context_size
+from core.context import PAGE_SIZE, WindowCache, build_window, context_size
 from core.events import Final
 from core.storage import (
     NewMessage,
@@ -153,3 +154,50 @@ async def test_summaries_carry_what_fell_out_of_the_window(
     assert fake_openai.chat_requests[-1]["messages"][0]["content"].endswith(
         f"{wording.SUMMARY_PREFIX}\nscripted summary"
     )
+
+
+async def test_a_cached_window_reads_only_new_messages_and_matches_a_fresh_read(
+    store: CountingStore,
+) -> None:
+    conversation = await add_turns(store, 2_000)
+    cache = WindowCache()
+    counter = ApproximateCounter()
+    first = await build_window(
+        store, conversation_id=conversation, after_id=0, budget=5_000, counter=counter, cache=cache
+    )
+    await add_turns(store, 1)
+    store.rows_read = 0
+    cached = await build_window(
+        store, conversation_id=conversation, after_id=0, budget=5_000, counter=counter, cache=cache
+    )
+    assert store.rows_read == 2  # the new user message and reply, nothing else
+    fresh = await build_window(
+        store, conversation_id=conversation, after_id=0, budget=5_000, counter=counter
+    )
+    assert cached == fresh
+    assert cached.messages[-2:] != first.messages[-2:]
+
+
+async def test_the_cache_follows_other_writers_resets_and_budget_changes(
+    store: CountingStore, sqlite_url: str
+) -> None:
+    rng = random.Random(7)
+    cache = WindowCache()
+    counter = ApproximateCounter()
+    other = SqlStore(create_database_engine(sqlite_url))  # another process on the same database
+    try:
+        conversation = await add_turns(store, 5)
+        after_id = 0
+        for step in range(120):
+            writer = rng.choice([store, other])
+            await add_turns(writer, rng.randint(0, 40), tokens=rng.randint(1, 30))
+            if step % 37 == 36:  # now and then a /reset
+                await store.reset(key=KEY)
+                after_id = (await store.conversation(key=KEY)).window_start_id
+            budget = rng.choice([50, 300, 2_000, 20_000])
+            arguments = {"conversation_id": conversation, "after_id": after_id, "budget": budget}
+            cached = await build_window(store, counter=counter, cache=cache, **arguments)
+            fresh = await build_window(store, counter=counter, **arguments)
+            assert cached == fresh, f"step {step}"
+    finally:
+        await other.close()
