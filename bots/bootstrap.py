@@ -128,6 +128,7 @@ async def build_engine(
                 reply_tokens=settings.reply_tokens,
                 context_tokens=context_tokens,
                 summaries=settings.summaries,
+                window_cache_size=settings.window_cache_size,
             ),
             clock=clock or (lambda: datetime.now(UTC)),
         )

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     context_tokens: PositiveInt | None = Field(None, alias="PARLEY_CONTEXT_TOKENS")
     reply_tokens: PositiveInt = Field(1024, alias="PARLEY_REPLY_TOKENS")
     summaries: bool = Field(False, alias="PARLEY_SUMMARIES")
+    window_cache_size: NonNegativeInt = Field(256, alias="PARLEY_WINDOW_CACHE_SIZE")
 
     persona: str = Field("assistant", alias="PARLEY_PERSONA", min_length=1)
     personas_dir: Path | None = Field(None, alias="PARLEY_PERSONAS_DIR")

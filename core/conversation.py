@@ -42,7 +42,7 @@ class EngineOptions:
     reply_tokens: int
     context_tokens: int | None = None
     summaries: bool = False
-    window_cache_size: int = 512
+    window_cache_size: int = 256
 
 
 class Engine:
@@ -68,7 +68,9 @@ class Engine:
         self._default_persona = default_persona
         self._options = options
         self._clock = clock
-        self._windows = WindowCache(options.window_cache_size)
+        self._windows = (
+            WindowCache(options.window_cache_size) if options.window_cache_size else None
+        )
         self.commands = CommandHandler(
             store=store, personas=personas, default_persona=default_persona, clock=clock
         )

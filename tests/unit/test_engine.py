@@ -14,7 +14,7 @@ from core.events import CommandResult, Delta, Failed, Final, Usage
 from core.storage import SqlStore, create_database_engine, migrate
 from core.storage.tables import messages, usage
 from tests.conftest import EngineFactory
-from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.helpers import KEY, inbound, turn
 
 ASSISTANT_PROMPT = (
@@ -337,3 +337,19 @@ async def test_a_bug_inside_a_turn_becomes_a_short_message_not_a_traceback(
         await store.close()
     assert events == [Failed(text=wording.UNEXPECTED_FAILURE, reason="internal")]
     assert fake_openai.chat_requests == []
+
+
+async def test_many_concurrent_turns_on_postgres_share_a_small_pool(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI, postgres_url: str
+) -> None:
+    # Each turn holds one connection (its advisory lock) and runs its statements on it: with
+    # a second connection per turn, 30 turns on a pool of at most 10 deadlocked until timeout.
+    fake_openai.default = Reply("ok", delay=0.05)
+    async with engine_factory(DATABASE_URL=postgres_url, PARLEY_DB_POOL_SIZE=2) as runtime:
+        keys = [KEY.__class__("test", "team", f"channel-{i}", "") for i in range(30)]
+        results = await asyncio.wait_for(
+            asyncio.gather(*(turn(runtime.engine, "hi", key=key) for key in keys)), timeout=60
+        )
+        rows = await stored_rows(runtime.store)  # type: ignore[arg-type]
+    assert all(events[-1] == Final("ok", Usage(10, 5, "gpt-4o-mini")) for events in results)
+    assert len(rows) == 60
