@@ -104,23 +104,25 @@ class Engine:
                 yield Failed(text=wording.UNEXPECTED_FAILURE, reason="internal")
 
     async def _turn(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
-        # The persona (and so the model) is known only after the conversation row is read, but
-        # the message is stored in that same transaction: count with the channel's likely model
-        # first and correct nothing later; counts are estimates of the same text either way.
-        provisional = self._persona_for(None)
-        counter = counter_for_model(provisional.model or self._options.model)
+        def count_tokens(state: ConversationState) -> int:
+            # The conversation's persona picks the model, and so the tokenizer: counted once,
+            # in the transaction that stores the message.
+            counter = counter_for_model(self._model_for(state))
+            return message_tokens(counter, inbound.text, inbound.user_name)
+
         state, _ = await self._store.begin_turn(
             key=inbound.key,
             message=NewMessage(
                 role="user",
                 content=inbound.text,
-                token_count=message_tokens(counter, inbound.text, inbound.user_name),
+                token_count=0,
                 author_id=inbound.user_id,
                 author_name=inbound.user_name,
             ),
+            count_tokens=count_tokens,
         )
         persona = self._persona_for(state)
-        model = persona.model or self._options.model
+        model = self._model_for(state)
         counter = counter_for_model(model)
         reply_tokens = persona.max_reply_tokens or self._options.reply_tokens
         system = self._system_prompt(persona, inbound, state)
@@ -184,12 +186,13 @@ class Engine:
         if self._options.summaries and window.dropped and window.oldest_id is not None:
             await self._summarize(inbound, state, window, model, counter)
 
-    def _persona_for(self, state: ConversationState | None) -> Persona:
-        if state is None:
-            return self._default_persona
+    def _persona_for(self, state: ConversationState) -> Persona:
         return resolve_persona(
             self._personas, self._default_persona, state.persona, state.channel_persona
         )
+
+    def _model_for(self, state: ConversationState) -> str:
+        return self._persona_for(state).model or self._options.model
 
     def _system_prompt(self, persona: Persona, inbound: Inbound, state: ConversationState) -> str:
         prompt = persona.render_system_prompt(

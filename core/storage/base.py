@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -83,9 +83,17 @@ class SessionStore(Protocol):
         ...
 
     async def begin_turn(
-        self, *, key: ConversationKey, message: NewMessage
+        self,
+        *,
+        key: ConversationKey,
+        message: NewMessage,
+        count_tokens: Callable[[ConversationState], int] | None = None,
     ) -> tuple[ConversationState, int]:
-        """Get or create the conversation and store the user's message; returns its id too."""
+        """Get or create the conversation and store the user's message; returns its id too.
+
+        `count_tokens`, when given, sets the message's token count from the conversation's
+        state (its persona decides the model, and so the tokenizer) in the same transaction.
+        """
         ...
 
     async def conversation(self, *, key: ConversationKey) -> ConversationState:

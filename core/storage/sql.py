@@ -145,13 +145,20 @@ class SqlStore:
         )
 
     async def begin_turn(
-        self, *, key: ConversationKey, message: NewMessage
+        self,
+        *,
+        key: ConversationKey,
+        message: NewMessage,
+        count_tokens: Callable[[ConversationState], int] | None = None,
     ) -> tuple[ConversationState, int]:
         def work(connection: Connection) -> tuple[ConversationState, int]:
             state = self._upsert_conversation(connection, key)
+            values = _message_values(message)
+            if count_tokens is not None:
+                values["token_count"] = count_tokens(state)
             message_id = connection.execute(
                 message_rows.insert()
-                .values(conversation_id=state.id, **_message_values(message))
+                .values(conversation_id=state.id, **values)
                 .returning(message_rows.c.id)
             ).scalar_one()
             return state, message_id

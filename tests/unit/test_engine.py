@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import NoReturn
 
 from sqlalchemy import select
@@ -13,6 +14,7 @@ from core.errors import ModelFailure
 from core.events import CommandResult, Delta, Failed, Final, Usage
 from core.storage import SqlStore, create_database_engine, migrate
 from core.storage.tables import messages, usage
+from core.tokens import ApproximateCounter, counter_for_model, message_tokens
 from tests.conftest import EngineFactory
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.helpers import KEY, inbound, turn
@@ -353,3 +355,32 @@ async def test_many_concurrent_turns_on_postgres_share_a_small_pool(
         rows = await stored_rows(runtime.store)  # type: ignore[arg-type]
     assert all(events[-1] == Final("ok", Usage(10, 5, "gpt-4o-mini")) for events in results)
     assert len(rows) == 60
+
+
+async def test_token_counts_are_stored_with_the_tokenizer_of_the_conversations_model(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    (tmp_path / "local.toml").write_text('system_prompt = "Be brief."\nmodel = "llama3.1:8b"\n')
+    fake_openai.reply("Sure.")
+    fake_openai.reply("Sure.")
+    text = "Please summarise the quarterly report for the board meeting on Tuesday."
+    async with engine_factory(PARLEY_PERSONAS_DIR=str(tmp_path)) as runtime:
+        await turn(runtime.engine, text)  # the default persona: gpt-4o-mini, exact o200k
+        await turn(runtime.engine, "/persona local")
+        await turn(runtime.engine, text)  # llama3.1: the approximation
+        async with runtime.store.engine.connect() as connection:  # type: ignore[attr-defined]
+            counts = (
+                (
+                    await connection.execute(
+                        select(messages.c.token_count).where(messages.c.role == "user")
+                    )
+                )
+                .scalars()
+                .all()
+            )
+    assert counts == [
+        message_tokens(counter_for_model("gpt-4o-mini"), text, "alice"),
+        message_tokens(ApproximateCounter(), text, "alice"),
+    ]
+    assert counts[0] < counts[1]
+    assert fake_openai.chat_requests[1]["model"] == "llama3.1:8b"
