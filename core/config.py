@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     )
 
     database_url: str = Field("sqlite+aiosqlite:///./parley.db", alias="DATABASE_URL")
-    db_pool_size: PositiveInt = Field(10, alias="PARLEY_DB_POOL_SIZE")
+    db_pool_size: PositiveInt = Field(20, alias="PARLEY_DB_POOL_SIZE")
     auto_migrate: bool = Field(True, alias="PARLEY_AUTO_MIGRATE")
 
     openai_api_key: SecretStr | None = Field(None, alias="OPENAI_API_KEY")

@@ -17,12 +17,13 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_database_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_database_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     """An async engine with the settings each backend needs for concurrent use."""
     if not is_sqlite(url):
-        # One connection per active turn on PostgreSQL (the advisory turn lock holds it), so
-        # allow bursts well past the steady pool.
-        return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size * 4)
+        # A turn being answered holds one connection (its advisory lock) for the whole turn,
+        # so the pool bounds concurrent turns per process: up to three times the steady pool
+        # in bursts (connections past the pool size are closed when returned).
+        return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size * 2)
     engine = create_async_engine(url, connect_args={"timeout": 30})
     configure_sqlite(engine.sync_engine)
     return engine
