@@ -25,7 +25,6 @@ import random
 import statistics
 import sys
 import tempfile
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,6 @@ from time import perf_counter, process_time
 from typing import Any
 
 from sqlalchemy import func, select, text
-from sqlalchemy.engine import make_url
 
 from bots.bootstrap import build_engine
 from core.config import Settings
@@ -45,6 +43,7 @@ from core.llm import ModelChunk, ModelRequest, TextChunk, UsageChunk
 from core.storage import SqlStore
 from core.storage.tables import messages as message_rows
 from core.tokens import counter_for_model, message_tokens
+from tests.fakes.databases import throwaway_postgres_database
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REPLY = ("Sure", " — that works.", " Here is a short answer", " to your question.")
@@ -163,25 +162,9 @@ async def sqlite_database() -> AsyncIterator[str]:
         yield f"sqlite+aiosqlite:///{directory}/bench.db"
 
 
-@asynccontextmanager
-async def postgres_database(base_url: str) -> AsyncIterator[str]:
+def postgres_database(base_url: str) -> AbstractAsyncContextManager[str]:
     """A new, empty PostgreSQL database on the server of `base_url`, dropped afterwards."""
-    import asyncpg  # type: ignore[import-untyped]
-
-    url = make_url(base_url)
-    name = f"parley_bench_{uuid.uuid4().hex[:10]}"
-    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield url.set(drivername="postgresql+asyncpg", database=name).render_as_string(
-                hide_password=False
-            )
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    return throwaway_postgres_database(base_url, "parley_bench")
 
 
 @dataclass(frozen=True)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from bots.bootstrap import Runtime, build_engine
 from core.config import Settings
+from tests.fakes.databases import throwaway_postgres_database
 from tests.fakes.openai_server import FakeOpenAI
 
 FIXED_NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -36,22 +35,8 @@ async def fresh_postgres_database() -> AsyncIterator[str]:
     base = os.environ.get("TEST_POSTGRES_URL")
     if not base:
         pytest.skip("TEST_POSTGRES_URL is not set (e.g. postgresql://postgres@127.0.0.1/test)")
-    import asyncpg
-
-    url = make_url(base)
-    name = f"parley_test_{uuid.uuid4().hex[:10]}"
-    admin_dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield url.set(drivername="postgresql+asyncpg", database=name).render_as_string(
-                hide_password=False
-            )
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with throwaway_postgres_database(base, "parley_test") as url:
+        yield url
 
 
 @pytest.fixture
