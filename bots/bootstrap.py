@@ -62,9 +62,9 @@ async def open_store(settings: Settings) -> SqlStore:
         raise
     except Exception as exc:
         await engine.dispose()
+        first_line = (str(exc).splitlines() or [""])[0]
         raise ConfigError(
-            f"DATABASE_URL: cannot open the database ({exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''})"
+            f"DATABASE_URL: cannot open the database ({type(exc).__name__}: {first_line})"
         ) from exc
     return SqlStore(engine)
 

@@ -103,6 +103,7 @@ async def test_bad_settings_stop_start_up_with_one_line(
         ("PARLEY_CONTEXT_TOKENS", "-1", "invalid setting PARLEY_CONTEXT_TOKENS"),
         ("PARLEY_PERSONA", "pirate", "PARLEY_PERSONA: unknown persona 'pirate'; available:"),
         ("OPENAI_BASE_URL", "localhost:8000", "invalid setting OPENAI_BASE_URL"),
+        ("DATABASE_URL", f"sqlite:///{tmp_path}/no/such/dir.db", "DATABASE_URL: cannot open"),
     ]:
         env = environment(fake_openai, tmp_path, **{setting: value})
         code, out, err = await parley("chat", stdin="hi\n", env=env, cwd=tmp_path)
