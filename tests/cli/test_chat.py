@@ -105,7 +105,7 @@ async def test_bad_settings_stop_start_up_with_one_line(
         ("OPENAI_BASE_URL", "localhost:8000", "invalid setting OPENAI_BASE_URL"),
         ("DATABASE_URL", f"sqlite:///{tmp_path}/no/such/dir.db", "DATABASE_URL: cannot open"),
     ]:
-        env = environment(fake_openai, tmp_path, **{setting: value})
+        env = environment(fake_openai, tmp_path, PARLEY_LOG_LEVEL="WARNING", **{setting: value})
         code, out, err = await parley("chat", stdin="hi\n", env=env, cwd=tmp_path)
         assert (code, out) == (2, "")
         assert err.startswith(f"parley: {expected}") and err.count("\n") == 1, err
