@@ -35,9 +35,6 @@ _ENCODINGS: tuple[tuple[str, str], ...] = (
 class TokenCounter(Protocol):
     """Counts and trims text in a model's tokens."""
 
-    @property
-    def exact(self) -> bool: ...
-
     def count(self, text: str) -> int: ...
 
     def truncate(self, text: str, max_tokens: int) -> str: ...
@@ -51,8 +48,6 @@ class _Encoding(Protocol):
 
 class ExactCounter:
     """Counts with the model's own BPE encoding (special-token text counts as ordinary text)."""
-
-    exact = True
 
     def __init__(self, encoding_name: str) -> None:
         self.encoding_name = encoding_name
@@ -75,8 +70,6 @@ class ApproximateCounter:
     tokenizers, and a CJK character (three bytes) is about one token, so this errs high; the
     `margin` adds head-room on top.
     """
-
-    exact = False
 
     def __init__(self, bytes_per_token: float = 3.0, margin: float = 1.1) -> None:
         self._bytes_per_token = bytes_per_token
