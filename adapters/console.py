@@ -16,7 +16,17 @@ import uuid
 from typing import TextIO
 
 from core.conversation import Engine
-from core.events import CommandResult, ConversationKey, Delta, Failed, Final, Inbound, Refused
+from core.events import (
+    CommandResult,
+    ConversationKey,
+    Delta,
+    Failed,
+    Final,
+    Inbound,
+    Refused,
+    ToolFinished,
+    ToolStarted,
+)
 from core.storage.base import SessionStore
 
 PLATFORM = "console"
@@ -53,6 +63,7 @@ class Console:
         bot_name: str,
         stdin: TextIO = sys.stdin,
         stdout: TextIO = sys.stdout,
+        stderr: TextIO = sys.stderr,
     ) -> None:
         self._engine = engine
         self._key = key
@@ -60,6 +71,7 @@ class Console:
         self._bot_name = bot_name
         self._stdin = stdin
         self._stdout = stdout
+        self._stderr = stderr
         self.interactive = stdin.isatty() and stdout.isatty()
 
     async def send(self, text: str) -> bool:
@@ -79,6 +91,10 @@ class Console:
             match event:
                 case Delta(text=piece):
                     self._write(piece)
+                case ToolStarted(name=name):
+                    self._activity(f"using {name}…")
+                case ToolFinished(name=name, ok=False):
+                    self._activity(f"{name} failed; the model was told why")
                 case Final():
                     self._write("\n")
                 case CommandResult(text=answer) | Refused(text=answer):
@@ -115,6 +131,14 @@ class Console:
                 return None
         line = self._stdin.readline()
         return line or None
+
+    def _activity(self, text: str) -> None:
+        # On a terminal it shows in the conversation; piped, stdout stays replies only.
+        if self.interactive:
+            self._write(f"[{text}] ")
+        else:
+            self._stderr.write(f"[{text}]\n")
+            self._stderr.flush()
 
     def _write(self, text: str) -> None:
         self._stdout.write(text)

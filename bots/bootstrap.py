@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bots.tools import SHIPPED_TOOL_MODULES
 from core.config import Settings
 from core.conversation import Engine, EngineOptions
 from core.errors import ConfigError
@@ -17,6 +18,7 @@ from core.personas import Persona, PersonaCatalogue
 from core.storage import SessionStore, SqlStore, create_database_engine, migrate
 from core.storage.database import current_revision, head_revision
 from core.tokens import counter_for_model
+from core.tools import ToolRegistry
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,22 @@ class Runtime:
     settings: Settings
     personas: PersonaCatalogue
     model_name: str
+
+
+def load_tools(settings: Settings, catalogue: PersonaCatalogue) -> ToolRegistry:
+    """Shipped tools, the modules named in PARLEY_TOOL_MODULES, and installed plugins."""
+    registry = ToolRegistry()
+    for module in (*SHIPPED_TOOL_MODULES, *settings.tool_modules):
+        registry.load_module(module)
+    registry.load_entry_points()
+    for persona in catalogue:
+        unknown = [name for name in persona.tools if registry.get(name) is None]
+        if unknown:
+            raise ConfigError(
+                f"persona '{persona.name}' lists unknown tool(s) {', '.join(unknown)}; "
+                f"available: {', '.join(registry.names())}"
+            )
+    return registry
 
 
 def load_personas(settings: Settings) -> tuple[PersonaCatalogue, Persona]:
@@ -79,6 +97,7 @@ async def build_engine(
 ) -> AsyncIterator[Runtime]:
     """Wire the engine from settings; closes what it opened on exit."""
     catalogue, default = load_personas(settings)
+    tools = load_tools(settings, catalogue)
     async with AsyncExitStack() as stack:
         model_name = settings.model
         context_tokens = settings.context_tokens
@@ -129,7 +148,9 @@ async def build_engine(
                 context_tokens=context_tokens,
                 summaries=settings.summaries,
                 window_cache_size=settings.window_cache_size,
+                tool_steps=settings.tool_steps,
             ),
+            tools=tools,
             clock=clock or (lambda: datetime.now(UTC)),
         )
         yield Runtime(

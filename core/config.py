@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     AnyHttpUrl,
@@ -15,7 +15,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     summaries: bool = Field(False, alias="PARLEY_SUMMARIES")
     window_cache_size: NonNegativeInt = Field(256, alias="PARLEY_WINDOW_CACHE_SIZE")
 
+    tool_modules: Annotated[tuple[str, ...], NoDecode] = Field((), alias="PARLEY_TOOL_MODULES")
+    tool_steps: NonNegativeInt = Field(5, alias="PARLEY_TOOL_STEPS")
+
     persona: str = Field("assistant", alias="PARLEY_PERSONA", min_length=1)
     personas_dir: Path | None = Field(None, alias="PARLEY_PERSONAS_DIR")
     bot_name: str = Field("Parley", alias="PARLEY_BOT_NAME", min_length=1)
@@ -83,6 +86,13 @@ class Settings(BaseSettings):
         if driver is None:
             raise ValueError(f"unsupported database '{url.drivername}'; use SQLite or PostgreSQL")
         return url.set(drivername=driver).render_as_string(hide_password=False)
+
+    @field_validator("tool_modules", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("personas_dir")
     @classmethod

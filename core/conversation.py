@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,12 +21,15 @@ from core.events import (
     Final,
     Inbound,
     ReplyEvent,
+    ToolFinished,
+    ToolStarted,
     Usage,
 )
-from core.llm import ModelClient, ModelRequest, TextChunk, UsageChunk
+from core.llm import ModelClient, ModelRequest, TextChunk, ToolCallChunk, UsageChunk
 from core.personas import Persona, PersonaCatalogue, resolve_persona
 from core.storage.base import ConversationState, NewMessage, SessionStore, UsageRecord
 from core.tokens import REPLY_PRIMING, TokenCounter, counter_for_model, message_tokens
+from core.tools import ToolCall, ToolContext, ToolRegistry, run_tool_calls
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,7 @@ class EngineOptions:
     context_tokens: int | None = None
     summaries: bool = False
     window_cache_size: int = 256
+    tool_steps: int = 5
 
 
 class Engine:
@@ -60,9 +66,11 @@ class Engine:
         personas: PersonaCatalogue,
         default_persona: Persona,
         options: EngineOptions,
+        tools: ToolRegistry | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
+        self._tools = tools or ToolRegistry()
         self._model = model
         self._personas = personas
         self._default_persona = default_persona
@@ -125,12 +133,16 @@ class Engine:
         model = self._model_for(state)
         counter = counter_for_model(model)
         reply_tokens = persona.max_reply_tokens or self._options.reply_tokens
+        allowed = self._allowed_tools(persona, state)
+        tools = self._tools.select(allowed)
+        schemas = [tool.schema() for tool in tools]
         system = self._system_prompt(persona, inbound, state)
         system_tokens = message_tokens(counter, system)
         budget = (
             context_size(model, self._options.context_tokens)
             - reply_tokens
             - system_tokens
+            - schema_tokens(counter, schemas)
             - REPLY_PRIMING
         )
         window = await build_window(
@@ -141,50 +153,118 @@ class Engine:
             counter=counter,
             cache=self._windows,
         )
-        request = ModelRequest(
-            model=model,
-            messages=[{"role": "system", "content": system}, *to_openai_messages(window)],
-            max_tokens=reply_tokens,
-            temperature=persona.temperature,
-        )
-
-        parts: list[str] = []
-        reported: UsageChunk | None = None
-        try:
-            async for chunk in self._model.stream(request):
-                if isinstance(chunk, TextChunk):
-                    parts.append(chunk.text)
-                    yield Delta(chunk.text)
-                else:
-                    reported = chunk
-        except ModelError as exc:
-            log.warning("model call failed for %s: %s", inbound.key, exc)
-            yield Failed(
-                text=wording.MODEL_FAILURE[exc.kind], reason=exc.kind.value, partial="".join(parts)
-            )
-            return
-        text = "".join(parts)
-        if not text.strip():
-            yield Failed(text=wording.EMPTY_REPLY, reason="empty")
-            return
-
-        usage = self._usage(reported, model, system_tokens + window.tokens, text, counter)
-        await self._store.finish_turn(
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": system},
+            *to_openai_messages(window),
+        ]
+        context = ToolContext(
             conversation_id=state.id,
-            messages=[
+            user_id=inbound.user_id,
+            user_name=inbound.user_name,
+            platform=inbound.key.platform,
+            store=self._store,
+            now=self._clock(),
+        )
+        produced: list[NewMessage] = []  # tool calls, their results, then the reply
+        usages: list[Usage] = []
+        prompt_tokens = system_tokens + window.tokens
+        shown = ""  # what the user has seen, across steps
+        steps = self._options.tool_steps
+        for step in range(steps + 1):
+            offered = schemas if step < steps else []
+            if schemas and not offered:
+                messages.append({"role": "system", "content": wording.TOOL_STEPS_USED})
+            request = ModelRequest(
+                model=model,
+                messages=list(messages),
+                max_tokens=reply_tokens,
+                temperature=persona.temperature,
+                tools=offered,
+            )
+            text_parts: list[str] = []
+            calls = _ToolCalls()
+            reported: UsageChunk | None = None
+            try:
+                async for chunk in self._model.stream(request):
+                    if isinstance(chunk, TextChunk):
+                        if not text_parts and shown:
+                            shown += "\n\n"  # a new step's text starts a new paragraph
+                            yield Delta("\n\n")
+                        text_parts.append(chunk.text)
+                        shown += chunk.text
+                        yield Delta(chunk.text)
+                    elif isinstance(chunk, ToolCallChunk):
+                        calls.add(chunk)
+                    else:
+                        reported = chunk
+            except ModelError as exc:
+                log.warning("model call failed for %s: %s", inbound.key, exc)
+                yield Failed(
+                    text=wording.MODEL_FAILURE[exc.kind], reason=exc.kind.value, partial=shown
+                )
+                return
+            text = "".join(text_parts)
+            usages.append(self._usage(reported, model, prompt_tokens, text, counter))
+            assembled = calls.assembled() if offered else []
+            if not assembled:
+                break
+            tool_calls = calls.as_openai()
+            step_messages = [
                 NewMessage(
                     role="assistant",
-                    content=text,
-                    token_count=message_tokens(counter, text),
+                    content=text,  # "" rather than null: llama.cpp's server rejects null
+                    token_count=message_tokens(counter, text)
+                    + counter.count(json.dumps(tool_calls)),
                     author_name=self._options.bot_name,
+                    tool_calls=tool_calls,
                 )
-            ],
-            usage=usage_record(inbound, usage),
+            ]
+            messages.append({"role": "assistant", "content": text, "tool_calls": tool_calls})
+            for call in assembled:
+                yield ToolStarted(name=call.name, call_id=call.id)
+            outcomes = await run_tool_calls(assembled, self._tools, set(allowed), context)
+            for call, outcome in zip(assembled, outcomes, strict=True):
+                yield ToolFinished(name=call.name, call_id=call.id, ok=outcome.ok)
+                messages.append(
+                    {"role": "tool", "tool_call_id": call.id, "content": outcome.content}
+                )
+                step_messages.append(
+                    NewMessage(
+                        role="tool",
+                        content=outcome.content,
+                        token_count=message_tokens(counter, outcome.content),
+                        tool_call_id=call.id,
+                    )
+                )
+            produced.extend(step_messages)
+            prompt_tokens += sum(m.token_count for m in step_messages)
+        if not text.strip():
+            yield Failed(text=wording.EMPTY_REPLY, reason="empty", partial=shown)
+            return
+
+        produced.append(
+            NewMessage(
+                role="assistant",
+                content=text,
+                token_count=message_tokens(counter, text),
+                author_name=self._options.bot_name,
+            )
         )
-        yield Final(text=text, usage=usage)
+        await self._store.finish_turn(
+            conversation_id=state.id,
+            messages=produced,
+            usage=[usage_record(inbound, usage) for usage in usages],
+        )
+        yield Final(text=shown, usage=total_usage(usages))
 
         if self._options.summaries and window.dropped and window.oldest_id is not None:
             await self._summarize(inbound, state, window, model, counter)
+
+    def _allowed_tools(self, persona: Persona, state: ConversationState) -> list[str]:
+        """The persona's tools, narrowed by the channel's list when it has one."""
+        if state.channel_tools is None:
+            return list(persona.tools)
+        return [name for name in persona.tools if name in state.channel_tools]
 
     def _persona_for(self, state: ConversationState) -> Persona:
         return resolve_persona(
@@ -267,7 +347,7 @@ class Engine:
             async for chunk in self._model.stream(request):
                 if isinstance(chunk, TextChunk):
                     parts.append(chunk.text)
-                else:
+                elif isinstance(chunk, UsageChunk):
                     reported = chunk
         except ModelError as exc:
             log.warning("summary for conversation %s failed: %s", state.id, exc)
@@ -287,6 +367,58 @@ SUMMARIZER_PROMPT = (
     "far. Keep names, decisions, facts, open questions and commitments; drop small talk. "
     "Write at most 200 words of plain prose."
 )
+
+
+class _ToolCalls:
+    """Assembles the tool calls of one model reply from streamed fragments (or whole ones)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+        self._assembled: list[ToolCall] | None = None
+
+    def add(self, chunk: ToolCallChunk) -> None:
+        call = self._calls.setdefault(chunk.index, {"id": "", "name": "", "arguments": []})
+        call["id"] = chunk.id or call["id"]
+        call["name"] = chunk.name or call["name"]
+        call["arguments"].append(chunk.arguments)
+
+    def assembled(self) -> list[ToolCall]:
+        if self._assembled is None:
+            self._assembled = [
+                ToolCall(
+                    # Some local servers send no id; the result must still point at its call.
+                    id=call["id"] or f"call_{uuid.uuid4().hex[:16]}",
+                    name=call["name"],
+                    arguments="".join(call["arguments"]),
+                )
+                for _, call in sorted(self._calls.items())
+            ]
+        return self._assembled
+
+    def as_openai(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in self.assembled()
+        ]
+
+
+def schema_tokens(counter: TokenCounter, schemas: list[dict[str, Any]]) -> int:
+    """What the tool definitions cost in the prompt (their JSON is a fair estimate)."""
+    return counter.count(json.dumps(schemas)) if schemas else 0
+
+
+def total_usage(usages: list[Usage]) -> Usage:
+    """One turn's usage over its model calls (tool steps included)."""
+    return Usage(
+        prompt_tokens=sum(u.prompt_tokens for u in usages),
+        completion_tokens=sum(u.completion_tokens for u in usages),
+        model=usages[-1].model,
+        estimated=any(u.estimated for u in usages),
+    )
 
 
 def usage_record(inbound: Inbound, usage: Usage) -> UsageRecord:

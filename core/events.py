@@ -72,6 +72,23 @@ class Delta:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolStarted:
+    """The model called a tool and it is running; adapters show e.g. "using current_time…"."""
+
+    name: str
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolFinished:
+    """A tool call ended; `ok` is False when it failed (the model is told why)."""
+
+    name: str
+    call_id: str
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Final:
     """The complete reply, stored, with what it cost."""
 
@@ -101,7 +118,7 @@ class Failed:
 
     text: str
     reason: str
-    partial: str = field(default="", repr=False)
+    partial: str = field(default="", repr=False, compare=False)  # text already shown
 
 
-ReplyEvent = Delta | Final | CommandResult | Refused | Failed
+ReplyEvent = Delta | ToolStarted | ToolFinished | Final | CommandResult | Refused | Failed

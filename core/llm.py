@@ -22,6 +22,7 @@ class ModelRequest:
     messages: list[dict[str, Any]]
     max_tokens: int
     temperature: float | None = None
+    tools: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -33,6 +34,17 @@ class TextChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallChunk:
+    """A fragment of a tool call: the first of a call carries its id and name, later ones
+    carry pieces of its JSON arguments. `index` tells the calls of one reply apart."""
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class UsageChunk:
     """Token usage the server reported, for the model that actually answered."""
 
@@ -41,7 +53,7 @@ class UsageChunk:
     model: str
 
 
-ModelChunk = TextChunk | UsageChunk
+ModelChunk = TextChunk | ToolCallChunk | UsageChunk
 
 
 class ModelClient(Protocol):
@@ -103,14 +115,24 @@ class OpenAIModelClient:
         }
         if request.temperature is not None:
             arguments["temperature"] = request.temperature
+        if request.tools:
+            arguments["tools"] = request.tools
         try:
             stream = await self._client.chat.completions.create(**arguments)
             async with stream:
                 async for chunk in stream:
                     if chunk.choices:
-                        text = chunk.choices[0].delta.content
-                        if text:
-                            yield TextChunk(text)
+                        delta = chunk.choices[0].delta
+                        if delta.content:
+                            yield TextChunk(delta.content)
+                        for call in delta.tool_calls or ():
+                            function = call.function
+                            yield ToolCallChunk(
+                                index=call.index,
+                                id=call.id,
+                                name=function.name if function else None,
+                                arguments=(function.arguments or "") if function else "",
+                            )
                     if chunk.usage is not None:
                         yield UsageChunk(
                             prompt_tokens=chunk.usage.prompt_tokens,

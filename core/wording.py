@@ -44,3 +44,8 @@ USAGE_REPORT = (
 )
 
 EMPTY_REPLY = "The model returned an empty answer. Please rephrase your message or try again."
+
+# Sent to the model (not the user) when a turn has used all its tool steps.
+TOOL_STEPS_USED = (
+    "You have used all the tool calls allowed for this message. Answer now with what you have."
+)

@@ -47,6 +47,7 @@ class ConversationState:
     window_start_id: int
     summary: str
     summary_through_id: int
+    channel_tools: list[str] | None = None  # None: the persona's tools; a list narrows them
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +108,19 @@ class SessionStore(Protocol):
         ...
 
     async def finish_turn(
-        self, *, conversation_id: int, messages: Sequence[NewMessage], usage: UsageRecord
+        self,
+        *,
+        conversation_id: int,
+        messages: Sequence[NewMessage],
+        usage: Sequence[UsageRecord],
     ) -> None:
-        """Store the reply (and any tool messages) and its usage in one transaction."""
+        """Store the reply (and any tool messages) and each model call's usage, at once."""
+        ...
+
+    async def search_messages(
+        self, *, conversation_id: int, query: str, limit: int
+    ) -> Sequence[StoredMessage]:
+        """Messages of one conversation containing `query` (any case), newest first."""
         ...
 
     async def record_usage(self, *, conversation_id: int, usage: UsageRecord) -> None:

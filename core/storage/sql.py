@@ -128,20 +128,21 @@ class SqlStore:
                 conversations.c.summary_through_id,
             )
         ).one()
-        channel_persona = connection.execute(
-            select(channel_settings.c.persona).where(
+        channel = connection.execute(
+            select(channel_settings.c.persona, channel_settings.c.tools).where(
                 channel_settings.c.platform == key.platform,
                 channel_settings.c.workspace == key.workspace,
                 channel_settings.c.channel == key.channel,
             )
-        ).scalar()
+        ).first()
         return ConversationState(
             id=row.id,
             persona=row.persona,
-            channel_persona=channel_persona,
+            channel_persona=channel.persona if channel else None,
             window_start_id=row.window_start_id,
             summary=row.summary,
             summary_through_id=row.summary_through_id,
+            channel_tools=channel.tools if channel else None,
         )
 
     async def begin_turn(
@@ -186,7 +187,11 @@ class SqlStore:
         return [StoredMessage(*row) for row in rows]
 
     async def finish_turn(
-        self, *, conversation_id: int, messages: Sequence[NewMessage], usage: UsageRecord
+        self,
+        *,
+        conversation_id: int,
+        messages: Sequence[NewMessage],
+        usage: Sequence[UsageRecord],
     ) -> None:
         def work(connection: Connection) -> None:
             if messages:
@@ -194,9 +199,26 @@ class SqlStore:
                     message_rows.insert(),
                     [{"conversation_id": conversation_id, **_message_values(m)} for m in messages],
                 )
-            connection.execute(_usage_insert(conversation_id, usage))
+            for record in usage:
+                connection.execute(_usage_insert(conversation_id, record))
 
         await self._run(work)
+
+    async def search_messages(
+        self, *, conversation_id: int, query: str, limit: int
+    ) -> Sequence[StoredMessage]:
+        statement = (
+            select(*_STORED_COLUMNS)
+            .where(
+                message_rows.c.conversation_id == conversation_id,
+                message_rows.c.role.in_(("user", "assistant")),
+                message_rows.c.content.icontains(query, autoescape=True),
+            )
+            .order_by(message_rows.c.id.desc())
+            .limit(limit)
+        )
+        rows = await self._run(lambda c: c.execute(statement).all(), write=False)
+        return [StoredMessage(*row) for row in rows]
 
     async def record_usage(self, *, conversation_id: int, usage: UsageRecord) -> None:
         await self._run(lambda c: c.execute(_usage_insert(conversation_id, usage)))

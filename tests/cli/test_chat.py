@@ -163,3 +163,14 @@ async def test_a_missing_local_model_file_is_one_line(tmp_path: Path) -> None:
         f"parley: Local model file not found: {tmp_path / 'missing.gguf'}; check the path, "
         "or unset it to use the embedded SmolLM2 model.\n"
     )
+
+
+async def test_chat_shows_a_tool_being_used(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    fake_openai.call(("calculate", '{"expression": "2**10"}'))
+    fake_openai.reply("2 to the 10th is 1024.")
+    code, out, err = await parley(
+        "chat", stdin="2^10?\n", env=environment(fake_openai, tmp_path), cwd=tmp_path
+    )
+    assert (code, out) == (0, "2 to the 10th is 1024.\n")
+    assert "[using calculate…]" in err
+    assert "1024" in fake_openai.chat_requests[1]["messages"][-1]["content"]

@@ -20,6 +20,9 @@ from aiohttp import web
 class Reply:
     text: str
     usage: tuple[int, int] | None = (10, 5)
+    # (name, arguments JSON) pairs the model calls; sent in fragments unless `whole`.
+    tool_calls: list[tuple[str, str]] = field(default_factory=list)
+    whole: bool = False
     delay: float = 0.0  # before the response starts
     chunk_delay: float = 0.0  # between streamed chunks
     chunk_size: int = 4  # characters per streamed chunk
@@ -55,6 +58,10 @@ class FakeOpenAI:
     # --- scripting -----------------------------------------------------------------------
     def reply(self, text: str, **options: Any) -> None:
         self.script.append(Reply(text, **options))
+
+    def call(self, *calls: tuple[str, str], text: str = "", **options: Any) -> None:
+        """Queue a reply that calls tools: `call(("calculate", '{"expression": "1+1"}'))`."""
+        self.script.append(Reply(text, tool_calls=list(calls), **options))
 
     def error(self, status: int, **options: Any) -> None:
         self.script.append(Error(status, **options))
@@ -128,7 +135,11 @@ class FakeOpenAI:
             await _send(response, _chunk(model, {"content": piece}))
             if step.chunk_delay:
                 await asyncio.sleep(step.chunk_delay)
-        await _send(response, _chunk(model, {}, finish_reason="stop"))
+        for index, (name, arguments) in enumerate(step.tool_calls):
+            for delta in _tool_call_deltas(index, name, arguments, whole=step.whole):
+                await _send(response, _chunk(model, {"tool_calls": [delta]}))
+        finish = "tool_calls" if step.tool_calls else "stop"
+        await _send(response, _chunk(model, {}, finish_reason=finish))
         if step.usage and (body.get("stream_options") or {}).get("include_usage"):
             prompt, completion = step.usage
             usage_chunk = _chunk(model, None)
@@ -142,6 +153,22 @@ class FakeOpenAI:
 
 async def _send(response: web.StreamResponse, payload: dict[str, Any]) -> None:
     await response.write(f"data: {json.dumps(payload)}\n\n".encode())
+
+
+def _tool_call_deltas(
+    index: int, name: str, arguments: str, *, whole: bool
+) -> list[dict[str, Any]]:
+    """As OpenAI streams a call: id and name first, then the arguments in pieces."""
+    head = {
+        "index": index,
+        "id": f"call_{index}_{name}",
+        "type": "function",
+        "function": {"name": name, "arguments": arguments if whole else ""},
+    }
+    if whole:
+        return [head]
+    pieces = [arguments[i : i + 7] for i in range(0, len(arguments), 7)]
+    return [head, *({"index": index, "function": {"arguments": p}} for p in pieces)]
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

@@ -199,7 +199,7 @@ async def test_finish_turn_stores_the_reply_tool_messages_and_usage(store: SqlSt
     ]
 
     await store.finish_turn(
-        conversation_id=state.id, messages=reply, usage=usage_record(100, 20, cost_usd=0.25)
+        conversation_id=state.id, messages=reply, usage=[usage_record(100, 20, cost_usd=0.25)]
     )
 
     stored = await store.recent_messages(
@@ -242,11 +242,11 @@ async def test_usage_totals_per_user_since_a_moment(store: SqlStore) -> None:
     state, _ = await store.begin_turn(key=KEY, message=user_message("hi"))
     other, _ = await store.begin_turn(key=replace(KEY, thread="t2"), message=user_message("yo"))
     await store.finish_turn(
-        conversation_id=state.id, messages=[], usage=usage_record(100, 20, cost_usd=0.25)
+        conversation_id=state.id, messages=[], usage=[usage_record(100, 20, cost_usd=0.25)]
     )
     await store.record_usage(conversation_id=state.id, usage=usage_record(30, 5))
     await store.finish_turn(
-        conversation_id=other.id, messages=[], usage=usage_record(7, 3, cost_usd=0.5)
+        conversation_id=other.id, messages=[], usage=[usage_record(7, 3, cost_usd=0.5)]
     )
     # Somebody else's, and the same user id on another platform: never counted for Ada.
     await store.record_usage(conversation_id=state.id, usage=usage_record(1000, 0, user_id="U-bob"))

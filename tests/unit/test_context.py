@@ -15,7 +15,6 @@ from core.storage import (
     NewMessage,
     SqlStore,
     StoredMessage,
-    UsageRecord,
     create_database_engine,
     migrate,
 )
@@ -53,9 +52,7 @@ async def add_turns(store: SqlStore, count: int, tokens: int = 10) -> int:
             for i in range(count)
             for role in ("user", "assistant")
         ],
-        usage=UsageRecord(
-            platform="test", user_id="U1", model="m", prompt_tokens=0, completion_tokens=0
-        ),
+        usage=[],
     )
     return state.id
 
@@ -121,8 +118,9 @@ async def test_the_engine_sends_only_what_fits_in_a_small_context(
 ) -> None:
     for i in range(6):
         fake_openai.reply(f"answer {i} " + "blah " * 100)
-    # 1,600 context - 1,024 reply reserve - ~110 system prompt: the new question and one turn.
-    async with engine_factory(PARLEY_CONTEXT_TOKENS=1600) as runtime:
+    # 1,600 context - 1,024 reply reserve - ~110 system prompt (a persona without tools):
+    # the new question and one turn.
+    async with engine_factory(PARLEY_CONTEXT_TOKENS=1600, PARLEY_PERSONA="editor") as runtime:
         for i in range(6):
             events = await turn(runtime.engine, f"question {i} " + "blah " * 100)
             assert isinstance(events[-1], Final)
@@ -138,7 +136,9 @@ async def test_the_engine_sends_only_what_fits_in_a_small_context(
 async def test_summaries_carry_what_fell_out_of_the_window(
     engine_factory: EngineFactory, fake_openai: FakeOpenAI
 ) -> None:
-    async with engine_factory(PARLEY_CONTEXT_TOKENS=1600, PARLEY_SUMMARIES=True) as runtime:
+    async with engine_factory(
+        PARLEY_CONTEXT_TOKENS=1600, PARLEY_SUMMARIES=True, PARLEY_PERSONA="editor"
+    ) as runtime:
         for i in range(3):
             fake_openai.reply(f"answer {i} " + "blah " * 100)
             if i == 2:

@@ -59,6 +59,11 @@ async def test_a_turn_streams_stores_and_sends_the_exact_context(
         assert request["stream_options"] == {"include_usage": True}
         assert request["max_tokens"] == 1024
         assert request["temperature"] == 0.7
+        assert sorted(tool["function"]["name"] for tool in request["tools"]) == [
+            "calculate",
+            "current_time",
+            "search_conversation",
+        ]
         assert await stored_rows(runtime.store) == [  # type: ignore[arg-type]
             ("user", "hello"),
             ("assistant", "Hello alice, how can I help?"),
