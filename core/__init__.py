@@ -12,10 +12,13 @@ from core.events import (
     Inbound,
     Refused,
     ReplyEvent,
+    ToolFinished,
+    ToolStarted,
     Usage,
 )
 from core.llm import ModelClient, ModelRequest, OpenAIModelClient
 from core.personas import Persona, PersonaCatalogue
+from core.tools import Tool, ToolContext, ToolRegistry, tool
 
 __all__ = [
     "CommandResult",
@@ -38,6 +41,12 @@ __all__ = [
     "Refused",
     "ReplyEvent",
     "Settings",
+    "Tool",
+    "ToolContext",
+    "ToolFinished",
+    "ToolRegistry",
+    "ToolStarted",
     "Usage",
     "load_settings",
+    "tool",
 ]

@@ -71,6 +71,7 @@ class Engine:
     ) -> None:
         self._store = store
         self._tools = tools or ToolRegistry()
+        self._schema_cache: dict[tuple[str, tuple[str, ...]], tuple[list[dict[str, Any]], int]] = {}
         self._model = model
         self._personas = personas
         self._default_persona = default_persona
@@ -134,15 +135,14 @@ class Engine:
         counter = counter_for_model(model)
         reply_tokens = persona.max_reply_tokens or self._options.reply_tokens
         allowed = self._allowed_tools(persona, state)
-        tools = self._tools.select(allowed)
-        schemas = [tool.schema() for tool in tools]
+        schemas, tool_tokens = self._tool_schemas(model, allowed)
         system = self._system_prompt(persona, inbound, state)
         system_tokens = message_tokens(counter, system)
         budget = (
             context_size(model, self._options.context_tokens)
             - reply_tokens
             - system_tokens
-            - schema_tokens(counter, schemas)
+            - tool_tokens
             - REPLY_PRIMING
         )
         window = await build_window(
@@ -259,6 +259,15 @@ class Engine:
 
         if self._options.summaries and window.dropped and window.oldest_id is not None:
             await self._summarize(inbound, state, window, model, counter)
+
+    def _tool_schemas(self, model: str, allowed: list[str]) -> tuple[list[dict[str, Any]], int]:
+        """The tools' definitions and what they cost in the prompt, computed once per set."""
+        key = (model, tuple(allowed))
+        if key not in self._schema_cache:
+            schemas = [tool.schema() for tool in self._tools.select(allowed)]
+            tokens = counter_for_model(model).count(json.dumps(schemas)) if schemas else 0
+            self._schema_cache[key] = (schemas, tokens)
+        return self._schema_cache[key]
 
     def _allowed_tools(self, persona: Persona, state: ConversationState) -> list[str]:
         """The persona's tools, narrowed by the channel's list when it has one."""
@@ -404,11 +413,6 @@ class _ToolCalls:
             }
             for call in self.assembled()
         ]
-
-
-def schema_tokens(counter: TokenCounter, schemas: list[dict[str, Any]]) -> int:
-    """What the tool definitions cost in the prompt (their JSON is a fair estimate)."""
-    return counter.count(json.dumps(schemas)) if schemas else 0
 
 
 def total_usage(usages: list[Usage]) -> Usage:

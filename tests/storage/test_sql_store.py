@@ -396,3 +396,26 @@ async def test_turn_lock_excludes_across_processes_on_postgres(postgres_url: str
                 " WHERE locktype = 'advisory' AND datname = current_database()"
             )
             assert (await connection.execute(held)).scalar_one() == 0
+
+
+async def test_search_messages_finds_text_in_one_conversation(store: SqlStore) -> None:
+    other = replace(KEY, thread="elsewhere")
+    await add_turns(store, KEY, "The 50% discount_code is TEA", "Green TEA please", "coffee")
+    await add_turns(store, other, "tea in another thread")
+    state = await store.conversation(key=KEY)
+    await store.finish_turn(
+        conversation_id=state.id,
+        messages=[NewMessage(role="tool", content="tea from a tool", token_count=1)],
+        usage=[],
+    )
+
+    found = await store.search_messages(conversation_id=state.id, query="tea", limit=10)
+    assert [m.content for m in found] == ["Green TEA please", "The 50% discount_code is TEA"]
+    assert [
+        m.content
+        for m in await store.search_messages(conversation_id=state.id, query="tea", limit=1)
+    ] == ["Green TEA please"]
+    # LIKE wildcards in the query are literal characters.
+    percent = await store.search_messages(conversation_id=state.id, query="50%", limit=10)
+    assert [m.content for m in percent] == ["The 50% discount_code is TEA"]
+    assert await store.search_messages(conversation_id=state.id, query="t_a", limit=10) == []
