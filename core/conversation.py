@@ -28,7 +28,13 @@ from core.events import (
 from core.llm import ModelClient, ModelRequest, TextChunk, ToolCallChunk, UsageChunk
 from core.personas import Persona, PersonaCatalogue, resolve_persona
 from core.storage.base import ConversationState, NewMessage, SessionStore, UsageRecord
-from core.tokens import REPLY_PRIMING, TokenCounter, counter_for_model, message_tokens
+from core.tokens import (
+    MESSAGE_OVERHEAD,
+    REPLY_PRIMING,
+    TokenCounter,
+    counter_for_model,
+    message_tokens,
+)
 from core.tools import ToolCall, ToolContext, ToolRegistry, run_tool_calls
 
 log = logging.getLogger(__name__)
@@ -138,13 +144,14 @@ class Engine:
         schemas, tool_tokens = self._tool_schemas(model, allowed)
         system = self._system_prompt(persona, inbound, state)
         system_tokens = message_tokens(counter, system)
-        budget = (
+        # Tokens the prompt may use: the system prompt, the window, and any tool exchange.
+        prompt_limit = (
             context_size(model, self._options.context_tokens)
             - reply_tokens
-            - system_tokens
             - tool_tokens
             - REPLY_PRIMING
         )
+        budget = prompt_limit - system_tokens
         window = await build_window(
             self._store,
             conversation_id=state.id,
@@ -223,16 +230,16 @@ class Engine:
             for call in assembled:
                 yield ToolStarted(name=call.name, call_id=call.id)
             outcomes = await run_tool_calls(assembled, self._tools, set(allowed), context)
-            for call, outcome in zip(assembled, outcomes, strict=True):
+            room = prompt_limit - prompt_tokens - step_messages[0].token_count
+            results = fit_results([o.content for o in outcomes], room, counter)
+            for call, outcome, content in zip(assembled, outcomes, results, strict=True):
                 yield ToolFinished(name=call.name, call_id=call.id, ok=outcome.ok)
-                messages.append(
-                    {"role": "tool", "tool_call_id": call.id, "content": outcome.content}
-                )
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
                 step_messages.append(
                     NewMessage(
                         role="tool",
-                        content=outcome.content,
-                        token_count=message_tokens(counter, outcome.content),
+                        content=content,
+                        token_count=message_tokens(counter, content),
                         tool_call_id=call.id,
                     )
                 )
@@ -413,6 +420,25 @@ class _ToolCalls:
             }
             for call in self.assembled()
         ]
+
+
+def fit_results(contents: list[str], room: int, counter: TokenCounter) -> list[str]:
+    """Tool results shortened, each to an equal share, when together they overflow the context.
+
+    The end of a result (its closing tag and the notice that it is data) is always kept.
+    """
+    if sum(message_tokens(counter, c) for c in contents) <= room:
+        return contents
+    share = max(room // len(contents) - MESSAGE_OVERHEAD, 0)
+    return [c if counter.count(c) <= share else _shorten(c, share, counter) for c in contents]
+
+
+def _shorten(content: str, max_tokens: int, counter: TokenCounter) -> str:
+    head, closing, tail = content.rpartition("\n</tool_result>")
+    end = wording.TRUNCATED_MARKER + closing + tail
+    if not closing:
+        head, end = content, wording.TRUNCATED_MARKER
+    return counter.truncate(head, max(max_tokens - counter.count(end), 0)) + end
 
 
 def total_usage(usages: list[Usage]) -> Usage:

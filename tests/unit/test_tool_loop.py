@@ -14,6 +14,8 @@ from sqlalchemy import select
 from core import wording
 from core.events import Delta, Final, ToolFinished, ToolStarted
 from core.storage.tables import channel_settings, messages
+from core.tokens import counter_for_model, message_tokens
+from core.tools import DATA_NOTICE
 from tests.conftest import EngineFactory
 from tests.fakes.openai_server import FakeOpenAI
 from tests.helpers import KEY, turn
@@ -272,3 +274,26 @@ async def test_a_channel_can_narrow_the_personas_tools(
             )
         await turn(runtime.engine, "hello")
     assert sorted(tool_names(fake_openai.chat_requests[0])) == ["calculate", "explode"]
+
+
+async def test_tool_results_are_shortened_to_fit_the_context(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI, plugin: dict[str, str]
+) -> None:
+    long_text = "word " * 1400
+    fake_openai.call(("slow_echo", json.dumps({"text": long_text, "seconds": 0})))
+    fake_openai.reply("That was long.")
+    async with engine_factory(PARLEY_CONTEXT_TOKENS=3000, **plugin) as runtime:
+        await turn(runtime.engine, "echo a lot")
+    second = fake_openai.chat_requests[1]
+    [result] = [m["content"] for m in second["messages"] if m["role"] == "tool"]
+    assert result.startswith('<tool_result name="slow_echo">\necho: word word')
+    assert result.endswith(f"{wording.TRUNCATED_MARKER}\n</tool_result>\n{DATA_NOTICE}")
+    counter = counter_for_model("gpt-4o-mini")
+    prompt = sum(message_tokens(counter, str(m["content"])) for m in second["messages"])
+    tools = counter.count(json.dumps(second["tools"]))
+    # Everything sent leaves room for the reply (1,024 tokens) within the 3,000-token context.
+    assert (
+        prompt + tools + counter.count(json.dumps(second["messages"][2]["tool_calls"]))
+        <= 3000 - 1024
+    )
+    assert len(result) > 1000  # it used the room it had
