@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-# The migrations live beside the packages, at the repository's top level (alembic/).
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "alembic"
+
+def migrations_dir() -> Path:
+    """The Alembic scripts: the top-level alembic/ folder, installed as `parley_migrations`."""
+    spec = importlib.util.find_spec("parley_migrations")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("Parley's migrations are not installed (package parley_migrations)")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def is_sqlite(url: str) -> bool:
@@ -57,7 +63,7 @@ def alembic_config(url: str) -> Any:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 

@@ -123,3 +123,46 @@ def test_db_commands_of_the_cli(tmp_path: Path) -> None:
     assert run_cli("db", "current", database=database) == "0001"
     assert run_cli("db", "downgrade", "base", database=database) == "database at base"
     assert run_cli("db", "current", database=database) == "(empty database)"
+
+
+def test_an_installed_copy_finds_its_migrations(tmp_path: Path) -> None:
+    """`pip install .` (not editable) must carry the migrations: run them from such a copy."""
+    root = Path(__file__).resolve().parents[2]
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert install.returncode == 0, install.stderr
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(target),
+        "DATABASE_URL": f"sqlite:///{tmp_path}/installed.db",
+    }
+    check_copy = f"import core; assert core.__file__.startswith({str(target)!r}), core.__file__"
+    upgrade = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"{check_copy}\nimport bots.cli\nraise SystemExit(bots.cli.main(['db', 'upgrade']))",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert (upgrade.returncode, upgrade.stdout.strip()) == (0, "database at 0001"), upgrade.stderr
