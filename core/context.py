@@ -108,6 +108,7 @@ class _Cached:
     after_id: int
     newest_first: list[StoredMessage]
     complete: bool  # no older message (after after_id) exists beyond these
+    budget: int  # the budget these were chosen under
 
 
 async def build_window(
@@ -130,8 +131,11 @@ async def build_window(
     used = 0
     pending: list[StoredMessage] = []  # the turn being gathered, newest first
     dropped = True
-    async with aclosing(_newest_first(store, conversation_id, after_id, cache)) as newest:
+    newest_first = _newest_first(store, conversation_id, after_id, budget, cache)
+    async with aclosing(newest_first) as newest:
         async for message in newest:
+            if message is None:  # older messages exist, and cannot fit
+                break
             pending.append(message)
             if message.role != "user":
                 continue
@@ -153,7 +157,7 @@ async def build_window(
                 pending = []
             dropped = bool(pending)
     if cache is not None:
-        cache.put(conversation_id, _Cached(after_id, chosen, complete=not dropped))
+        cache.put(conversation_id, _Cached(after_id, chosen, not dropped, budget))
     messages = [*fitted, *chosen[len(fitted) :]][::-1]
     return Window(
         messages=messages,
@@ -164,9 +168,18 @@ async def build_window(
 
 
 async def _newest_first(
-    store: SessionStore, conversation_id: int, after_id: int, cache: WindowCache | None
-) -> AsyncGenerator[StoredMessage, None]:
-    """The conversation's messages after `after_id`, newest first, read a page at a time."""
+    store: SessionStore,
+    conversation_id: int,
+    after_id: int,
+    budget: int,
+    cache: WindowCache | None,
+) -> AsyncGenerator[StoredMessage | None, None]:
+    """The conversation's messages after `after_id`, newest first, read a page at a time.
+
+    From the cache, a None after the known messages means: older ones exist but cannot fit.
+    They did not fit last turn under a budget at least this large, and the newer messages
+    since then only take more of it, so reading them would be wasted.
+    """
     before_id: int | None = None
     entry = cache.get(conversation_id, after_id) if cache is not None else None
     if entry is not None:
@@ -179,6 +192,9 @@ async def _newest_first(
             for message in known:
                 yield message
             if entry.complete:
+                return
+            if budget <= entry.budget:
+                yield None
                 return
             before_id = known[-1].id if known else None
     while True:

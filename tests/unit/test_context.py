@@ -159,23 +159,21 @@ async def test_summaries_carry_what_fell_out_of_the_window(
 async def test_a_cached_window_reads_only_new_messages_and_matches_a_fresh_read(
     store: CountingStore,
 ) -> None:
-    conversation = await add_turns(store, 2_000)
+    conversation = await add_turns(store, 2_000)  # turns of 20 tokens
     cache = WindowCache()
     counter = ApproximateCounter()
-    first = await build_window(
-        store, conversation_id=conversation, after_id=0, budget=5_000, counter=counter, cache=cache
-    )
-    await add_turns(store, 1)
+    arguments = {"conversation_id": conversation, "after_id": 0, "budget": 5_015}
+    first = await build_window(store, counter=counter, cache=cache, **arguments)
+    assert first.tokens == 5_000 and first.dropped
+    # A small new turn fits in the 15 tokens left: every cached message stays, and the next
+    # older turn still cannot fit, so nothing older is read either.
+    await add_turns(store, 1, tokens=5)
     store.rows_read = 0
-    cached = await build_window(
-        store, conversation_id=conversation, after_id=0, budget=5_000, counter=counter, cache=cache
-    )
+    cached = await build_window(store, counter=counter, cache=cache, **arguments)
     assert store.rows_read == 2  # the new user message and reply, nothing else
-    fresh = await build_window(
-        store, conversation_id=conversation, after_id=0, budget=5_000, counter=counter
-    )
+    fresh = await build_window(store, counter=counter, **arguments)
     assert cached == fresh
-    assert cached.messages[-2:] != first.messages[-2:]
+    assert cached.tokens == 5_010 and cached.dropped
 
 
 async def test_the_cache_follows_other_writers_resets_and_budget_changes(
