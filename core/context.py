@@ -219,9 +219,20 @@ def _fit(
     largest = max(range(len(messages)), key=lambda i: messages[i].token_count)
     big = messages[largest]
     others = total - big.token_count
-    marker = counter.count(TRUNCATED_MARKER)
-    room = max(budget - others - MESSAGE_OVERHEAD - marker, 0)
-    content = counter.truncate(big.content, room) + TRUNCATED_MARKER
+    content = shorten(big.content, budget - others - MESSAGE_OVERHEAD, counter)
     tokens = counter.count(content) + MESSAGE_OVERHEAD
     messages[largest] = replace(big, content=content, token_count=tokens)
     return messages, others + tokens
+
+
+def shorten(text: str, max_tokens: int, counter: TokenCounter, *, keep_from: str = "") -> str:
+    """`text` cut to at most `max_tokens`, the cut marked.
+
+    With `keep_from`, everything from its last occurrence on (a closing tag, say) is kept whole
+    after the marker.
+    """
+    head, kept, tail = text.rpartition(keep_from) if keep_from else ("", "", "")
+    if not kept:
+        head, tail = text, ""
+    end = TRUNCATED_MARKER + kept + tail
+    return counter.truncate(head, max(max_tokens - counter.count(end), 0)) + end

@@ -12,7 +12,7 @@ from typing import Any
 
 from core import wording
 from core.commands import CommandHandler, parse_command
-from core.context import Window, WindowCache, build_window, context_size
+from core.context import Window, WindowCache, build_window, context_size, shorten
 from core.errors import ModelError
 from core.events import (
     CommandResult,
@@ -35,7 +35,7 @@ from core.tokens import (
     counter_for_model,
     message_tokens,
 )
-from core.tools import ToolCall, ToolContext, ToolRegistry, run_tool_calls
+from core.tools import RESULT_END, ToolCall, ToolContext, ToolRegistry, run_tool_calls
 
 log = logging.getLogger(__name__)
 
@@ -430,15 +430,10 @@ def fit_results(contents: list[str], room: int, counter: TokenCounter) -> list[s
     if sum(message_tokens(counter, c) for c in contents) <= room:
         return contents
     share = max(room // len(contents) - MESSAGE_OVERHEAD, 0)
-    return [c if counter.count(c) <= share else _shorten(c, share, counter) for c in contents]
-
-
-def _shorten(content: str, max_tokens: int, counter: TokenCounter) -> str:
-    head, closing, tail = content.rpartition("\n</tool_result>")
-    end = wording.TRUNCATED_MARKER + closing + tail
-    if not closing:
-        head, end = content, wording.TRUNCATED_MARKER
-    return counter.truncate(head, max(max_tokens - counter.count(end), 0)) + end
+    return [
+        c if counter.count(c) <= share else shorten(c, share, counter, keep_from=RESULT_END)
+        for c in contents
+    ]
 
 
 def total_usage(usages: list[Usage]) -> Usage:
