@@ -23,7 +23,6 @@ class ModelRequest:
     max_tokens: int
     temperature: float | None = None
     tools: list[dict[str, Any]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +110,6 @@ class OpenAIModelClient:
             "max_tokens": request.max_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
-            **request.extra,
         }
         if request.temperature is not None:
             arguments["temperature"] = request.temperature
