@@ -27,13 +27,10 @@ SHIPPED_PERSONAS = Path(__file__).resolve().parent / "personas"
 
 @dataclass(frozen=True)
 class Runtime:
-    """A wired engine and the parts adapters may need beside it."""
+    """A wired engine and the store behind it (adapters need the store for lookups)."""
 
     engine: Engine
     store: SessionStore
-    settings: Settings
-    personas: PersonaCatalogue
-    model_name: str
 
 
 def load_tools(settings: Settings, catalogue: PersonaCatalogue) -> ToolRegistry:
@@ -153,10 +150,4 @@ async def build_engine(
             tools=tools,
             clock=clock or (lambda: datetime.now(UTC)),
         )
-        yield Runtime(
-            engine=engine,
-            store=store,
-            settings=settings,
-            personas=catalogue,
-            model_name=model_name,
-        )
+        yield Runtime(engine=engine, store=store)

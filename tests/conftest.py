@@ -12,6 +12,7 @@ import pytest
 
 from bots.bootstrap import Runtime, build_engine
 from core.config import Settings
+from core.storage import SessionStore
 from tests.fakes.databases import throwaway_postgres_database
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -64,9 +65,14 @@ EngineFactory = Callable[..., AbstractAsyncContextManager[Runtime]]
 
 @pytest.fixture
 def engine_factory(fake_openai: FakeOpenAI, sqlite_url: str) -> EngineFactory:
-    """`async with engine_factory(**settings) as runtime:` an engine on the fake model server."""
+    """`async with engine_factory(**settings) as runtime:` an engine on the fake model server.
 
-    def factory(**values: Any) -> AbstractAsyncContextManager[Runtime]:
+    `store=` puts a store of the test's own in place of the SQL store the settings describe.
+    """
+
+    def factory(
+        *, store: SessionStore | None = None, **values: Any
+    ) -> AbstractAsyncContextManager[Runtime]:
         settings = make_settings(
             **{
                 "OPENAI_BASE_URL": fake_openai.base_url,
@@ -77,6 +83,6 @@ def engine_factory(fake_openai: FakeOpenAI, sqlite_url: str) -> EngineFactory:
                 **values,
             }
         )
-        return build_engine(settings, clock=lambda: FIXED_NOW)
+        return build_engine(settings, store=store, clock=lambda: FIXED_NOW)
 
     return factory

@@ -9,7 +9,6 @@ from typing import NoReturn
 from sqlalchemy import select
 
 from core import wording
-from core.conversation import Engine
 from core.errors import ModelFailure
 from core.events import CommandResult, Delta, Failed, Final, Usage
 from core.storage import SqlStore, create_database_engine, migrate
@@ -331,15 +330,8 @@ async def test_a_bug_inside_a_turn_becomes_a_short_message_not_a_traceback(
     store = BrokenStore(create_database_engine(sqlite_url))
     await migrate(store.engine)
     try:
-        async with engine_factory() as runtime:
-            engine = Engine(
-                store=store,
-                model=runtime.engine._model,
-                personas=runtime.personas,
-                default_persona=runtime.personas.get("assistant"),  # type: ignore[arg-type]
-                options=runtime.engine._options,
-            )
-            events = [e async for e in engine.handle(inbound("hi"))]
+        async with engine_factory(store=store) as runtime:
+            events = [e async for e in runtime.engine.handle(inbound("hi"))]
     finally:
         await store.close()
     assert events == [Failed(text=wording.UNEXPECTED_FAILURE, reason="internal")]
