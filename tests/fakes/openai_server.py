@@ -84,7 +84,6 @@ class FakeOpenAI:
     async def __aenter__(self) -> FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -97,9 +96,6 @@ class FakeOpenAI:
         await self._runner.cleanup()
 
     # --- handlers --------------------------------------------------------------------------
-    async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
-
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(Recorded(request.path, body, dict(request.headers)))
@@ -126,8 +122,7 @@ class FakeOpenAI:
                 headers=headers,
             )
         model = step.model or body["model"]
-        if not body.get("stream"):
-            return web.json_response(_completion(step, model))
+        assert body.get("stream"), "Parley always streams"
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for start in range(0, len(step.text), step.chunk_size):
@@ -188,21 +183,4 @@ def _chunk(
         "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish_reason}],
-    }
-
-
-def _completion(step: Reply, model: str) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-fake",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": step.text},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": _usage(*(step.usage or (0, 0))),
     }

@@ -54,6 +54,7 @@ async def test_a_turn_streams_stores_and_sends_the_exact_context(
             {"role": "user", "content": "alice: hello"},
         ]
         assert request["model"] == "gpt-4o-mini"
+        assert fake_openai.requests[0].headers["Authorization"] == "Bearer sk-test"
         assert request["stream"] is True
         assert request["stream_options"] == {"include_usage": True}
         assert request["max_tokens"] == 1024
