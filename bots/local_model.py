@@ -204,7 +204,7 @@ class LocalModelServer:
         cmd = [
             sys.executable,
             "-m",
-            "llama_cpp.server",
+            "bots.llama_server",  # llama_cpp.server, minus a crash (see that module)
             "--model",
             str(self.model_path),
             "--model_alias",
