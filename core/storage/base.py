@@ -48,6 +48,7 @@ class ConversationState:
     summary: str
     summary_through_id: int
     channel_tools: list[str] | None = None  # None: the persona's tools; a list narrows them
+    channel_buffer_output: bool | None = None  # None: the persona's or the setting's choice
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class UsageRecord:
     completion_tokens: int
     estimated: bool = False
     cost_usd: float | None = None
+    at: datetime | None = None  # the engine's clock; None lets the database stamp it
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,67 @@ class UsageTotals:
     tokens: int
     turns: int
     cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class FlagRecord:
+    """A moderation finding to keep for review (the store adds the conversation)."""
+
+    key: ConversationKey
+    user_id: str
+    direction: str
+    action: str
+    categories: list[str]
+    scores: dict[str, float]
+    excerpt: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFlag:
+    """A flag read back for `parley flags`."""
+
+    id: int
+    key: ConversationKey
+    user_id: str
+    direction: str
+    action: str
+    categories: list[str]
+    scores: dict[str, float]
+    excerpt: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRule:
+    """An allow or block entry; `platform` "" applies on every platform."""
+
+    platform: str
+    kind: str  # user, channel or workspace
+    value: str
+    list: str  # allow or block
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """What an admin set for a channel; None everywhere means "the defaults"."""
+
+    persona: str | None = None
+    scope: str | None = None
+    tools: list[str] | None = None
+    buffer_output: bool | None = None
+    user_rpm: int | None = None
+    user_tokens_per_day: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitCounts:
+    """What a user has used, read atomically with the decision to admit one more request."""
+
+    requests: int  # admitted in the last minute
+    oldest_request: datetime | None  # the oldest of those
+    tokens_today: int  # since midnight UTC
+    channel: ChannelSettings
 
 
 class SessionStore(Protocol):
@@ -89,11 +152,13 @@ class SessionStore(Protocol):
         key: ConversationKey,
         message: NewMessage,
         count_tokens: Callable[[ConversationState], int] | None = None,
+        flags: Sequence[FlagRecord] = (),
     ) -> tuple[ConversationState, int]:
         """Get or create the conversation and store the user's message; returns its id too.
 
         `count_tokens`, when given, sets the message's token count from the conversation's
         state (its persona decides the model, and so the tokenizer) in the same transaction.
+        `flags` (moderation findings on the message) are stored in it too.
         """
         ...
 
@@ -113,8 +178,10 @@ class SessionStore(Protocol):
         conversation_id: int,
         messages: Sequence[NewMessage],
         usage: Sequence[UsageRecord],
+        flags: Sequence[FlagRecord] = (),
     ) -> None:
-        """Store the reply (and any tool messages) and each model call's usage, at once."""
+        """Store the reply (and any tool messages), each model call's usage and any moderation
+        flags on the reply, at once."""
         ...
 
     async def search_messages(
@@ -149,4 +216,46 @@ class SessionStore(Protocol):
 
     async def latest_thread(self, *, platform: str, workspace: str, channel: str) -> str | None:
         """The thread of the most recently started conversation in a channel."""
+        ...
+
+    async def record_flag(self, *, flag: FlagRecord) -> None:
+        """Store a flag on a message that is not stored (blocked input, unchecked input)."""
+        ...
+
+    async def flags(
+        self, *, since: datetime | None = None, limit: int = 50, action: str | None = None
+    ) -> Sequence[StoredFlag]:
+        """Flags for review, newest first."""
+        ...
+
+    async def admit(
+        self,
+        *,
+        key: ConversationKey,
+        user_id: str,
+        now: datetime,
+        decide: Callable[[LimitCounts], bool],
+    ) -> LimitCounts:
+        """Read the user's usage and the channel's limits, and record one more request when
+        `decide` says yes, in one transaction serialized per user across processes."""
+        ...
+
+    async def channel(self, *, key: ConversationKey) -> ChannelSettings:
+        """The channel's settings (key's thread ignored)."""
+        ...
+
+    async def update_channel(self, *, key: ConversationKey, **values: object) -> None:
+        """Set some of a channel's settings (the ChannelSettings field names)."""
+        ...
+
+    async def access_rules(self) -> Sequence[AccessRule]:
+        """Every allow and block entry in the database."""
+        ...
+
+    async def add_access_rule(self, *, rule: AccessRule, added_by: str) -> None:
+        """Add an entry; adding one that exists changes nothing."""
+        ...
+
+    async def remove_access_rule(self, *, rule: AccessRule) -> bool:
+        """Remove an entry; False when there was none."""
         ...

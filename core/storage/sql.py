@@ -19,24 +19,37 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from datetime import datetime
+from dataclasses import fields
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Insert, and_, create_engine, func, select, update
+from sqlalchemy import Engine, Insert, and_, create_engine, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.events import ConversationKey
 from core.storage.base import (
+    AccessRule,
+    ChannelSettings,
     ConversationState,
+    FlagRecord,
+    LimitCounts,
     NewMessage,
+    StoredFlag,
     StoredMessage,
     UsageRecord,
     UsageTotals,
 )
 from core.storage.database import configure_sqlite
-from core.storage.tables import channel_settings, conversations, processed_events
+from core.storage.tables import (
+    access_rules,
+    channel_settings,
+    conversations,
+    moderation_flags,
+    processed_events,
+    user_requests,
+)
 from core.storage.tables import messages as message_rows
 from core.storage.tables import usage as usage_rows
 
@@ -93,7 +106,7 @@ class SqlStore:
             # Across processes: a session-level advisory lock on a connection kept for the turn,
             # which the turn's own statements then use (see _run). The lock calls go straight to
             # asyncpg: outside a transaction each is one round trip instead of three.
-            lock_id = _advisory_id(key)
+            lock_id = _advisory_id(key.platform, key.workspace, key.channel, key.thread)
             async with self.engine.connect() as connection:
                 driver = (await connection.get_raw_connection()).driver_connection
                 assert driver is not None
@@ -129,11 +142,11 @@ class SqlStore:
             )
         ).one()
         channel = connection.execute(
-            select(channel_settings.c.persona, channel_settings.c.tools).where(
-                channel_settings.c.platform == key.platform,
-                channel_settings.c.workspace == key.workspace,
-                channel_settings.c.channel == key.channel,
-            )
+            select(
+                channel_settings.c.persona,
+                channel_settings.c.tools,
+                channel_settings.c.buffer_output,
+            ).where(_channel_is(key))
         ).first()
         return ConversationState(
             id=row.id,
@@ -143,6 +156,7 @@ class SqlStore:
             summary=row.summary,
             summary_through_id=row.summary_through_id,
             channel_tools=channel.tools if channel else None,
+            channel_buffer_output=channel.buffer_output if channel else None,
         )
 
     async def begin_turn(
@@ -151,6 +165,7 @@ class SqlStore:
         key: ConversationKey,
         message: NewMessage,
         count_tokens: Callable[[ConversationState], int] | None = None,
+        flags: Sequence[FlagRecord] = (),
     ) -> tuple[ConversationState, int]:
         def work(connection: Connection) -> tuple[ConversationState, int]:
             state = self._upsert_conversation(connection, key)
@@ -162,6 +177,7 @@ class SqlStore:
                 .values(conversation_id=state.id, **values)
                 .returning(message_rows.c.id)
             ).scalar_one()
+            _insert_flags(connection, state.id, flags)
             return state, message_id
 
         return await self._run(work)
@@ -192,6 +208,7 @@ class SqlStore:
         conversation_id: int,
         messages: Sequence[NewMessage],
         usage: Sequence[UsageRecord],
+        flags: Sequence[FlagRecord] = (),
     ) -> None:
         def work(connection: Connection) -> None:
             if messages:
@@ -201,6 +218,7 @@ class SqlStore:
                 )
             for record in usage:
                 connection.execute(_usage_insert(conversation_id, record))
+            _insert_flags(connection, conversation_id, flags)
 
         await self._run(work)
 
@@ -279,7 +297,7 @@ class SqlStore:
         ).where(
             usage_rows.c.platform == platform,
             usage_rows.c.user_id == user_id,
-            usage_rows.c.created_at >= since,
+            usage_rows.c.created_at >= _utc(since),
         )
         tokens, turns, cost = await self._run(lambda c: c.execute(statement).one(), write=False)
         return UsageTotals(tokens=int(tokens), turns=int(turns), cost_usd=float(cost))
@@ -302,6 +320,215 @@ class SqlStore:
             .limit(1)
         )
         return await self._run(lambda c: c.execute(statement).scalar(), write=False)
+
+    # --- moderation flags -------------------------------------------------------------------
+
+    async def record_flag(self, *, flag: FlagRecord) -> None:
+        key = flag.key
+        conversation = (
+            select(conversations.c.id)
+            .where(
+                conversations.c.platform == key.platform,
+                conversations.c.workspace == key.workspace,
+                conversations.c.channel == key.channel,
+                conversations.c.thread == key.thread,
+            )
+            .scalar_subquery()
+        )
+        # The conversation may not exist (a first message blocked): the id is then NULL.
+        statement = moderation_flags.insert().values(
+            conversation_id=conversation, **_flag_values(flag)
+        )
+        await self._run(lambda c: c.execute(statement))
+
+    async def flags(
+        self, *, since: datetime | None = None, limit: int = 50, action: str | None = None
+    ) -> Sequence[StoredFlag]:
+        f = moderation_flags.c
+        statement = select(
+            f.id,
+            f.platform,
+            f.workspace,
+            f.channel,
+            f.thread,
+            f.user_id,
+            f.direction,
+            f.action,
+            f.categories,
+            f.scores,
+            f.excerpt,
+            f.created_at,
+        )
+        if since is not None:
+            statement = statement.where(f.created_at >= _utc(since))
+        if action is not None:
+            statement = statement.where(f.action == action)
+        statement = statement.order_by(f.id.desc()).limit(limit)
+        rows = await self._run(lambda c: c.execute(statement).all(), write=False)
+        return [
+            StoredFlag(
+                id=row.id,
+                key=ConversationKey(row.platform, row.workspace, row.channel, row.thread),
+                user_id=row.user_id,
+                direction=row.direction,
+                action=row.action,
+                categories=list(row.categories),
+                scores=dict(row.scores),
+                excerpt=row.excerpt,
+                at=_aware(row.created_at),
+            )
+            for row in rows
+        ]
+
+    # --- limits and channel settings ----------------------------------------------------------
+
+    async def admit(
+        self,
+        *,
+        key: ConversationKey,
+        user_id: str,
+        now: datetime,
+        decide: Callable[[LimitCounts], bool],
+    ) -> LimitCounts:
+        now = _utc(now)
+        minute_ago = now - timedelta(minutes=1)
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        r, u = user_requests.c, usage_rows.c
+        mine = and_(r.platform == key.platform, r.user_id == user_id)
+        # Everything the decision needs in one statement: one round trip.
+        counts = select(
+            select(func.count()).where(mine, r.created_at > minute_ago).scalar_subquery(),
+            select(func.min(r.created_at)).where(mine, r.created_at > minute_ago).scalar_subquery(),
+            select(func.coalesce(func.sum(u.prompt_tokens + u.completion_tokens), 0))
+            .where(u.platform == key.platform, u.user_id == user_id, u.created_at >= midnight)
+            .scalar_subquery(),
+        )
+        channel = select(*_CHANNEL_COLUMNS).where(_channel_is(key))
+
+        def work(connection: Connection) -> LimitCounts:
+            if self._postgres:
+                # Two processes admitting the same user's requests take turns, so both see
+                # each other's rows and a burst cannot slip past the limit.
+                connection.execute(
+                    select(func.pg_advisory_xact_lock(_advisory_id(key.platform, user_id)))
+                )
+            requests, oldest, tokens = connection.execute(counts).one()
+            row = connection.execute(channel).first()
+            result = LimitCounts(
+                requests=int(requests),
+                oldest_request=_aware(oldest) if oldest is not None else None,
+                tokens_today=int(tokens),
+                channel=ChannelSettings(*row) if row else ChannelSettings(),
+            )
+            if decide(result):
+                connection.execute(delete(user_requests).where(mine, r.created_at <= minute_ago))
+                connection.execute(
+                    user_requests.insert().values(
+                        platform=key.platform, user_id=user_id, created_at=now
+                    )
+                )
+            return result
+
+        return await self._run(work)
+
+    async def channel(self, *, key: ConversationKey) -> ChannelSettings:
+        statement = select(*_CHANNEL_COLUMNS).where(_channel_is(key))
+        row = await self._run(lambda c: c.execute(statement).first(), write=False)
+        return ChannelSettings(*row) if row else ChannelSettings()
+
+    async def update_channel(self, *, key: ConversationKey, **values: object) -> None:
+        unknown = set(values) - _CHANNEL_FIELDS
+        if unknown:
+            raise TypeError(f"not channel settings: {', '.join(sorted(unknown))}")
+        statement = (
+            self._insert(channel_settings)
+            .values(platform=key.platform, workspace=key.workspace, channel=key.channel, **values)
+            .on_conflict_do_update(
+                index_elements=["platform", "workspace", "channel"],
+                set_={**values, "updated_at": func.now()},
+            )
+        )
+        await self._run(lambda c: c.execute(statement))
+
+    # --- access rules ---------------------------------------------------------------------------
+
+    async def access_rules(self) -> Sequence[AccessRule]:
+        a = access_rules.c
+        statement = select(a.platform, a.kind, a.value, a.list)
+        rows = await self._run(lambda c: c.execute(statement).all(), write=False)
+        return [AccessRule(*row) for row in rows]
+
+    async def add_access_rule(self, *, rule: AccessRule, added_by: str) -> None:
+        statement = (
+            self._insert(access_rules)
+            .values(
+                platform=rule.platform,
+                kind=rule.kind,
+                value=rule.value,
+                list=rule.list,
+                added_by=added_by,
+            )
+            .on_conflict_do_nothing()
+        )
+        await self._run(lambda c: c.execute(statement))
+
+    async def remove_access_rule(self, *, rule: AccessRule) -> bool:
+        a = access_rules.c
+        statement = delete(access_rules).where(
+            a.platform == rule.platform,
+            a.kind == rule.kind,
+            a.value == rule.value,
+            a.list == rule.list,
+        )
+        return await self._run(lambda c: c.execute(statement).rowcount > 0)
+
+
+_CHANNEL_FIELDS = {f.name for f in fields(ChannelSettings)}
+_CHANNEL_COLUMNS = tuple(channel_settings.c[f.name] for f in fields(ChannelSettings))
+
+
+def _channel_is(key: ConversationKey) -> Any:
+    return and_(
+        channel_settings.c.platform == key.platform,
+        channel_settings.c.workspace == key.workspace,
+        channel_settings.c.channel == key.channel,
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    """Aware UTC: SQLite stores the wall time as given, so every stored moment must be UTC."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite gives back naive times; they were stored as UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _insert_flags(
+    connection: Connection, conversation_id: int, flags: Sequence[FlagRecord]
+) -> None:
+    if flags:
+        connection.execute(
+            moderation_flags.insert(),
+            [{"conversation_id": conversation_id, **_flag_values(flag)} for flag in flags],
+        )
+
+
+def _flag_values(flag: FlagRecord) -> dict[str, Any]:
+    return {
+        "platform": flag.key.platform,
+        "workspace": flag.key.workspace,
+        "channel": flag.key.channel,
+        "thread": flag.key.thread,
+        "user_id": flag.user_id,
+        "direction": flag.direction,
+        "action": flag.action,
+        "categories": flag.categories,
+        "scores": flag.scores,
+        "excerpt": flag.excerpt,
+        "created_at": _utc(flag.at),
+    }
 
 
 _STORED_COLUMNS = (
@@ -328,7 +555,9 @@ def _message_values(message: NewMessage) -> dict[str, Any]:
 
 
 def _usage_insert(conversation_id: int, record: UsageRecord) -> Insert:
+    stamped = {} if record.at is None else {"created_at": _utc(record.at)}
     return usage_rows.insert().values(
+        **stamped,
         conversation_id=conversation_id,
         platform=record.platform,
         user_id=record.user_id,
@@ -340,11 +569,8 @@ def _usage_insert(conversation_id: int, record: UsageRecord) -> Insert:
     )
 
 
-def _advisory_id(key: ConversationKey) -> int:
-    digest = hashlib.blake2b(
-        "\x1f".join((key.platform, key.workspace, key.channel, key.thread)).encode(),
-        digest_size=8,
-    ).digest()
+def _advisory_id(*parts: str) -> int:
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 

@@ -91,6 +91,10 @@ channel_settings = Table(
     Column("tools", JSON),
     Column("model", String(128)),
     Column("require_mention", Boolean),
+    # Overrides of the settings of the same names; NULL means "use the setting".
+    Column("buffer_output", Boolean),
+    Column("user_rpm", Integer),
+    Column("user_tokens_per_day", Integer),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("platform", "workspace", "channel"),
 )
@@ -123,4 +127,54 @@ usage = Table(
     _now(),
     Index(None, "platform", "user_id", "created_at"),
     Index(None, "conversation_id"),
+)
+
+moderation_flags = Table(
+    "moderation_flags",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column(
+        "conversation_id",
+        Id,
+        ForeignKey("conversations.id", ondelete="SET NULL"),
+    ),
+    Column("platform", String(32), nullable=False),
+    Column("workspace", String(128), nullable=False),
+    Column("channel", String(128), nullable=False),
+    Column("thread", String(128), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("direction", String(8), nullable=False),
+    # The strongest action taken: block, redact, flag, or unchecked (moderation unavailable).
+    Column("action", String(16), nullable=False),
+    Column("categories", JSON, nullable=False),  # ["pii/email", "openai/harassment"]
+    Column("scores", JSON, nullable=False),  # {"openai/harassment": 0.91}
+    # What was checked, with personal data scrubbed, so a reviewer can judge the flag.
+    Column("excerpt", Text, nullable=False, server_default=""),
+    _now(),
+    Index(None, "created_at"),
+    Index(None, "platform", "user_id"),
+)
+
+access_rules = Table(
+    "access_rules",
+    metadata,
+    Column("platform", String(32), nullable=False),  # "" matches every platform
+    Column("kind", String(16), nullable=False),  # user, channel or workspace
+    Column("value", String(128), nullable=False),
+    Column("list", String(8), nullable=False),  # allow or block
+    Column("added_by", String(128), nullable=False, server_default=""),
+    _now(),
+    PrimaryKeyConstraint("platform", "kind", "value", "list"),
+)
+
+# One row per request admitted under a per-minute limit; rows older than the window are
+# pruned as the same user's next request is admitted, so the table stays small.
+user_requests = Table(
+    "user_requests",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("platform", String(32), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index(None, "platform", "user_id", "created_at"),
 )
