@@ -2,6 +2,9 @@
 
 Tests queue what the next requests get (text, streamed or whole; HTTP errors with
 Retry-After; delays) and then assert on `requests`, the exact JSON bodies received.
+
+`/v1/moderations` has a queue of its own (`flag`, `moderation_error`, `moderation_body`) and
+content rules (`flag_when`) checked before it; with neither, every input passes unflagged.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import asyncio
 import json
 import time
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +42,38 @@ class Error:
 
 
 @dataclass
+class Moderation:
+    scores: dict[str, float]  # categories not named score 0.0
+    flagged: tuple[str, ...]  # the categories whose boolean is true
+    delay: float = 0.0
+
+
+@dataclass
+class RawBody:
+    text: str  # sent as is, as application/json: malformed answers
+    delay: float = 0.0
+
+
+# Every category the openai SDK's Categories / CategoryScores types declare.
+MODERATION_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/instructions",
+    "self-harm/intent",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+NOT_FLAGGED = Moderation(scores={}, flagged=())
+
+
+@dataclass
 class Recorded:
     path: str
     body: dict[str, Any]
@@ -51,6 +87,8 @@ class FakeOpenAI:
         self.script: deque[Reply | Error] = deque()
         self.requests: list[Recorded] = []
         self.default: Reply | None = None
+        self.moderations: deque[Moderation | Error | RawBody] = deque()
+        self.moderation_rules: list[tuple[str, Moderation | Error]] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
         self._arrived = asyncio.Condition()
@@ -66,6 +104,46 @@ class FakeOpenAI:
     def error(self, status: int, **options: Any) -> None:
         self.script.append(Error(status, **options))
 
+    def flag(
+        self,
+        scores: Mapping[str, float],
+        *,
+        flagged: Iterable[str] | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        """Queue a moderation answer: `flag({"harassment": 0.91}, flagged=("harassment",))`.
+
+        Categories not in `scores` score 0.0; `flagged` defaults to those scoring 0.5 or more.
+        A request with a list of inputs takes one queued answer for all of them.
+        """
+        self.moderations.append(_moderation(scores, flagged, delay))
+
+    def flag_when(
+        self,
+        substring: str,
+        scores: Mapping[str, float] | None = None,
+        *,
+        flagged: Iterable[str] | None = None,
+        error: int | None = None,
+    ) -> None:
+        """Any moderation input containing `substring` gets this answer, ahead of the queue.
+
+        `error=500` answers such a request with that HTTP status instead of scores.
+        """
+        assert (scores is None) != (error is None), "scores or error, not both"
+        answer = Error(error) if error is not None else _moderation(scores or {}, flagged, 0.0)
+        self.moderation_rules.append((substring, answer))
+
+    def moderation_error(
+        self, status: int, retry_after: float | None = None, **options: Any
+    ) -> None:
+        """Queue an HTTP error for the next moderation request (`delay=`, `message=` too)."""
+        self.moderations.append(Error(status, retry_after=retry_after, **options))
+
+    def moderation_body(self, text: str, *, delay: float = 0.0) -> None:
+        """Queue a literal answer body, sent as JSON whether it is or not (`'{"results": []}'`)."""
+        self.moderations.append(RawBody(text, delay))
+
     async def received(self, count: int) -> None:
         """Wait (at most 10 s) until `count` requests have arrived."""
         async with asyncio.timeout(10):
@@ -80,10 +158,15 @@ class FakeOpenAI:
     def chat_requests(self) -> list[dict[str, Any]]:
         return [r.body for r in self.requests if r.path.endswith("/chat/completions")]
 
+    @property
+    def moderation_requests(self) -> list[dict[str, Any]]:
+        return [r.body for r in self.requests if r.path.endswith("/moderations")]
+
     # --- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/moderations", self._moderate)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -96,11 +179,15 @@ class FakeOpenAI:
         await self._runner.cleanup()
 
     # --- handlers --------------------------------------------------------------------------
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+    async def _record(self, request: web.Request) -> dict[str, Any]:
+        body: dict[str, Any] = await request.json()
         self.requests.append(Recorded(request.path, body, dict(request.headers)))
         async with self._arrived:
             self._arrived.notify_all()
+        return body
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
         if self.script:
             step = self.script.popleft()
         elif self.default is not None:
@@ -113,14 +200,7 @@ class FakeOpenAI:
         if step.delay:
             await asyncio.sleep(step.delay)
         if isinstance(step, Error):
-            headers = {}
-            if step.retry_after is not None:
-                headers["Retry-After"] = str(step.retry_after)
-            return web.json_response(
-                {"error": {"message": step.message, "type": "scripted", "code": None}},
-                status=step.status,
-                headers=headers,
-            )
+            return _error_response(step)
         model = step.model or body["model"]
         assert body.get("stream"), "Parley always streams"
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -144,6 +224,63 @@ class FakeOpenAI:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def _moderate(self, request: web.Request) -> web.Response:
+        body = await self._record(request)
+        inputs: list[str] = [body["input"]] if isinstance(body["input"], str) else body["input"]
+        answers = [self._rule_for(text) for text in inputs]
+        failure = next((a for a in answers if isinstance(a, Error)), None)
+        step: Moderation | Error | RawBody = failure or NOT_FLAGGED
+        if failure is None and None in answers and self.moderations:
+            step = self.moderations.popleft()
+        if step.delay:
+            await asyncio.sleep(step.delay)
+        if isinstance(step, Error):
+            return _error_response(step)
+        if isinstance(step, RawBody):
+            return web.Response(text=step.text, content_type="application/json")
+        return web.json_response(
+            {
+                "id": "modr-fake",
+                "model": body.get("model", "omni-moderation-latest"),
+                "results": [
+                    _moderation_result(a if isinstance(a, Moderation) else step) for a in answers
+                ],
+            }
+        )
+
+    def _rule_for(self, text: str) -> Moderation | Error | None:
+        return next((answer for part, answer in self.moderation_rules if part in text), None)
+
+
+def _moderation(
+    scores: Mapping[str, float], flagged: Iterable[str] | None, delay: float
+) -> Moderation:
+    if flagged is None:
+        flagged = [name for name, score in scores.items() if score >= 0.5]
+    return Moderation(dict(scores), tuple(flagged), delay)
+
+
+def _moderation_result(answer: Moderation) -> dict[str, Any]:
+    # Categories a test names beyond the SDK's are sent too, as new ones would be.
+    names = list(dict.fromkeys([*MODERATION_CATEGORIES, *answer.scores, *answer.flagged]))
+    return {
+        "flagged": bool(answer.flagged),
+        "categories": {name: name in answer.flagged for name in names},
+        "category_scores": {name: answer.scores.get(name, 0.0) for name in names},
+        "category_applied_input_types": {name: ["text"] for name in names},
+    }
+
+
+def _error_response(step: Error) -> web.Response:
+    headers = {}
+    if step.retry_after is not None:
+        headers["Retry-After"] = str(step.retry_after)
+    return web.json_response(
+        {"error": {"message": step.message, "type": "scripted", "code": None}},
+        status=step.status,
+        headers=headers,
+    )
 
 
 async def _send(response: web.StreamResponse, payload: dict[str, Any]) -> None:
