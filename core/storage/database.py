@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -68,6 +68,10 @@ def alembic_config(url: str) -> Any:
     return config
 
 
+# An arbitrary constant: the advisory lock id that serializes migrations across processes.
+MIGRATION_LOCK_ID = 0x7061726C65796D67  # "parleymg"
+
+
 async def migrate(engine: AsyncEngine, revision: str = "head", *, down: bool = False) -> None:
     """Upgrade (or downgrade) the schema on `engine`, inside the running event loop."""
     from alembic import command
@@ -82,6 +86,10 @@ async def migrate(engine: AsyncEngine, revision: str = "head", *, down: bool = F
             command.upgrade(config, revision)
 
     async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Processes starting together on a fresh database would otherwise both create the
+            # tables, and one would fail; this lock makes the second wait, then find it done.
+            await connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_ID)))
         await connection.run_sync(run)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -169,3 +170,14 @@ def test_an_installed_copy_finds_its_migrations(tmp_path: Path) -> None:
         check=False,
     )
     assert (upgrade.returncode, upgrade.stdout.strip()) == (0, "database at 0002"), upgrade.stderr
+
+
+@pytest.mark.postgres
+async def test_processes_starting_together_migrate_once(postgres_url: str) -> None:
+    engines = [create_database_engine(postgres_url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(migrate(engine) for engine in engines))
+        assert await current_revision(engines[0]) == head_revision()
+    finally:
+        for engine in engines:
+            await engine.dispose()
