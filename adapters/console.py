@@ -24,6 +24,7 @@ from core.events import (
     Final,
     Inbound,
     Refused,
+    Retracted,
     ToolFinished,
     ToolStarted,
 )
@@ -87,18 +88,23 @@ class Console:
         if self.interactive:
             self._write(f"{self._bot_name}> ")
         ok = True
+        streamed = False
         async for event in self._engine.handle(inbound):
             match event:
                 case Delta(text=piece):
+                    streamed = True
                     self._write(piece)
                 case ToolStarted(name=name):
                     self._activity(f"using {name}…")
                 case ToolFinished(name=name, ok=False):
                     self._activity(f"{name} failed; the model was told why")
-                case Final():
-                    self._write("\n")
+                case Final(text=text):
+                    # A buffered reply arrives whole; a streamed one is already on screen.
+                    self._write(("" if streamed else text) + "\n")
                 case CommandResult(text=answer) | Refused(text=answer):
                     self._write(answer + "\n")
+                case Retracted(text=answer):
+                    self._write(("\n" if streamed else "") + f"[{answer}]\n")
                 case Failed(text=answer, partial=partial):
                     self._write(("\n" if partial else "") + f"[{answer}]\n")
                     ok = False

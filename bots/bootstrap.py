@@ -14,7 +14,10 @@ from core.config import Settings
 from core.conversation import Engine, EngineOptions
 from core.errors import ConfigError
 from core.llm import ModelClient, OpenAIModelClient
+from core.moderation import Direction, ModerationChain, Moderator
 from core.personas import Persona, PersonaCatalogue
+from core.policy import AccessControl, Limits, RateLimiter, parse_entries
+from core.pricing import PriceTable
 from core.storage import SessionStore, SqlStore, create_database_engine, migrate
 from core.storage.database import current_revision, head_revision
 from core.tokens import counter_for_model
@@ -84,6 +87,69 @@ async def open_store(settings: Settings) -> SqlStore:
     return SqlStore(engine)
 
 
+def access_control(settings: Settings, store: SessionStore) -> AccessControl:
+    """The access lists and admins from settings, with the database's lists behind them."""
+    configured = [
+        rule
+        for kind in ("user", "channel", "workspace")
+        for list_ in ("allow", "block")
+        for rule in parse_entries(getattr(settings, f"{list_}_{kind}s"), kind=kind, list_=list_)
+    ]
+    admins = parse_entries(settings.admins, kind="user", list_="admin")
+    return AccessControl(store=store, configured=configured, admins=admins)
+
+
+def moderation_chain(settings: Settings, stack: AsyncExitStack) -> ModerationChain | None:
+    """The moderators named in PARLEY_MODERATION, in that order, configured by the policy file."""
+    if not settings.moderation:
+        return None
+    from core.local_rules import KeywordRules, PiiRedactor
+    from core.moderation_policy import PolicyFile, load_policy_file
+
+    path = settings.moderation_policy
+    policy = load_policy_file(path) if path is not None else PolicyFile()
+    moderators: list[Moderator] = []
+    for name in settings.moderation:
+        if name == "rules":
+            assert path is not None  # Settings refuses "rules" without a policy file
+            try:
+                moderators.append(KeywordRules.from_config(policy.rules, base_dir=path.parent))
+            except ValueError as exc:
+                raise ConfigError(f"PARLEY_MODERATION_POLICY: {path}: {exc}") from None
+        elif name == "pii":
+            moderators.append(PiiRedactor(policy.pii))
+        else:
+            import openai
+
+            from core.openai_moderation import OpenAIModerator
+
+            client = openai.AsyncOpenAI(
+                api_key=_api_key(settings),
+                base_url=str(settings.openai_base_url) if settings.openai_base_url else None,
+                max_retries=settings.model_retries,
+                timeout=openai.Timeout(settings.model_timeout, connect=10.0),
+            )
+            stack.push_async_callback(client.close)
+            moderators.append(
+                OpenAIModerator(
+                    client=client,
+                    model=policy.openai.model or settings.moderation_model,
+                    config=policy.openai,
+                )
+            )
+    return ModerationChain(
+        moderators,
+        fail_closed={
+            Direction.INPUT: settings.moderation_input_failure == "closed",
+            Direction.OUTPUT: settings.moderation_output_failure == "closed",
+        },
+    )
+
+
+def _api_key(settings: Settings) -> str:
+    return settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
+
+
 @asynccontextmanager
 async def build_engine(
     settings: Settings,
@@ -100,9 +166,7 @@ async def build_engine(
         context_tokens = settings.context_tokens
         if model is None:
             base_url = str(settings.openai_base_url) if settings.openai_base_url else None
-            api_key = (
-                settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
-            )
+            api_key = _api_key(settings)
             if settings.uses_embedded_model:
                 from bots.local_model import (
                     LocalModelServer,
@@ -133,6 +197,9 @@ async def build_engine(
             stack.push_async_callback(sql_store.close)
             store = sql_store
         counter_for_model(model_name)  # load the tokenizer now, not during the first turn
+        limits = Limits(
+            requests_per_minute=settings.user_rpm, tokens_per_day=settings.user_tokens_per_day
+        )
         engine = Engine(
             store=store,
             model=model,
@@ -146,8 +213,13 @@ async def build_engine(
                 summaries=settings.summaries,
                 window_cache_size=settings.window_cache_size,
                 tool_steps=settings.tool_steps,
+                buffer_output=settings.moderation_buffer,
             ),
             tools=tools,
+            access=access_control(settings, store),
+            limiter=RateLimiter(store=store, limits=limits),
+            moderation=moderation_chain(settings, stack),
+            prices=PriceTable(settings.prices),
             clock=clock or (lambda: datetime.now(UTC)),
         )
         yield Runtime(engine=engine, store=store)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from core.config import Settings, load_settings
 from core.errors import ConfigError
+from core.storage.base import StoredFlag
 
 log = logging.getLogger("parley")
 
@@ -23,6 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="chat in the terminal (continues the last chat)")
     chat.add_argument("--new", action="store_true", help="start a new conversation")
     chat.add_argument("--persona", metavar="NAME", help="use this persona in the conversation")
+
+    flags = commands.add_parser("flags", help="list moderation flags for review, newest first")
+    flags.add_argument("--since", metavar="AGE", type=_age, help="only newer ones, e.g. 24h or 7d")
+    flags.add_argument(
+        "--action", choices=["block", "redact", "flag", "unchecked"], help="only this action"
+    )
+    flags.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    flags.add_argument("--json", action="store_true", help="one JSON object per line")
 
     db = commands.add_parser("db", help="manage the database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -45,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if arguments.command == "chat":
             return asyncio.run(_chat(settings, new=arguments.new, persona=arguments.persona))
+        if arguments.command == "flags":
+            return asyncio.run(_flags(settings, arguments))
         return asyncio.run(_db(settings, arguments.db_command, getattr(arguments, "revision", "")))
     except ConfigError as exc:
         print(f"parley: {exc}", file=sys.stderr)
@@ -69,6 +83,61 @@ async def _chat(settings: Settings, *, new: bool, persona: str | None) -> int:
         if persona is not None:
             await runtime.store.set_persona(key=key, persona=persona)
         return await console.run()
+
+
+def _age(text: str) -> timedelta:
+    match = re.fullmatch(r"(\d+)([mhd])", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError("use minutes, hours or days, e.g. 30m, 24h or 7d")
+    unit = {"m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+    return timedelta(**{unit: int(match.group(1))})
+
+
+async def _flags(settings: Settings, arguments: argparse.Namespace) -> int:
+    from bots.bootstrap import open_store
+
+    store = await open_store(settings)
+    try:
+        since = datetime.now(UTC) - arguments.since if arguments.since else None
+        flags = await store.flags(since=since, limit=arguments.limit, action=arguments.action)
+    finally:
+        await store.close()
+    for flag in flags:
+        if arguments.json:
+            print(json.dumps(_flag_json(flag), ensure_ascii=False))
+            continue
+        key = flag.key
+        where = "/".join(part for part in (key.workspace, key.channel, key.thread) if part)
+        found = ", ".join(
+            f"{name}={flag.scores[name]:.2f}" if name in flag.scores else name
+            for name in flag.categories
+        )
+        print(
+            f"{flag.at:%Y-%m-%d %H:%M:%S}Z #{flag.id} {key.platform} {where} user {flag.user_id}: "
+            f"{flag.direction} {flag.action.upper()} {found}".rstrip()
+        )
+        if flag.excerpt:
+            print("    " + flag.excerpt.replace("\n", "\n    "))
+    if not flags and not arguments.json:
+        print("No moderation flags" + (" in that period." if arguments.since else "."))
+    return 0
+
+
+def _flag_json(flag: StoredFlag) -> dict[str, object]:
+    return {
+        "id": flag.id,
+        "at": flag.at.isoformat(),
+        "platform": flag.key.platform,
+        "workspace": flag.key.workspace,
+        "channel": flag.key.channel,
+        "thread": flag.key.thread,
+        "user_id": flag.user_id,
+        "direction": flag.direction,
+        "action": flag.action,
+        "categories": flag.categories,
+        "scores": flag.scores,
+        "excerpt": flag.excerpt,
+    }
 
 
 async def _db(settings: Settings, action: str, revision: str) -> int:

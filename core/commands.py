@@ -11,9 +11,11 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from core import wording
-from core.events import Inbound
+from core.events import ConversationKey, Inbound
 from core.personas import Persona, PersonaCatalogue, resolve_persona
-from core.storage.base import SessionStore
+from core.policy import KINDS, AccessControl, Limits
+from core.storage.base import AccessRule, SessionStore
+from core.tools import ToolRegistry
 
 COMMANDS: dict[str, str] = {
     "help": "show this help",
@@ -22,6 +24,19 @@ COMMANDS: dict[str, str] = {
     "personas": "list the personas",
     "usage": "show your token usage",
 }
+
+# Commands that change a channel for everyone in it. When PARLEY_ADMINS is set, only admins
+# may use them (and /persona NAME); /access and /limits always need an admin, or anyone could
+# lift their own limits.
+ADMIN_COMMANDS: dict[str, str] = {
+    "scope": "show or set what a conversation is here: /scope thread|channel|user|default",
+    "tools": "show or set this channel's tools: /tools NAME,NAME | all | none",
+    "limits": "show or set this channel's per-user limits: /limits rpm N | tokens N | default",
+    "buffer": "hold replies until moderation passed them: /buffer on|off|default",
+    "access": "show or change the access lists: /access allow|block|remove KIND ID",
+}
+ALWAYS_ADMIN = frozenset({"access", "limits"})
+SCOPES = ("thread", "channel", "user")
 
 # "/name" or "/name@botname", then the argument. "/etc/hosts ..." is not a command.
 _COMMAND = re.compile(r"^/([A-Za-z][A-Za-z0-9_]*)(?:@\S+)?(?:\s+(.*))?$", re.DOTALL)
@@ -45,17 +60,28 @@ class CommandHandler:
         personas: PersonaCatalogue,
         default_persona: Persona,
         clock: Callable[[], datetime],
+        access: AccessControl | None = None,
+        tools: ToolRegistry | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self._store = store
         self._personas = personas
         self._default = default_persona
         self._clock = clock
+        self._access = access
+        self._tools = tools or ToolRegistry()
+        self._limits = limits or Limits()
         self._handlers: dict[str, Callable[[Inbound, str], Awaitable[str]]] = {
             "help": self._help,
             "reset": self._reset,
             "persona": self._persona,
             "personas": self._list_personas,
             "usage": self._usage,
+            "scope": self._scope,
+            "tools": self._channel_tools,
+            "limits": self._channel_limits,
+            "buffer": self._buffer,
+            "access": self._access_lists,
         }
 
     async def run(self, inbound: Inbound, name: str, argument: str) -> str:
@@ -64,10 +90,25 @@ class CommandHandler:
         if handler is None:
             available = ", ".join(f"/{command}" for command in COMMANDS)
             return wording.UNKNOWN_COMMAND.format(name=name, available=available)
+        if name in ADMIN_COMMANDS and not self._may_administer(inbound, name):
+            return wording.ADMIN_ONLY.format(what=f"use /{name}")
         return await handler(inbound, argument)
+
+    def _may_administer(self, inbound: Inbound, name: str) -> bool:
+        if self._access is not None and self._access.is_admin(inbound):
+            return True
+        no_admins = self._access is None or not self._access.has_admins
+        return no_admins and name not in ALWAYS_ADMIN
 
     async def _help(self, inbound: Inbound, argument: str) -> str:
         lines = [f"/{name}: {text}" for name, text in COMMANDS.items()]
+        admin = [
+            f"/{name}: {text}"
+            for name, text in ADMIN_COMMANDS.items()
+            if self._may_administer(inbound, name)
+        ]
+        if admin:
+            lines += ["", "For this channel:", *admin]
         return "Commands:\n" + "\n".join(lines)
 
     async def _reset(self, inbound: Inbound, argument: str) -> str:
@@ -84,6 +125,8 @@ class CommandHandler:
             return wording.PERSONA_CURRENT.format(
                 name=current.name, description=current.description
             )
+        if not inbound.is_direct and not self._may_administer(inbound, "persona"):
+            return wording.ADMIN_ONLY.format(what="change the persona of a channel")
         persona = self._personas.get(argument)
         if persona is None:
             return wording.PERSONA_UNKNOWN.format(
@@ -110,14 +153,134 @@ class CommandHandler:
         )
         state = await self._store.conversation(key=inbound.key)
         conversation = await self._store.conversation_tokens(conversation_id=state.id)
-        return wording.USAGE_REPORT.format(
+        report = wording.USAGE_REPORT.format(
             today_tokens=today.tokens,
             today_turns=_replies(today.turns),
             month_tokens=month.tokens,
             month_turns=_replies(month.turns),
-            cost=f", about ${month.cost_usd:.4f}" if month.cost_usd else "",
+            cost=_cost(month.cost_usd),
             conversation_tokens=conversation,
         )
+        budget = await self._channel_budget(inbound.key)
+        if budget:
+            left = max(budget - today.tokens, 0)
+            report += " " + wording.BUDGET_LEFT.format(left=left, limit=budget)
+        return report
+
+    async def _channel_budget(self, key: ConversationKey) -> int:
+        override = (await self._store.channel(key=key)).user_tokens_per_day
+        return self._limits.tokens_per_day if override is None else override
+
+    # --- admin commands ---------------------------------------------------------------------
+
+    async def _scope(self, inbound: Inbound, argument: str) -> str:
+        choice = argument.lower()
+        if not choice:
+            scope = (await self._store.channel(key=inbound.key)).scope
+            return wording.SCOPE_CURRENT.format(scope=scope or "the platform's default")
+        if choice == "chat":  # Telegram's word for a channel
+            choice = "channel"
+        if choice != "default" and choice not in SCOPES:
+            return wording.BAD_ARGUMENT.format(usage=ADMIN_COMMANDS["scope"])
+        scope = None if choice == "default" else choice
+        await self._store.update_channel(key=inbound.key, scope=scope)
+        return wording.SCOPE_SET.format(scope=scope or "the platform's default")
+
+    async def _channel_tools(self, inbound: Inbound, argument: str) -> str:
+        persona = await self._current(inbound)
+        choice = argument.lower()
+        if not choice:
+            chosen = (await self._store.channel(key=inbound.key)).tools
+            usable = [t for t in persona.tools if chosen is None or t in chosen]
+            return wording.TOOLS_CURRENT.format(
+                persona=persona.name,
+                tools=", ".join(usable) or "none",
+                offered=", ".join(persona.tools) or "none",
+            )
+        names: list[str] | None
+        if choice == "all":
+            names = None
+        elif choice == "none":
+            names = []
+        else:
+            names = [n for n in re.split(r"[\s,]+", argument) if n]
+            unknown = [n for n in names if n not in self._tools.names()]
+            if unknown:
+                return wording.TOOLS_UNKNOWN.format(
+                    names=", ".join(unknown), available=", ".join(self._tools.names()) or "none"
+                )
+        await self._store.update_channel(key=inbound.key, tools=names)
+        return wording.TOOLS_SET.format(
+            tools="all of the persona's" if names is None else ", ".join(names) or "none"
+        )
+
+    async def _channel_limits(self, inbound: Inbound, argument: str) -> str:
+        match = re.fullmatch(r"(rpm|tokens)\s+(\d+|default)", argument.lower())
+        if argument and match is None:
+            return wording.BAD_ARGUMENT.format(usage=ADMIN_COMMANDS["limits"])
+        if match is not None:
+            column = {"rpm": "user_rpm", "tokens": "user_tokens_per_day"}[match.group(1)]
+            value = None if match.group(2) == "default" else int(match.group(2))
+            await self._store.update_channel(key=inbound.key, **{column: value})
+        channel = await self._store.channel(key=inbound.key)
+        rpm = self._limits.requests_per_minute if channel.user_rpm is None else channel.user_rpm
+        tokens = (
+            self._limits.tokens_per_day
+            if channel.user_tokens_per_day is None
+            else channel.user_tokens_per_day
+        )
+        return wording.LIMITS_CURRENT.format(
+            rpm=f"{rpm} requests a minute" if rpm else "no request limit",
+            tokens=f"{tokens:,} tokens a day" if tokens else "no daily token budget",
+        )
+
+    async def _buffer(self, inbound: Inbound, argument: str) -> str:
+        choices = {"on": True, "off": False, "default": None}
+        if argument.lower() not in choices:
+            return wording.BAD_ARGUMENT.format(usage=ADMIN_COMMANDS["buffer"])
+        value = choices[argument.lower()]
+        await self._store.update_channel(key=inbound.key, buffer_output=value)
+        return wording.BUFFER_SET[value]
+
+    async def _access_lists(self, inbound: Inbound, argument: str) -> str:
+        assert self._access is not None  # only admins get here, and admins need access lists
+        if not argument:
+            rules = await self._access.rules()
+            if not rules:
+                return wording.ACCESS_EMPTY
+            lines = [
+                f"- {rule.list} {rule.kind} {rule.value}"
+                + (f" (on {rule.platform})" if rule.platform else "")
+                for rule in sorted(rules, key=lambda r: (r.list, r.kind, r.value))
+            ]
+            return "Access lists:\n" + "\n".join(lines)
+        words = argument.split()
+        remove = words[0].lower() == "remove"
+        if remove:
+            words = words[1:]
+        if len(words) != 3:
+            return wording.BAD_ARGUMENT.format(usage=ADMIN_COMMANDS["access"])
+        list_, kind, value = words[0].lower(), words[1].lower(), words[2]
+        if list_ not in ("allow", "block") or kind not in KINDS:
+            return wording.BAD_ARGUMENT.format(usage=ADMIN_COMMANDS["access"])
+        if value.lower() == "here" and kind != "user":
+            value = inbound.key.channel if kind == "channel" else inbound.key.workspace
+        rule = AccessRule(platform=inbound.key.platform, kind=kind, value=value, list=list_)
+        if not remove:
+            await self._store.add_access_rule(rule=rule, added_by=inbound.user_id)
+            answer = wording.ACCESS_ADDED
+        elif await self._store.remove_access_rule(rule=rule):
+            answer = wording.ACCESS_REMOVED
+        else:
+            answer = wording.ACCESS_NOT_FOUND
+        self._access.forget_cache()
+        return answer.format(list=list_, kind=kind, value=value)
+
+
+def _cost(usd: float) -> str:
+    if not usd:
+        return ""  # no priced model was used (a local one, say)
+    return f", about ${usd:,.2f}" if usd >= 0.01 else ", under $0.01"
 
 
 def _replies(count: int) -> str:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
     AnyHttpUrl,
     Field,
+    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
@@ -68,6 +71,38 @@ class Settings(BaseSettings):
     local_model_path: Path | None = Field(None, alias="PARLEY_LOCAL_MODEL_PATH")
     local_context_tokens: PositiveInt = Field(2048, alias="PARLEY_LOCAL_CONTEXT_TOKENS")
 
+    moderation: Annotated[tuple[Literal["rules", "pii", "openai"], ...], NoDecode] = Field(
+        (), alias="PARLEY_MODERATION"
+    )
+    moderation_policy: Path | None = Field(None, alias="PARLEY_MODERATION_POLICY")
+    moderation_model: str = Field(
+        "omni-moderation-latest", alias="PARLEY_MODERATION_MODEL", min_length=1
+    )
+    moderation_input_failure: Literal["closed", "open"] = Field(
+        "closed", alias="PARLEY_MODERATION_INPUT_FAILURE"
+    )
+    moderation_output_failure: Literal["closed", "open"] = Field(
+        "open", alias="PARLEY_MODERATION_OUTPUT_FAILURE"
+    )
+    moderation_buffer: bool = Field(False, alias="PARLEY_MODERATION_BUFFER")
+
+    admins: Annotated[tuple[str, ...], NoDecode] = Field((), alias="PARLEY_ADMINS")
+    allow_users: Annotated[tuple[str, ...], NoDecode] = Field((), alias="PARLEY_ALLOW_USERS")
+    block_users: Annotated[tuple[str, ...], NoDecode] = Field((), alias="PARLEY_BLOCK_USERS")
+    allow_channels: Annotated[tuple[str, ...], NoDecode] = Field((), alias="PARLEY_ALLOW_CHANNELS")
+    block_channels: Annotated[tuple[str, ...], NoDecode] = Field((), alias="PARLEY_BLOCK_CHANNELS")
+    allow_workspaces: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), alias="PARLEY_ALLOW_WORKSPACES"
+    )
+    block_workspaces: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), alias="PARLEY_BLOCK_WORKSPACES"
+    )
+    user_rpm: NonNegativeInt = Field(20, alias="PARLEY_USER_RPM")
+    user_tokens_per_day: NonNegativeInt = Field(0, alias="PARLEY_USER_TOKENS_PER_DAY")
+    prices: dict[str, tuple[NonNegativeFloat, NonNegativeFloat]] = Field(
+        default_factory=dict, alias="PARLEY_PRICES"
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "WARNING", alias="PARLEY_LOG_LEVEL"
     )
@@ -87,12 +122,57 @@ class Settings(BaseSettings):
             raise ValueError(f"unsupported database '{url.drivername}'; use SQLite or PostgreSQL")
         return url.set(drivername=driver).render_as_string(hide_password=False)
 
-    @field_validator("tool_modules", mode="before")
+    @field_validator(
+        "tool_modules",
+        "moderation",
+        "admins",
+        "allow_users",
+        "block_users",
+        "allow_channels",
+        "block_channels",
+        "allow_workspaces",
+        "block_workspaces",
+        mode="before",
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _json_object(cls, value: object) -> object:
+        # The environment gives JSON text; keyword arguments (tests, tools) may give it too.
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f'not JSON ({exc.msg}); write e.g. {{"my-model": [0.15, 0.60]}}'
+                ) from None
+        return value
+
+    @field_validator("moderation_policy")
+    @classmethod
+    def _existing_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        return value
+
+    @model_validator(mode="after")
+    def _moderators_configured(self) -> Settings:
+        if "rules" in self.moderation and self.moderation_policy is None:
+            raise ValueError(
+                "PARLEY_MODERATION includes 'rules' but PARLEY_MODERATION_POLICY names no "
+                "policy file to read them from"
+            )
+        if "openai" in self.moderation and self.uses_embedded_model:
+            raise ValueError(
+                "PARLEY_MODERATION includes 'openai' but no model service is configured "
+                "(set OPENAI_API_KEY or OPENAI_BASE_URL)"
+            )
+        return self
 
     @field_validator("personas_dir")
     @classmethod

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,14 +20,32 @@ from core.events import (
     Failed,
     Final,
     Inbound,
+    Refused,
     ReplyEvent,
+    Retracted,
     ToolFinished,
     ToolStarted,
     Usage,
 )
 from core.llm import ModelClient, ModelRequest, TextChunk, ToolCallChunk, UsageChunk
+from core.local_rules import scrub
+from core.moderation import (
+    Direction,
+    Finding,
+    ModerationChain,
+    ModerationUnavailable,
+    Verdict,
+)
 from core.personas import Persona, PersonaCatalogue, resolve_persona
-from core.storage.base import ConversationState, NewMessage, SessionStore, UsageRecord
+from core.policy import AccessControl, RateLimiter
+from core.pricing import PriceTable
+from core.storage.base import (
+    ConversationState,
+    FlagRecord,
+    NewMessage,
+    SessionStore,
+    UsageRecord,
+)
 from core.tokens import (
     MESSAGE_OVERHEAD,
     REPLY_PRIMING,
@@ -55,13 +73,17 @@ class EngineOptions:
     summaries: bool = False
     window_cache_size: int = 256
     tool_steps: int = 5
+    buffer_output: bool = False  # hold replies until output moderation has passed them
+
+# How much of a flagged text is kept for review (personal data scrubbed).
+EXCERPT_CHARS = 500
 
 
 class Engine:
     """Runs turns: claim the event, lock the conversation, store, build context, call the model.
 
-    Every part it talks to is a port (SessionStore, ModelClient), so tests and later features
-    (tools, moderation) plug in without changing the turn's shape.
+    Every part it talks to is a port (SessionStore, ModelClient, Moderator), and the policy
+    parts (access, limits, moderation) are optional, so tests wire only what they exercise.
     """
 
     def __init__(
@@ -73,9 +95,17 @@ class Engine:
         default_persona: Persona,
         options: EngineOptions,
         tools: ToolRegistry | None = None,
+        access: AccessControl | None = None,
+        limiter: RateLimiter | None = None,
+        moderation: ModerationChain | None = None,
+        prices: PriceTable | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
+        self._access = access
+        self._limiter = limiter
+        self._moderation = moderation
+        self._prices = prices or PriceTable()
         self._tools = tools or ToolRegistry()
         self._schema_cache: dict[tuple[str, tuple[str, ...]], tuple[list[dict[str, Any]], int]] = {}
         self._model = model
@@ -87,7 +117,13 @@ class Engine:
             WindowCache(options.window_cache_size) if options.window_cache_size else None
         )
         self.commands = CommandHandler(
-            store=store, personas=personas, default_persona=default_persona, clock=clock
+            store=store,
+            personas=personas,
+            default_persona=default_persona,
+            clock=clock,
+            access=access,
+            tools=self._tools,
+            limits=limiter.limits if limiter is not None else None,
         )
 
     async def handle(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
@@ -102,6 +138,10 @@ class Engine:
             log.info(
                 "event %s/%s already handled; not answering again", key.platform, inbound.event_id
             )
+            return
+        if self._access is not None and not await self._access.allows(inbound):
+            log.info("refused %s/%s: not on the access lists", key.platform, inbound.user_id)
+            yield Refused(text=wording.ACCESS_DENIED, reason="access")
             return
         command = parse_command(inbound.text)
         async with self._store.turn_lock(key):
@@ -119,22 +159,46 @@ class Engine:
                 yield Failed(text=wording.UNEXPECTED_FAILURE, reason="internal")
 
     async def _turn(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
+        if self._limiter is not None:
+            refused = await self._limiter.admit(inbound, self._clock())
+            if refused is not None:
+                yield refused
+                return
+        text, input_flags = inbound.text, []
+        if self._moderation is not None:
+            try:
+                verdict = await self._moderation.check(text, direction=Direction.INPUT)
+            except ModerationUnavailable as exc:
+                log.warning("input moderation unavailable for %s: %s", inbound.key, exc)
+                flag = self._flag(inbound, Direction.INPUT, "unchecked", text)
+                await self._store.record_flag(flag=flag)
+                yield Refused(text=wording.MODERATION_UNAVAILABLE, reason="moderation_unavailable")
+                return
+            if verdict.findings:
+                input_flags.append(self._verdict_flag(inbound, Direction.INPUT, verdict))
+            if verdict.blocked:
+                await self._store.record_flag(flag=input_flags[0])
+                yield Refused(text=wording.INPUT_BLOCKED, reason="moderation")
+                return
+            text = verdict.text  # with personal data redacted: that is what is stored and sent
+
         def count_tokens(state: ConversationState) -> int:
             # The conversation's persona picks the model, and so the tokenizer: counted once,
             # in the transaction that stores the message.
             counter = counter_for_model(self._model_for(state))
-            return message_tokens(counter, inbound.text, inbound.user_name)
+            return message_tokens(counter, text, inbound.user_name)
 
         state, _ = await self._store.begin_turn(
             key=inbound.key,
             message=NewMessage(
                 role="user",
-                content=inbound.text,
+                content=text,
                 token_count=0,
                 author_id=inbound.user_id,
                 author_name=inbound.user_name,
             ),
             count_tokens=count_tokens,
+            flags=input_flags,
         )
         persona = self._persona_for(state)
         model = self._model_for(state)
@@ -175,7 +239,8 @@ class Engine:
         produced: list[NewMessage] = []  # tool calls, their results, then the reply
         usages: list[Usage] = []
         prompt_tokens = system_tokens + window.tokens
-        shown = ""  # what the user has seen, across steps
+        shown = ""  # what the user has seen (or, when buffering, would have), across steps
+        buffered = self._moderation is not None and self._buffers(persona, state)
         steps = self._options.tool_steps
         for step in range(steps + 1):
             offered = schemas if step < steps else []
@@ -194,12 +259,13 @@ class Engine:
             try:
                 async for chunk in self._model.stream(request):
                     if isinstance(chunk, TextChunk):
+                        piece = chunk.text
                         if not text_parts and shown:
-                            shown += "\n\n"  # a new step's text starts a new paragraph
-                            yield Delta("\n\n")
+                            piece = "\n\n" + piece  # a new step's text starts a new paragraph
                         text_parts.append(chunk.text)
-                        shown += chunk.text
-                        yield Delta(chunk.text)
+                        shown += piece
+                        if not buffered:
+                            yield Delta(piece)
                     elif isinstance(chunk, ToolCallChunk):
                         calls.add(chunk)
                     else:
@@ -207,7 +273,9 @@ class Engine:
             except ModelError as exc:
                 log.warning("model call failed for %s: %s", inbound.key, exc)
                 yield Failed(
-                    text=wording.MODEL_FAILURE[exc.kind], reason=exc.kind.value, partial=shown
+                    text=wording.MODEL_FAILURE[exc.kind],
+                    reason=exc.kind.value,
+                    partial="" if buffered else shown,
                 )
                 return
             text = "".join(text_parts)
@@ -257,15 +325,102 @@ class Engine:
                 author_name=self._options.bot_name,
             )
         )
+        records = [self._usage_record(inbound, usage) for usage in usages]
+        output_flags: list[FlagRecord] = []
+        if self._moderation is not None:
+            try:
+                produced, output_flags = await self._moderate_output(inbound, produced, counter)
+            except ModerationUnavailable as exc:
+                log.warning("output moderation unavailable for %s: %s", inbound.key, exc)
+                flag = self._flag(inbound, Direction.OUTPUT, "unchecked", shown)
+                await self._store.finish_turn(
+                    conversation_id=state.id, messages=[], usage=records, flags=[flag]
+                )
+                yield Retracted(text=wording.OUTPUT_UNCHECKED, reason="moderation_unavailable")
+                return
+            if any(flag.action == "block" for flag in output_flags):
+                # Nothing of the reply is stored: it must not reach the model in later turns.
+                await self._store.finish_turn(
+                    conversation_id=state.id, messages=[], usage=records, flags=output_flags
+                )
+                yield Retracted(text=wording.OUTPUT_RETRACTED, reason="moderation")
+                return
+            if output_flags:
+                shown = "\n\n".join(
+                    m.content for m in produced if m.role == "assistant" and m.content
+                )
         await self._store.finish_turn(
-            conversation_id=state.id,
-            messages=produced,
-            usage=[usage_record(inbound, usage) for usage in usages],
+            conversation_id=state.id, messages=produced, usage=records, flags=output_flags
         )
         yield Final(text=shown, usage=total_usage(usages))
 
         if self._options.summaries and window.dropped and window.oldest_id is not None:
             await self._summarize(inbound, state, window, model, counter)
+
+    async def _moderate_output(
+        self, inbound: Inbound, produced: list[NewMessage], counter: TokenCounter
+    ) -> tuple[list[NewMessage], list[FlagRecord]]:
+        """Each text the model wrote this turn, checked (and redacted) before it is final.
+
+        Raises ModerationUnavailable when a moderator cannot tell and the policy fails closed.
+        """
+        assert self._moderation is not None
+        checked: list[NewMessage] = []
+        flags: list[FlagRecord] = []
+        for message in produced:
+            if message.role != "assistant" or not message.content.strip():
+                checked.append(message)
+                continue
+            verdict = await self._moderation.check(message.content, direction=Direction.OUTPUT)
+            if verdict.findings:
+                flags.append(self._verdict_flag(inbound, Direction.OUTPUT, verdict))
+            if verdict.text != message.content:
+                tokens = message.token_count - message_tokens(counter, message.content)
+                message = replace(
+                    message,
+                    content=verdict.text,
+                    token_count=tokens + message_tokens(counter, verdict.text),
+                )
+            checked.append(message)
+        return checked, flags
+
+    def _verdict_flag(self, inbound: Inbound, direction: Direction, verdict: Verdict) -> FlagRecord:
+        assert verdict.action is not None
+        return self._flag(inbound, direction, verdict.action.value, verdict.text, verdict.findings)
+
+    def _flag(
+        self,
+        inbound: Inbound,
+        direction: Direction,
+        action: str,
+        text: str,
+        findings: Sequence[Finding] = (),
+    ) -> FlagRecord:
+        names = [f"{f.source}/{f.category}" for f in findings]
+        return FlagRecord(
+            key=inbound.key,
+            user_id=inbound.user_id,
+            direction=direction.value,
+            action=action,
+            categories=names,
+            scores={
+                name: f.score
+                for name, f in zip(names, findings, strict=True)
+                if f.score is not None
+            },
+            excerpt=scrub(text)[:EXCERPT_CHARS],
+            at=self._clock(),
+        )
+
+    def _buffers(self, persona: Persona, state: ConversationState) -> bool:
+        """Hold the reply until it is checked: the channel's choice, else the persona's."""
+        for choice in (state.channel_buffer_output, persona.buffer_output):
+            if choice is not None:
+                return choice
+        return self._options.buffer_output
+
+    def _usage_record(self, inbound: Inbound, usage: Usage) -> UsageRecord:
+        return usage_record(inbound, usage, self._prices, self._clock())
 
     def _tool_schemas(self, model: str, allowed: list[str]) -> tuple[list[dict[str, Any]], int]:
         """The tools' definitions and what they cost in the prompt, computed once per set."""
@@ -375,7 +530,9 @@ class Engine:
             conversation_id=state.id, summary=summary, through_id=chosen[0].id
         )
         usage = self._usage(reported, model, used, summary, counter)
-        await self._store.record_usage(conversation_id=state.id, usage=usage_record(inbound, usage))
+        await self._store.record_usage(
+            conversation_id=state.id, usage=self._usage_record(inbound, usage)
+        )
 
 
 SUMMARIZER_PROMPT = (
@@ -446,8 +603,10 @@ def total_usage(usages: list[Usage]) -> Usage:
     )
 
 
-def usage_record(inbound: Inbound, usage: Usage) -> UsageRecord:
-    """The usage row for a model call made on behalf of `inbound`'s author."""
+def usage_record(
+    inbound: Inbound, usage: Usage, prices: PriceTable, at: datetime | None = None
+) -> UsageRecord:
+    """The usage row for a model call made on behalf of `inbound`'s author, with its cost."""
     return UsageRecord(
         platform=inbound.key.platform,
         user_id=inbound.user_id,
@@ -455,6 +614,8 @@ def usage_record(inbound: Inbound, usage: Usage) -> UsageRecord:
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         estimated=usage.estimated,
+        cost_usd=prices.cost(usage.model, usage.prompt_tokens, usage.completion_tokens),
+        at=at,
     )
 
 

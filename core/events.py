@@ -113,6 +113,15 @@ class Refused:
 
 
 @dataclass(frozen=True, slots=True)
+class Retracted:
+    """The reply was withheld by output moderation: adapters replace whatever they already
+    showed of it with `text`, a short notice. Nothing of the reply is stored."""
+
+    text: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     """The model could not answer; the user's message is kept. `text` is for the user."""
 
@@ -121,4 +130,6 @@ class Failed:
     partial: str = field(default="", repr=False, compare=False)  # text already shown
 
 
-ReplyEvent = Delta | ToolStarted | ToolFinished | Final | CommandResult | Refused | Failed
+ReplyEvent = (
+    Delta | ToolStarted | ToolFinished | Final | CommandResult | Refused | Retracted | Failed
+)

@@ -49,3 +49,51 @@ EMPTY_REPLY = "The model returned an empty answer. Please rephrase your message 
 TOOL_STEPS_USED = (
     "You have used all the tool calls allowed for this message. Answer now with what you have."
 )
+
+# Access, limits and moderation. A refusal says what happened and what the user can do.
+ACCESS_DENIED = (
+    "Sorry, I'm not available to you here. If you think you should have access, "
+    "ask one of the bot's admins."
+)
+ADMIN_ONLY = "Sorry, only the bot's admins can {what}. Ask one of them if it should change."
+RATE_LIMITED = (
+    "You're sending messages faster than I can take them (the limit is {limit} a minute). "
+    "Please try again {wait}."
+)
+BUDGET_USED = (
+    "You've used today's budget of {limit:,} tokens. It renews at midnight UTC, {wait}."
+)
+INPUT_BLOCKED = (
+    "I can't help with that message: it was stopped by this workspace's content policy. "
+    "It was not sent to the model."
+)
+OUTPUT_RETRACTED = "I withdrew my answer: it did not pass this workspace's content policy."
+MODERATION_UNAVAILABLE = (
+    "I can't check messages right now (the moderation service is unavailable), so I did not "
+    "send yours to the model. Please try again in a few minutes."
+)
+OUTPUT_UNCHECKED = (
+    "I withheld my answer: the moderation service is unavailable, so it could not be checked. "
+    "Please try again in a few minutes."
+)
+
+BAD_ARGUMENT = "I didn't understand that. Usage: {usage}."
+SCOPE_CURRENT = "A conversation in this channel is per {scope}. Admins can change it with /scope."
+SCOPE_SET = "From now on, a conversation in this channel is per {scope}."
+TOOLS_CURRENT = (
+    "Tools in use here: {tools} (the persona {persona} offers: {offered}). "
+    "Admins can narrow them with /tools NAME,NAME, or /tools all."
+)
+TOOLS_SET = "This channel now uses {tools} tools."
+TOOLS_UNKNOWN = "There is no tool called {names}. Available: {available}."
+LIMITS_CURRENT = "Per-user limits in this channel: {rpm}, {tokens}."
+BUDGET_LEFT = "Today's budget here: {left:,} of {limit:,} tokens left."
+BUFFER_SET = {
+    True: "Replies in this channel now appear once moderation has checked them.",
+    False: "Replies in this channel now stream as they are written, and are checked at the end.",
+    None: "Replies in this channel now follow the persona's and the bot's default.",
+}
+ACCESS_EMPTY = "The access lists are empty: everyone may use the bot."
+ACCESS_ADDED = "Added {kind} {value} to the {list} list."
+ACCESS_REMOVED = "Removed {kind} {value} from the {list} list."
+ACCESS_NOT_FOUND = "{kind} {value} is not on the {list} list (lists set in settings change there)."

@@ -67,11 +67,15 @@ EngineFactory = Callable[..., AbstractAsyncContextManager[Runtime]]
 def engine_factory(fake_openai: FakeOpenAI, sqlite_url: str) -> EngineFactory:
     """`async with engine_factory(**settings) as runtime:` an engine on the fake model server.
 
-    `store=` puts a store of the test's own in place of the SQL store the settings describe.
+    `store=` puts a store of the test's own in place of the SQL store the settings describe;
+    `clock=` a clock of the test's own in place of FIXED_NOW.
     """
 
     def factory(
-        *, store: SessionStore | None = None, **values: Any
+        *,
+        store: SessionStore | None = None,
+        clock: Callable[[], datetime] = lambda: FIXED_NOW,
+        **values: Any,
     ) -> AbstractAsyncContextManager[Runtime]:
         settings = make_settings(
             **{
@@ -83,6 +87,6 @@ def engine_factory(fake_openai: FakeOpenAI, sqlite_url: str) -> EngineFactory:
                 **values,
             }
         )
-        return build_engine(settings, store=store, clock=lambda: FIXED_NOW)
+        return build_engine(settings, store=store, clock=clock)
 
     return factory

@@ -316,8 +316,8 @@ async def test_usage_command_reports_the_users_tokens(
         await turn(runtime.engine, "c", user_id="someone-else")  # not alice's usage
         report = await turn(runtime.engine, "/usage")
     assert report[0].text == (  # type: ignore[union-attr]
-        "Your usage: today 350 tokens in 2 replies; last 30 days 350 tokens in 2 replies. "
-        "This conversation: 1,351 tokens."
+        "Your usage: today 350 tokens in 2 replies; last 30 days 350 tokens in 2 replies, "
+        "under $0.01. This conversation: 1,351 tokens."
     )
 
 
@@ -345,7 +345,9 @@ async def test_many_concurrent_turns_on_postgres_share_a_small_pool(
     # Each turn holds one connection (its advisory lock) and runs its statements on it: with
     # a second connection per turn, 30 turns on a pool of at most 10 deadlocked until timeout.
     fake_openai.default = Reply("ok", delay=0.05)
-    async with engine_factory(DATABASE_URL=postgres_url, PARLEY_DB_POOL_SIZE=2) as runtime:
+    async with engine_factory(
+        DATABASE_URL=postgres_url, PARLEY_DB_POOL_SIZE=2, PARLEY_USER_RPM=0
+    ) as runtime:
         keys = [KEY.__class__("test", "team", f"channel-{i}", "") for i in range(30)]
         results = await asyncio.wait_for(
             asyncio.gather(*(turn(runtime.engine, "hi", key=key) for key in keys)), timeout=60
