@@ -113,7 +113,7 @@ class InstantModel:
 class StageTimer:
     """Wraps a store's turn methods on the instance, summing the wall time spent in each."""
 
-    STAGES = ("claim_event", "turn_lock", "begin_turn", "recent_messages", "finish_turn")
+    STAGES = ("claim_event", "turn_lock", "admit", "begin_turn", "recent_messages", "finish_turn")
 
     def __init__(self, store: SqlStore) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
@@ -345,6 +345,9 @@ async def open_runtime(
         DATABASE_URL=url,
         PARLEY_MODEL=args.model,
         PARLEY_CONTEXT_TOKENS=args.context_tokens,
+        # Every turn goes through admission (the rate limit's round trip) but none is refused.
+        PARLEY_USER_RPM=1_000_000_000,
+        PARLEY_MODERATION=args.moderation,
     )
     async with build_engine(settings, model=model) as runtime:
         assert isinstance(runtime.store, SqlStore)
@@ -644,6 +647,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--breakdown", action="store_true", help="time the store's calls within each turn"
+    )
+    parser.add_argument(
+        "--moderation",
+        choices=("", "pii"),
+        default="",
+        help="PARLEY_MODERATION: pii redacts every message and reply (local, no network)",
     )
     parser.add_argument(
         "--profile",

@@ -12,34 +12,42 @@ from core.events import (
     Inbound,
     Refused,
     ReplyEvent,
+    Retracted,
     ToolFinished,
     ToolStarted,
     Usage,
 )
 from core.llm import ModelClient, ModelRequest, OpenAIModelClient
+from core.moderation import Action, Direction, Finding, ModerationChain, Moderator, Verdict
 from core.personas import Persona, PersonaCatalogue
 from core.tools import Tool, ToolContext, ToolRegistry, tool
 
 __all__ = [
+    "Action",
     "CommandResult",
     "ConfigError",
     "ConversationKey",
     "Delta",
+    "Direction",
     "Engine",
     "EngineOptions",
     "Failed",
     "Final",
+    "Finding",
     "Inbound",
     "ModelClient",
     "ModelError",
     "ModelFailure",
     "ModelRequest",
+    "ModerationChain",
+    "Moderator",
     "OpenAIModelClient",
     "ParleyError",
     "Persona",
     "PersonaCatalogue",
     "Refused",
     "ReplyEvent",
+    "Retracted",
     "Settings",
     "Tool",
     "ToolContext",
@@ -47,6 +55,7 @@ __all__ = [
     "ToolRegistry",
     "ToolStarted",
     "Usage",
+    "Verdict",
     "load_settings",
     "tool",
 ]

@@ -200,9 +200,12 @@ def describe_validation_error(exc: ValidationError) -> str:
     aliases = {name: field.alias or name for name, field in Settings.model_fields.items()}
     parts = []
     for error in exc.errors():
-        name = str(error["loc"][0]) if error["loc"] else "settings"
-        setting = aliases.get(name, name)
         message = str(error["msg"]).removeprefix("Value error, ")
+        if not error["loc"]:  # a check across settings: its message names them
+            parts.append(message)
+            continue
+        name = str(error["loc"][0])
+        setting = aliases.get(name, name)
         given = error.get("input")
         shown = "" if given is None or isinstance(given, dict) else f" (got {str(given)!r})"
         parts.append(f"{setting}: {message}{shown}")

@@ -174,3 +174,21 @@ async def test_chat_shows_a_tool_being_used(fake_openai: FakeOpenAI, tmp_path: P
     assert (code, out) == (0, "2 to the 10th is 1024.\n")
     assert "[using calculate…]" in err
     assert "1024" in fake_openai.chat_requests[1]["messages"][-1]["content"]
+
+
+async def test_chat_shows_a_checked_reply_whole_and_a_withdrawn_one_as_a_notice(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    fake_openai.reply("Mail bob@example.com about it.")
+    fake_openai.reply("The gory version.")
+    fake_openai.flag_when("gory", {"violence/graphic": 0.9})
+    env = environment(
+        fake_openai, tmp_path, PARLEY_MODERATION="pii,openai", PARLEY_MODERATION_BUFFER="true"
+    )
+    code, out, _ = await parley("chat", stdin="who?\ntell me\n", env=env, cwd=tmp_path)
+
+    assert code == 0
+    assert out == (
+        "Mail [email removed] about it.\n"
+        "[I withdrew my answer: it did not pass this workspace's content policy.]\n"
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bots.bootstrap import SHIPPED_PERSONAS, load_personas
-from core.config import load_settings
+from core.config import Settings, load_settings
 from core.errors import ConfigError
 from core.personas import PersonaCatalogue, parse_persona
 from tests.conftest import make_settings
@@ -110,3 +110,30 @@ def test_a_copy_of_env_example_loads_with_the_defaults(
     settings = load_settings()
     assert settings == make_settings()
     assert settings.uses_embedded_model
+    listed = {line.split("=")[0] for line in example.read_text().splitlines() if "=" in line}
+    assert {field.alias for field in Settings.model_fields.values()} <= listed
+
+
+def test_moderation_and_policy_settings_are_checked_at_start_up(tmp_path: Path) -> None:
+    assert config_error(PARLEY_MODERATION="pii,virus-scan").startswith(
+        "invalid setting PARLEY_MODERATION: Input should be 'rules', 'pii' or 'openai'"
+    )
+    assert "names no policy file" in config_error(PARLEY_MODERATION="rules")
+    assert "no model service is configured" in config_error(PARLEY_MODERATION="openai")
+    assert "is not a file" in config_error(PARLEY_MODERATION_POLICY=str(tmp_path))
+    assert config_error(PARLEY_PRICES="{gpt: 1}").startswith(
+        "invalid setting PARLEY_PRICES: not JSON"
+    )
+    assert config_error(PARLEY_USER_RPM="-1").startswith("invalid setting PARLEY_USER_RPM:")
+
+
+def test_a_bad_policy_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    from core.moderation_policy import load_policy_file
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[pii]\nemail = "shred"\n[[rules]]\nname = "x"\npatterns = ["("]\n')
+    with pytest.raises(ConfigError) as caught:
+        load_policy_file(policy)
+    message = str(caught.value)
+    assert message.startswith(f"PARLEY_MODERATION_POLICY: {policy}: pii.email: Input should be")
+    assert "rules.0" in message and "\n" not in message
