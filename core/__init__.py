@@ -4,6 +4,7 @@ from core.config import Settings, load_settings
 from core.conversation import Engine, EngineOptions
 from core.errors import ConfigError, ModelError, ModelFailure, ParleyError
 from core.events import (
+    Accepted,
     CommandResult,
     ConversationKey,
     Delta,
@@ -23,6 +24,7 @@ from core.personas import Persona, PersonaCatalogue
 from core.tools import Tool, ToolContext, ToolRegistry, tool
 
 __all__ = [
+    "Accepted",
     "Action",
     "CommandResult",
     "ConfigError",

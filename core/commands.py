@@ -33,6 +33,7 @@ ADMIN_COMMANDS: dict[str, str] = {
     "tools": "show or set this channel's tools: /tools NAME,NAME | all | none",
     "limits": "show or set this channel's per-user limits: /limits rpm N | tokens N | default",
     "buffer": "hold replies until moderation passed them: /buffer on|off|default",
+    "mentions": "answer thread follow-ups only when mentioned: /mentions required|optional",
     "access": "show or change the access lists: /access allow|block|remove KIND ID",
 }
 ALWAYS_ADMIN = frozenset({"access", "limits"})
@@ -81,6 +82,7 @@ class CommandHandler:
             "tools": self._channel_tools,
             "limits": self._channel_limits,
             "buffer": self._buffer,
+            "mentions": self._mentions,
             "access": self._access_lists,
         }
 
@@ -241,6 +243,14 @@ class CommandHandler:
         value = choices[argument.lower()]
         await self._store.update_channel(key=inbound.key, buffer_output=value)
         return wording.BUFFER_SET[value]
+
+    async def _mentions(self, inbound: Inbound, argument: str) -> str:
+        choices = {"required": True, "optional": False, "default": None}
+        if argument.lower() not in choices:
+            return wording.BAD_ARGUMENT.format(usage=ADMIN_COMMANDS["mentions"])
+        value = choices[argument.lower()]
+        await self._store.update_channel(key=inbound.key, require_mention=value)
+        return wording.MENTIONS_SET[value]
 
     async def _access_lists(self, inbound: Inbound, argument: str) -> str:
         assert self._access is not None  # only admins get here, and admins need access lists

@@ -15,6 +15,7 @@ from core.commands import CommandHandler, parse_command
 from core.context import Window, WindowCache, build_window, context_size, shorten
 from core.errors import ModelError
 from core.events import (
+    Accepted,
     CommandResult,
     Delta,
     Failed,
@@ -143,6 +144,7 @@ class Engine:
             log.info("refused %s/%s: not on the access lists", key.platform, inbound.user_id)
             yield Refused(text=wording.ACCESS_DENIED, reason="access")
             return
+        yield Accepted()
         command = parse_command(inbound.text)
         async with self._store.turn_lock(key):
             try:

@@ -65,6 +65,12 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class Accepted:
+    """The message is new and allowed: an answer (or a refusal) follows. Chat adapters show
+    their placeholder now; a redelivered event never gets this far."""
+
+
+@dataclass(frozen=True, slots=True)
 class Delta:
     """A piece of the reply as the model streams it."""
 
@@ -131,5 +137,7 @@ class Failed:
 
 
 ReplyEvent = (
-    Delta | ToolStarted | ToolFinished | Final | CommandResult | Refused | Retracted | Failed
+    Accepted
+    | Delta
+    | ToolStarted | ToolFinished | Final | CommandResult | Refused | Retracted | Failed
 )

@@ -93,6 +93,11 @@ BUFFER_SET = {
     False: "Replies in this channel now stream as they are written, and are checked at the end.",
     None: "Replies in this channel now follow the persona's and the bot's default.",
 }
+MENTIONS_SET = {
+    True: "In this channel I now answer only when mentioned, also in threads I'm part of.",
+    False: "In this channel I now follow threads I'm part of without being mentioned.",
+    None: "Mentions in this channel now follow the platform's default.",
+}
 ACCESS_EMPTY = "The access lists are empty: everyone may use the bot."
 ACCESS_ADDED = "Added {kind} {value} to the {list} list."
 ACCESS_REMOVED = "Removed {kind} {value} from the {list} list."

@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 from core.conversation import Engine
-from core.events import ConversationKey, Inbound, ReplyEvent
+from core.events import Accepted, ConversationKey, Inbound, ReplyEvent
 
 KEY = ConversationKey("test", "team", "general", "thread-1")
 _ids = itertools.count(1)
@@ -20,4 +20,6 @@ def inbound(
 
 
 async def turn(engine: Engine, text: str, **options: Any) -> list[ReplyEvent]:
-    return [event async for event in engine.handle(inbound(text, **options))]
+    """The turn's events after Accepted (which every answered or refused-later turn starts with)."""
+    events = [event async for event in engine.handle(inbound(text, **options))]
+    return events[1:] if events and isinstance(events[0], Accepted) else events

@@ -123,6 +123,7 @@ class ChannelSettings:
     buffer_output: bool | None = None
     user_rpm: int | None = None
     user_tokens_per_day: int | None = None
+    require_mention: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +239,10 @@ class SessionStore(Protocol):
     ) -> LimitCounts:
         """Read the user's usage and the channel's limits, and record one more request when
         `decide` says yes, in one transaction serialized per user across processes."""
+        ...
+
+    async def conversation_exists(self, *, key: ConversationKey) -> bool:
+        """Whether the conversation was ever started (e.g. the bot answered in that thread)."""
         ...
 
     async def channel(self, *, key: ConversationKey) -> ChannelSettings:

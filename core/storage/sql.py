@@ -431,6 +431,16 @@ class SqlStore:
 
         return await self._run(work)
 
+    async def conversation_exists(self, *, key: ConversationKey) -> bool:
+        statement = select(conversations.c.id).where(
+            conversations.c.platform == key.platform,
+            conversations.c.workspace == key.workspace,
+            conversations.c.channel == key.channel,
+            conversations.c.thread == key.thread,
+        )
+        found = await self._run(lambda c: c.execute(statement).first(), write=False)
+        return found is not None
+
     async def channel(self, *, key: ConversationKey) -> ChannelSettings:
         statement = select(*_CHANNEL_COLUMNS).where(_channel_is(key))
         row = await self._run(lambda c: c.execute(statement).first(), write=False)

@@ -147,3 +147,10 @@ async def test_admission_is_serialized_per_user_across_processes(postgres_url: s
         results = await asyncio.gather(*(admit(s) for s in [first, second] * 10))
 
     assert sum(results) == 5
+
+
+async def test_conversation_exists_only_once_started(store: SqlStore) -> None:
+    assert await store.conversation_exists(key=KEY) is False
+    await store.conversation(key=KEY)
+    assert await store.conversation_exists(key=KEY) is True
+    assert await store.conversation_exists(key=ConversationKey("slack", "T1", "C1", "")) is False

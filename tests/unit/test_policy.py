@@ -118,6 +118,7 @@ async def test_channel_settings_are_for_admins_when_admins_are_configured(
         await turn(engine, "/tools calculate current_time", user_id="U-admin")
         await turn(engine, "/buffer on", user_id="U-admin")
         await turn(engine, "/limits tokens 5000", user_id="U-admin")
+        await turn(engine, "/mentions required", user_id="U-admin")
         unknown = await turn(engine, "/tools teleport", user_id="U-admin")
         assert texts(unknown)[0].startswith("There is no tool called teleport.")
 
@@ -128,6 +129,7 @@ async def test_channel_settings_are_for_admins_when_admins_are_configured(
             ["calculate", "current_time"],
         )
         assert (channel.buffer_output, channel.user_tokens_per_day) == (True, 5000)
+        assert channel.require_mention is True
         limits = await turn(engine, "/limits", user_id="U-admin")
         assert texts(limits) == [
             "Per-user limits in this channel: 20 requests a minute, 5,000 tokens a day."
