@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bots.platforms import PLATFORMS, configured
 from bots.tools import SHIPPED_TOOL_MODULES
 from core.config import Settings
 from core.conversation import Engine, EngineOptions
@@ -144,6 +145,38 @@ def moderation_chain(settings: Settings, stack: AsyncExitStack) -> ModerationCha
             Direction.OUTPUT: settings.moderation_output_failure == "closed",
         },
     )
+
+
+@asynccontextmanager
+async def chat_platforms(
+    settings: Settings, runtime: Runtime, names: Sequence[str] = ()
+) -> AsyncIterator[list[object]]:
+    """Start the named platforms (or every configured one) on the runtime; stop them on exit."""
+    for name in names:
+        if name not in PLATFORMS:
+            raise ConfigError(f"parley run: unknown platform '{name}'; use {', '.join(PLATFORMS)}")
+        if not configured(settings, name):
+            raise ConfigError(f"parley run {name}: {PLATFORMS[name]} is not set")
+    chosen = list(names) or [name for name in PLATFORMS if configured(settings, name)]
+    if not chosen:
+        needed = ", ".join(PLATFORMS.values())
+        raise ConfigError(f"no chat platform is configured: set one of {needed} (see README)")
+    async with AsyncExitStack() as stack:
+        started: list[object] = []
+        for name in chosen:
+            if name == "slack":
+                try:
+                    from adapters.slack.bot import SlackBot
+                except ImportError:
+                    raise ConfigError(
+                        "Slack needs the slack extra: pip install 'parley[slack]'"
+                    ) from None
+                started.append(
+                    await stack.enter_async_context(
+                        SlackBot(engine=runtime.engine, store=runtime.store, settings=settings)
+                    )
+                )
+        yield started
 
 
 def _api_key(settings: Settings) -> str:

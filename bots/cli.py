@@ -10,7 +10,9 @@ import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from signal import SIGINT, SIGTERM
 
+from bots.platforms import PLATFORMS
 from core.config import Settings, load_settings
 from core.errors import ConfigError
 from core.storage.base import StoredFlag
@@ -27,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="chat in the terminal (continues the last chat)")
     chat.add_argument("--new", action="store_true", help="start a new conversation")
     chat.add_argument("--persona", metavar="NAME", help="use this persona in the conversation")
+
+    run = commands.add_parser(
+        "run", help="connect to chat platforms (all whose credentials are set, or those named)"
+    )
+    run.add_argument("platforms", nargs="*", metavar="PLATFORM", help=", ".join(PLATFORMS))
 
     flags = commands.add_parser("flags", help="list moderation flags for review, newest first")
     flags.add_argument("--since", metavar="AGE", type=_age, help="only newer ones, e.g. 24h or 7d")
@@ -57,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if arguments.command == "chat":
             return asyncio.run(_chat(settings, new=arguments.new, persona=arguments.persona))
+        if arguments.command == "run":
+            return asyncio.run(_run(settings, arguments.platforms))
         if arguments.command == "flags":
             return asyncio.run(_flags(settings, arguments))
         return asyncio.run(_db(settings, arguments.db_command, getattr(arguments, "revision", "")))
@@ -83,6 +92,19 @@ async def _chat(settings: Settings, *, new: bool, persona: str | None) -> int:
         if persona is not None:
             await runtime.store.set_persona(key=key, persona=persona)
         return await console.run()
+
+
+async def _run(settings: Settings, platforms: list[str]) -> int:
+    from bots.bootstrap import build_engine, chat_platforms
+
+    async with build_engine(settings) as runtime, chat_platforms(settings, runtime, platforms):
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signal in (SIGINT, SIGTERM):
+            loop.add_signal_handler(signal, stop.set)
+        print("Parley is running; Ctrl-C stops it.", file=sys.stderr)
+        await stop.wait()
+    return 0
 
 
 def _age(text: str) -> timedelta:

@@ -103,6 +103,18 @@ class Settings(BaseSettings):
         default_factory=dict, alias="PARLEY_PRICES"
     )
 
+    http_host: str = Field("127.0.0.1", alias="PARLEY_HTTP_HOST", min_length=1)
+    http_port: int = Field(8080, alias="PARLEY_HTTP_PORT", ge=0, le=65535)
+
+    slack_bot_token: SecretStr | None = Field(None, alias="SLACK_BOT_TOKEN")
+    slack_app_token: SecretStr | None = Field(None, alias="SLACK_APP_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(None, alias="SLACK_SIGNING_SECRET")
+    slack_api_url: AnyHttpUrl = Field(
+        AnyHttpUrl("https://slack.com/api/"), alias="SLACK_API_URL"
+    )
+    slack_update_interval: PositiveFloat = Field(1.0, alias="PARLEY_SLACK_UPDATE_INTERVAL")
+    slack_ignore_bots: bool = Field(True, alias="PARLEY_SLACK_IGNORE_BOTS")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "WARNING", alias="PARLEY_LOG_LEVEL"
     )
@@ -159,6 +171,36 @@ class Settings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"{value} is not a file")
         return value
+
+    @field_validator("slack_bot_token")
+    @classmethod
+    def _bot_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("xoxb-"):
+            raise ValueError("a bot token starts with xoxb- (the app's OAuth & Permissions page)")
+        return value
+
+    @field_validator("slack_app_token")
+    @classmethod
+    def _app_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("xapp-"):
+            raise ValueError(
+                "an app-level token starts with xapp- (Basic Information > App-Level Tokens, "
+                "scope connections:write)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _slack_transport(self) -> Settings:
+        if self.slack_bot_token and not (self.slack_app_token or self.slack_signing_secret):
+            raise ValueError(
+                "SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN (Socket Mode) nor "
+                "SLACK_SIGNING_SECRET (HTTP events) is"
+            )
+        return self
+
+    @property
+    def slack_configured(self) -> bool:
+        return self.slack_bot_token is not None
 
     @model_validator(mode="after")
     def _moderators_configured(self) -> Settings:

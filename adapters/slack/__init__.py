@@ -1,0 +1,1 @@
+"""The Slack adapter: Slack events in, mrkdwn replies out."""

@@ -1,0 +1,359 @@
+"""The Slack runtime: slack-bolt's AsyncApp in Socket Mode or over HTTP, driving the engine.
+
+Everything Slack-specific that is pure (payloads, keys, mrkdwn) lives in translate.py; this
+module owns the SDK objects, decides whether a message is for the bot, and turns the engine's
+reply events into a placeholder, throttled `chat.update`s and thread messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.rendering import RateLimited, StreamingReply
+from adapters.slack.translate import (
+    SlackMessage,
+    conversation_key,
+    event_id_for,
+    markdown_to_mrkdwn,
+    parse_event,
+    replace_user_mentions,
+)
+from core.commands import ADMIN_COMMANDS, COMMANDS
+from core.config import Settings
+from core.conversation import Engine
+from core.errors import ConfigError
+from core.events import (
+    Accepted,
+    CommandResult,
+    ConversationKey,
+    Delta,
+    Failed,
+    Final,
+    Inbound,
+    Refused,
+    Retracted,
+    ToolFinished,
+    ToolStarted,
+)
+from core.storage.base import SessionStore
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "slack"
+EVENTS_PATH = "/slack/events"
+# chat.update rejects text past about 4,000 characters (msg_too_long); leave room for markup.
+MESSAGE_LIMIT = 3_900
+PLACEHOLDER = "…"
+NAME_CACHE_SECONDS = 3600.0
+NAME_CACHE_SIZE = 5000
+KNOWN_COMMANDS = frozenset(COMMANDS) | frozenset(ADMIN_COMMANDS)
+
+
+class SlackSink:
+    """Messages in one thread, for StreamingReply: Slack's rate limits become RateLimited."""
+
+    def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str) -> None:
+        self._client = client
+        self._channel = channel
+        self._thread_ts = thread_ts
+
+    async def post(self, text: str) -> str:
+        thread = {"thread_ts": self._thread_ts} if self._thread_ts else {}
+        response = await _call(
+            self._client.chat_postMessage,
+            channel=self._channel,
+            text=text,
+            unfurl_links=False,
+            unfurl_media=False,
+            **thread,
+        )
+        return str(response["ts"])
+
+    async def edit(self, message_id: str, text: str) -> None:
+        await _call(self._client.chat_update, channel=self._channel, ts=message_id, text=text)
+
+    async def delete(self, message_id: str) -> None:
+        await _call(self._client.chat_delete, channel=self._channel, ts=message_id)
+
+
+async def _call(method: Callable[..., Awaitable[Any]], **arguments: Any) -> Any:
+    try:
+        return await method(**arguments)
+    except SlackApiError as exc:
+        response = exc.response
+        if response.status_code == 429 or response.get("error") == "ratelimited":
+            raise RateLimited(float(response.headers.get("Retry-After", 1))) from exc
+        raise
+
+
+class SlackBot:
+    """`async with SlackBot(engine=..., store=..., settings=...) as bot:` serves until exit.
+
+    Socket Mode when SLACK_APP_TOKEN is set (no public URL needed), otherwise HTTP events at
+    PARLEY_HTTP_HOST:PARLEY_HTTP_PORT/slack/events, verified with SLACK_SIGNING_SECRET.
+    """
+
+    def __init__(self, *, engine: Engine, store: SessionStore, settings: Settings) -> None:
+        assert settings.slack_bot_token is not None
+        self._engine = engine
+        self._store = store
+        self._settings = settings
+        self.client = AsyncWebClient(
+            token=settings.slack_bot_token.get_secret_value(),
+            base_url=str(settings.slack_api_url),
+        )
+        secret = settings.slack_signing_secret
+        self.app = AsyncApp(
+            client=self.client,
+            signing_secret=secret.get_secret_value() if secret else None,
+            # Socket Mode connections are authenticated by the app token instead.
+            request_verification_enabled=secret is not None,
+            logger=log,
+        )
+        self.app.event("app_mention")(self._on_mention)
+        self.app.event("message")(self._on_message)
+        self.app.command("/parley")(self._on_command)
+        self.app.error(self._on_error)
+        self.bot_user_id = ""
+        self._bot_id = ""
+        self._team_id = ""
+        self._names: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._socket: AsyncSocketModeHandler | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SlackBot:
+        try:
+            identity = await self.client.auth_test()
+        except SlackApiError as exc:
+            raise ConfigError(
+                f"SLACK_BOT_TOKEN: Slack refused it ({exc.response.get('error')}); copy the "
+                "Bot User OAuth Token from the app's OAuth & Permissions page"
+            ) from None
+        self.bot_user_id = str(identity["user_id"])
+        self._bot_id = str(identity.get("bot_id") or "")
+        self._team_id = str(identity.get("team_id") or "")
+        app_token = self._settings.slack_app_token
+        if app_token is not None:
+            # apps.connections.open goes through the app's client, so SLACK_API_URL applies.
+            self._socket = AsyncSocketModeHandler(self.app, app_token.get_secret_value())
+            await self._socket.connect_async()
+            log.info("Slack: connected in Socket Mode as %s", self.bot_user_id)
+        else:
+            self._runner = web.AppRunner(
+                self.app.web_app(path=EVENTS_PATH), handle_signals=False, access_log=None
+            )
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self._settings.http_host, self._settings.http_port)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            log.info(
+                "Slack: listening for events on http://%s:%s%s",
+                self._settings.http_host,
+                self.port,
+                EVENTS_PATH,
+            )
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._socket is not None:
+            await self._socket.close_async()
+            # close_async cancels the client's tasks without waiting for them to end.
+            client = self._socket.client
+            tasks = [
+                client.message_processor,
+                client.current_session_monitor,
+                client.message_receiver,
+            ]
+            await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def _on_mention(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        message = self._parse(event, body)
+        if message is not None:
+            await self._answer(message)
+
+    async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        message = self._parse(event, body)
+        if message is None:
+            return
+        if message.is_direct:
+            await self._answer(message)
+            return
+        # A mention in a channel also arrives as app_mention, which answers it; the engine's
+        # claim (keyed on channel and ts) would stop a second answer anyway.
+        if message.mentions_bot or not message.in_thread:
+            return
+        if await self._follows_thread(message):
+            await self._answer(message)
+
+    def _parse(self, event: dict[str, Any], body: dict[str, Any]) -> SlackMessage | None:
+        return parse_event(
+            event,
+            team_id=str(body.get("team_id") or self._team_id),
+            bot_user_id=self.bot_user_id,
+            bot_id=self._bot_id,
+            ignore_bots=self._settings.slack_ignore_bots,
+        )
+
+    async def _follows_thread(self, message: SlackMessage) -> bool:
+        """A thread message without a mention is for the bot in a thread it has answered in,
+        unless the channel requires mentions."""
+        channel = ConversationKey(PLATFORM, message.team, message.channel)
+        settings = await self._store.channel(key=channel)
+        if settings.require_mention:
+            return False
+        thread = ConversationKey(PLATFORM, message.team, message.channel, message.thread_ts)
+        return await self._store.conversation_exists(key=thread)
+
+    async def _answer(self, message: SlackMessage) -> None:
+        channel = ConversationKey(PLATFORM, message.team, message.channel)
+        scope = (await self._store.channel(key=channel)).scope
+        names = {user: await self._name(user) for user in {message.user, *message.mentioned_users}}
+        text = replace_user_mentions(message.text, names).strip() or "/help"
+        inbound = Inbound(
+            key=conversation_key(message, scope=scope),
+            event_id=event_id_for(message),
+            user_id=message.user,
+            user_name=names[message.user],
+            text=text,
+            is_direct=message.is_direct,
+            mentions_bot=message.mentions_bot,
+            received_at=datetime.fromtimestamp(float(message.ts), UTC),
+        )
+        if scope not in (None, "thread"):
+            # Remember the thread as the bot's, so follow-ups in it are recognized too.
+            await self._store.conversation(
+                key=ConversationKey(PLATFORM, message.team, message.channel, message.thread_ts)
+            )
+        # In a DM the answer follows the message, unless the user wrote in a thread.
+        thread = message.thread_ts if message.in_thread or not message.is_direct else ""
+        await self._reply(inbound, SlackSink(self.client, message.channel, thread))
+
+    async def _reply(self, inbound: Inbound, sink: SlackSink) -> None:
+        reply = StreamingReply(
+            sink,
+            render=markdown_to_mrkdwn,
+            limit=MESSAGE_LIMIT,
+            interval=self._settings.slack_update_interval,
+            placeholder=PLACEHOLDER,
+        )
+        text, status = "", ""
+        try:
+            async for event in self._engine.handle(inbound):
+                match event:
+                    case Accepted():
+                        await reply.start()
+                    case Delta(text=piece):
+                        text += piece
+                        reply.update(_with_status(text, status))
+                    case ToolStarted(name=name):
+                        status = f"_using {name}…_"
+                        reply.update(_with_status(text, status))
+                    case ToolFinished():
+                        status = ""
+                        reply.update(text)
+                    case Final(text=final):
+                        await reply.finish(final)
+                    case Retracted(text=notice):
+                        await reply.replace(notice)
+                    case Failed(text=problem, partial=partial):
+                        await reply.finish(f"{partial}\n\n_{problem}_" if partial else problem)
+                    case CommandResult(text=answer) | Refused(text=answer):
+                        if reply.message_ids:
+                            await reply.finish(answer)
+                        else:  # refused before Accepted: no placeholder to edit
+                            await sink.post(markdown_to_mrkdwn(answer))
+        except Exception:
+            # Slack being down or refusing a call must not take the bot down; the engine
+            # has stored the user's message and its own failures come as Failed events.
+            log.exception("Slack: could not deliver the reply for %s", inbound.key)
+        finally:
+            await reply.aclose()
+
+    async def _name(self, user: str) -> str:
+        """The user's display name, cached (users.info is rate limited, Tier 4)."""
+        cached = self._names.get(user)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < NAME_CACHE_SECONDS:
+            return cached[0]
+        try:
+            profile = (await self.client.users_info(user=user))["user"]
+            name = (
+                profile.get("profile", {}).get("display_name")
+                or profile.get("real_name")
+                or profile.get("name")
+                or user
+            )
+        except SlackApiError as exc:
+            log.warning("Slack: users.info for %s failed: %s", user, exc.response.get("error"))
+            return user
+        self._names[user] = (str(name), now)
+        self._names.move_to_end(user)
+        if len(self._names) > NAME_CACHE_SIZE:
+            self._names.popitem(last=False)
+        return str(name)
+
+    # --- the /parley command --------------------------------------------------------------
+
+    async def _on_command(
+        self,
+        ack: Callable[..., Awaitable[None]],
+        command: dict[str, Any],
+        respond: Callable[..., Awaitable[Any]],
+    ) -> None:
+        await ack()  # within Slack's 3 seconds; the answer follows through response_url
+        words = str(command.get("text") or "").strip()
+        first = words.split(maxsplit=1)[0].lower() if words else "help"
+        team = str(command.get("team_id") or self._team_id)
+        channel = str(command.get("channel_id") or "")
+        user = str(command.get("user_id") or "")
+        is_command = first in KNOWN_COMMANDS
+        inbound = Inbound(
+            # A command acts on the channel; a question asked with /parley gets a private
+            # conversation of its own in that channel, since the answer is only for the asker.
+            key=ConversationKey(PLATFORM, team, channel, "" if is_command else f"private:{user}"),
+            event_id=f"command:{command.get('trigger_id') or time.time_ns()}",
+            user_id=user,
+            user_name=await self._name(user),
+            text=f"/{words or 'help'}" if is_command else words,
+            is_direct=channel.startswith("D"),
+        )
+        answer = ""
+        async for event in self._engine.handle(inbound):
+            if isinstance(event, Final | CommandResult | Refused | Retracted | Failed):
+                answer = event.text
+        if answer:
+            await respond(text=markdown_to_mrkdwn(answer), response_type="ephemeral")
+
+    async def _on_error(self, error: Exception, body: dict[str, Any]) -> None:
+        log.error("Slack: a listener failed: %s", error, exc_info=error)
+
+
+def _with_status(text: str, status: str) -> str:
+    if not status:
+        return text
+    return f"{text}\n\n{status}" if text else status
