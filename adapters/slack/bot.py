@@ -62,6 +62,18 @@ NAME_CACHE_SIZE = 5000
 KNOWN_COMMANDS = frozenset(COMMANDS) | frozenset(ADMIN_COMMANDS)
 
 
+class _QuietBolt(logging.Filter):
+    """Bolt reads SLACK_BOT_TOKEN from the environment itself and, since we pass a client
+    (for SLACK_API_URL), warns at every start that the token is unused: not news to anyone."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`token` will be unused" not in record.getMessage()
+
+
+bolt_log = logging.getLogger(f"{__name__}.bolt")
+bolt_log.addFilter(_QuietBolt())
+
+
 class SlackSink:
     """Messages in one thread, for StreamingReply: Slack's rate limits become RateLimited."""
 
@@ -121,7 +133,7 @@ class SlackBot:
             signing_secret=secret.get_secret_value() if secret else None,
             # Socket Mode connections are authenticated by the app token instead.
             request_verification_enabled=secret is not None,
-            logger=log,
+            logger=bolt_log,
         )
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)

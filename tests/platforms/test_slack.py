@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -361,3 +364,94 @@ async def test_own_and_other_bots_messages_are_ignored(
         await asyncio.sleep(0.3)
     assert fake_openai.chat_requests == []
     assert slack.calls_to("chat.postMessage") == []
+
+
+async def test_parley_run_starts_slack_and_stops_on_sigterm(
+    slack: FakeSlack, fake_openai: FakeOpenAI, tmp_path: Any
+) -> None:
+    fake_openai.reply("From the command line.")
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+    env = {
+        **keep,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/run.db",
+        "OPENAI_BASE_URL": fake_openai.base_url,
+        "OPENAI_API_KEY": "sk-test",
+        "SLACK_BOT_TOKEN": "xoxb-test",
+        "SLACK_APP_TOKEN": "xapp-test",
+        "SLACK_API_URL": slack.api_url,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bots",
+        "run",
+        env=env,
+        cwd=tmp_path,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await slack.socket_connected()
+        ts = next_ts()
+        await slack.send_envelope(event_callback(app_mention("<@UBOT> hi", ts=ts)))
+        await final_texts(slack, "C1", ts, ["From the command line."])
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "settings", "message"),
+    [
+        ((), {}, "no chat platform is configured: set one of SLACK_BOT_TOKEN"),
+        (("irc",), {}, "parley run: unknown platform 'irc'; use slack"),
+        (("slack",), {}, "parley run slack: SLACK_BOT_TOKEN is not set"),
+        (
+            ("slack",),
+            {"SLACK_BOT_TOKEN": "xoxb-1"},
+            "SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN (Socket Mode) nor "
+            "SLACK_SIGNING_SECRET (HTTP events) is",
+        ),
+        (
+            ("slack",),
+            {"SLACK_BOT_TOKEN": "xoxp-1"},
+            "SLACK_BOT_TOKEN: a bot token starts with xoxb-",
+        ),
+        (
+            ("slack",),
+            {"SLACK_BOT_TOKEN": "xoxb-bad", "SLACK_APP_TOKEN": "xapp-1"},
+            "SLACK_BOT_TOKEN: Slack refused it (invalid_auth)",
+        ),
+    ],
+)
+async def test_parley_run_explains_a_missing_or_wrong_setting_in_one_line(
+    slack: FakeSlack,
+    tmp_path: Any,
+    arguments: tuple[str, ...],
+    settings: dict[str, str],
+    message: str,
+) -> None:
+    slack.handle("auth.test", lambda args: {"ok": False, "error": "invalid_auth"})
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+    env = {
+        **keep,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/run.db",
+        "OPENAI_API_KEY": "sk-test",
+        "SLACK_API_URL": slack.api_url,
+        **settings,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bots",
+        "run",
+        *arguments,
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    lines = err.decode().strip().splitlines()
+    assert process.returncode == 2
+    assert len(lines) == 1 and message in lines[0], lines
