@@ -320,7 +320,7 @@ class StreamingReply:
         render: Callable[[str], str],
         limit: int,
         interval: float = 1.0,
-        placeholder: str = "…",
+        placeholder: str | None = "…",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_attempts: int = 5,
@@ -332,7 +332,8 @@ class StreamingReply:
             render: Markdown to the platform's markup.
             limit: The longest rendered text one message may hold.
             interval: Seconds between two platform calls (edits, posts and deletes alike).
-            placeholder: Shown, as is, until the first text arrives.
+            placeholder: Shown, as is, until the first text arrives; None posts nothing
+                until then (Telegram shows "typing…" instead).
             clock: Seconds, monotonic; injectable for tests.
             sleep: Waits that many seconds; injectable for tests.
             max_attempts: Calls per message when delivering the final text.
@@ -370,8 +371,9 @@ class StreamingReply:
         Raises:
             Exception: Whatever the sink raised; nothing was started.
         """
-        self._ids = [await self._sink.post(self._placeholder)]
-        self._shown = [self._placeholder]
+        if self._placeholder is not None:
+            self._ids = [await self._sink.post(self._placeholder)]
+            self._shown = [self._placeholder]
         self._task = asyncio.create_task(self._stream(), name="parley-streaming-reply")
 
     def update(self, markdown: str) -> None:

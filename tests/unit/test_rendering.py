@@ -472,3 +472,17 @@ async def test_a_failing_start_raises_and_aclose_ends_a_running_stream() -> None
     await reply.aclose()
     await reply.aclose()
     assert [call.kind for call in sink.calls] == ["post", "edit"]
+
+
+async def test_without_a_placeholder_the_first_text_is_posted_then_edited() -> None:
+    sink = FakeSink()
+    reply = StreamingReply(sink, render=render, limit=4096, interval=0.01, placeholder=None)
+    await reply.start()
+    assert sink.calls == []  # nothing until there is text
+    reply.update("Hello")
+    await asyncio.sleep(0.05)
+    await reply.finish("Hello world")
+    assert [(call.kind, call.text) for call in sink.calls] == [
+        ("post", render("Hello")),
+        ("edit", render("Hello world")),
+    ]
