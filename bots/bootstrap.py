@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from adapters.http import HttpServer
 from bots.platforms import PLATFORMS, configured
 from bots.tools import SHIPPED_TOOL_MODULES
 from core.config import Settings
@@ -147,10 +148,18 @@ def moderation_chain(settings: Settings, stack: AsyncExitStack) -> ModerationCha
     )
 
 
+@dataclass
+class Platforms:
+    """The running chat platforms, and the HTTP server when one of them receives HTTP."""
+
+    bots: list[object]
+    http: HttpServer | None
+
+
 @asynccontextmanager
 async def chat_platforms(
     settings: Settings, runtime: Runtime, names: Sequence[str] = ()
-) -> AsyncIterator[list[object]]:
+) -> AsyncIterator[Platforms]:
     """Start the named platforms (or every configured one) on the runtime; stop them on exit."""
     for name in names:
         if name not in PLATFORMS:
@@ -161,22 +170,32 @@ async def chat_platforms(
     if not chosen:
         needed = ", ".join(PLATFORMS.values())
         raise ConfigError(f"no chat platform is configured: set one of {needed} (see README)")
+    http = HttpServer(settings.http_host, settings.http_port)
+    bots = [_platform(name, settings, runtime, http) for name in chosen]
     async with AsyncExitStack() as stack:
-        started: list[object] = []
-        for name in chosen:
-            if name == "slack":
-                try:
-                    from adapters.slack.bot import SlackBot
-                except ImportError:
-                    raise ConfigError(
-                        "Slack needs the slack extra: pip install 'parley[slack]'"
-                    ) from None
-                started.append(
-                    await stack.enter_async_context(
-                        SlackBot(engine=runtime.engine, store=runtime.store, settings=settings)
-                    )
-                )
-        yield started
+        for bot in bots:
+            await stack.enter_async_context(bot)
+        if http.paths:  # started last, so no request arrives before every bot is ready
+            await stack.enter_async_context(http)
+        yield Platforms(bots=list(bots), http=http if http.paths else None)
+
+
+def _platform(
+    name: str, settings: Settings, runtime: Runtime, http: HttpServer
+) -> AbstractAsyncContextManager[object]:
+    parts = {"engine": runtime.engine, "store": runtime.store, "settings": settings, "http": http}
+    try:
+        if name == "slack":
+            from adapters.slack.bot import SlackBot
+
+            return SlackBot(**parts)
+        from adapters.telegram.bot import TelegramBot
+
+        return TelegramBot(**parts)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{name} needs the {name} extra: pip install 'parley[{name}]' ({exc})"
+        ) from None
 
 
 def _api_key(settings: Settings) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from core.config import Settings
 
 # Name -> the setting whose presence turns the platform on.
-PLATFORMS = {"slack": "SLACK_BOT_TOKEN"}
+PLATFORMS = {"slack": "SLACK_BOT_TOKEN", "telegram": "TELEGRAM_BOT_TOKEN"}
 
 
 def configured(settings: Settings, platform: str) -> bool:
-    return {"slack": settings.slack_configured}[platform]
+    return getattr(settings, f"{platform}_bot_token") is not None

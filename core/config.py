@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -115,6 +116,14 @@ class Settings(BaseSettings):
     slack_update_interval: PositiveFloat = Field(1.0, alias="PARLEY_SLACK_UPDATE_INTERVAL")
     slack_ignore_bots: bool = Field(True, alias="PARLEY_SLACK_IGNORE_BOTS")
 
+    telegram_bot_token: SecretStr | None = Field(None, alias="TELEGRAM_BOT_TOKEN")
+    telegram_api_url: AnyHttpUrl = Field(
+        AnyHttpUrl("https://api.telegram.org"), alias="TELEGRAM_API_URL"
+    )
+    telegram_webhook_url: AnyHttpUrl | None = Field(None, alias="TELEGRAM_WEBHOOK_URL")
+    telegram_webhook_secret: SecretStr | None = Field(None, alias="TELEGRAM_WEBHOOK_SECRET")
+    telegram_update_interval: PositiveFloat = Field(1.0, alias="PARLEY_TELEGRAM_UPDATE_INTERVAL")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "WARNING", alias="PARLEY_LOG_LEVEL"
     )
@@ -189,6 +198,31 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("telegram_bot_token")
+    @classmethod
+    def _telegram_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.fullmatch(r"\d+:[\w-]{20,}", value.get_secret_value()):
+            raise ValueError("not a bot token; @BotFather gives one like 123456789:AAH…")
+        return value
+
+    @field_validator("telegram_webhook_secret")
+    @classmethod
+    def _telegram_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # Telegram's own rule for secret_token; it rejects setWebhook otherwise.
+        secret = value.get_secret_value() if value is not None else ""
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", secret):
+            raise ValueError("use 1-256 characters: letters, digits, _ and -")
+        return value
+
+    @model_validator(mode="after")
+    def _telegram_webhook(self) -> Settings:
+        if self.telegram_webhook_url and not self.telegram_webhook_secret:
+            raise ValueError(
+                "TELEGRAM_WEBHOOK_URL is set but TELEGRAM_WEBHOOK_SECRET is not: without it "
+                "anyone could post updates to the webhook"
+            )
+        return self
+
     @model_validator(mode="after")
     def _slack_transport(self) -> Settings:
         if self.slack_bot_token and not (self.slack_app_token or self.slack_signing_secret):
@@ -197,10 +231,6 @@ class Settings(BaseSettings):
                 "SLACK_SIGNING_SECRET (HTTP events) is"
             )
         return self
-
-    @property
-    def slack_configured(self) -> bool:
-        return self.slack_bot_token is not None
 
     @model_validator(mode="after")
     def _moderators_configured(self) -> Settings:

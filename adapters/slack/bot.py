@@ -17,11 +17,13 @@ from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.http import HttpServer
 from adapters.rendering import RateLimited, StreamingReply
 from adapters.slack.translate import (
     SlackMessage,
@@ -118,7 +120,14 @@ class SlackBot:
     PARLEY_HTTP_HOST:PARLEY_HTTP_PORT/slack/events, verified with SLACK_SIGNING_SECRET.
     """
 
-    def __init__(self, *, engine: Engine, store: SessionStore, settings: Settings) -> None:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        store: SessionStore,
+        settings: Settings,
+        http: HttpServer | None = None,
+    ) -> None:
         assert settings.slack_bot_token is not None
         self._engine = engine
         self._store = store
@@ -144,8 +153,9 @@ class SlackBot:
         self._team_id = ""
         self._names: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._socket: AsyncSocketModeHandler | None = None
-        self._runner: web.AppRunner | None = None
-        self.port = 0
+        if settings.slack_app_token is None:
+            assert http is not None, "HTTP events need the shared HTTP server"
+            http.add_post(EVENTS_PATH, self._on_http)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -166,20 +176,6 @@ class SlackBot:
             self._socket = AsyncSocketModeHandler(self.app, app_token.get_secret_value())
             await self._socket.connect_async()
             log.info("Slack: connected in Socket Mode as %s", self.bot_user_id)
-        else:
-            self._runner = web.AppRunner(
-                self.app.web_app(path=EVENTS_PATH), handle_signals=False, access_log=None
-            )
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, self._settings.http_host, self._settings.http_port)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            log.info(
-                "Slack: listening for events on http://%s:%s%s",
-                self._settings.http_host,
-                self.port,
-                EVENTS_PATH,
-            )
         return self
 
     async def __aexit__(
@@ -198,10 +194,13 @@ class SlackBot:
                 client.message_receiver,
             ]
             await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     # --- events ---------------------------------------------------------------------------
+
+    async def _on_http(self, request: web.Request) -> web.Response:
+        """HTTP events and slash commands: Bolt verifies the signature and acks at once."""
+        response = await self.app.async_dispatch(await to_bolt_request(request))
+        return await to_aiohttp_response(response)
 
     async def _on_mention(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         message = self._parse(event, body)

@@ -43,10 +43,11 @@ SECRET = "signing-secret"
 class Running:
     bot: SlackBot
     runtime: Runtime
+    port: int
 
     @property
     def events_url(self) -> str:
-        return f"http://127.0.0.1:{self.bot.port}/slack/events"
+        return f"http://127.0.0.1:{self.port}/slack/events"
 
     async def deliver(self, event: dict[str, Any], **options: Any) -> tuple[int, str]:
         body = event_callback(event, event_id=options.pop("event_id", None))
@@ -89,9 +90,9 @@ async def running(settings: Any) -> AsyncIterator[Running]:
         build_engine(settings, clock=lambda: FIXED_NOW) as runtime,
         chat_platforms(settings, runtime, ["slack"]) as started,
     ):
-        [bot] = started
+        [bot] = started.bots
         assert isinstance(bot, SlackBot)
-        yield Running(bot, runtime)
+        yield Running(bot, runtime, started.http.port if started.http else 0)
 
 
 @pytest.fixture
