@@ -15,10 +15,23 @@ import math
 import re
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol, TypeVar
+
+from core.events import (
+    Accepted,
+    CommandResult,
+    Delta,
+    Failed,
+    Final,
+    Refused,
+    ReplyEvent,
+    Retracted,
+    ToolFinished,
+    ToolStarted,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -487,3 +500,48 @@ class StreamingReply:
     def _rendered_parts(self, markdown: str) -> list[str]:
         parts = split_markdown(markdown, self._limit, measure=lambda p: len(self._render(p)))
         return [self._render(part) for part in parts]
+
+
+async def deliver(
+    events: AsyncIterator[ReplyEvent],
+    reply: StreamingReply,
+    *,
+    accepted: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Shows one turn's reply events on a platform through `reply`.
+
+    The placeholder goes up when the engine accepts the message (a redelivery never gets
+    that far); text streams in with the running tool shown beneath it; the final text, a
+    failure, a refusal or a command's answer replaces it; a retraction replaces everything.
+    `accepted` runs once the message is accepted (Telegram starts its typing action).
+    """
+    text, status = "", ""
+    async for event in events:
+        match event:
+            case Accepted():
+                await reply.start()
+                if accepted is not None:
+                    await accepted()
+            case Delta(text=piece):
+                text += piece
+                reply.update(_with_status(text, status))
+            case ToolStarted(name=name):
+                status = f"_using {name}…_"
+                reply.update(_with_status(text, status))
+            case ToolFinished():
+                status = ""
+                reply.update(text)
+            case Final(text=final):
+                await reply.finish(final)
+            case Retracted(text=notice):
+                await reply.replace(notice)
+            case Failed(text=problem, partial=partial):
+                await reply.finish(f"{partial}\n\n_{problem}_" if partial else problem)
+            case CommandResult(text=answer) | Refused(text=answer):
+                await reply.finish(answer)  # posts it, when refused before any placeholder
+
+
+def _with_status(text: str, status: str) -> str:
+    if not status:
+        return text
+    return f"{text}\n\n{status}" if text else status

@@ -24,7 +24,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.http import HttpServer
-from adapters.rendering import RateLimited, StreamingReply
+from adapters.rendering import RateLimited, StreamingReply, deliver
 from adapters.slack.translate import (
     SlackMessage,
     conversation_key,
@@ -38,17 +38,13 @@ from core.config import Settings
 from core.conversation import Engine
 from core.errors import ConfigError
 from core.events import (
-    Accepted,
     CommandResult,
     ConversationKey,
-    Delta,
     Failed,
     Final,
     Inbound,
     Refused,
     Retracted,
-    ToolFinished,
-    ToolStarted,
 )
 from core.storage.base import SessionStore
 
@@ -272,32 +268,8 @@ class SlackBot:
             interval=self._settings.slack_update_interval,
             placeholder=PLACEHOLDER,
         )
-        text, status = "", ""
         try:
-            async for event in self._engine.handle(inbound):
-                match event:
-                    case Accepted():
-                        await reply.start()
-                    case Delta(text=piece):
-                        text += piece
-                        reply.update(_with_status(text, status))
-                    case ToolStarted(name=name):
-                        status = f"_using {name}…_"
-                        reply.update(_with_status(text, status))
-                    case ToolFinished():
-                        status = ""
-                        reply.update(text)
-                    case Final(text=final):
-                        await reply.finish(final)
-                    case Retracted(text=notice):
-                        await reply.replace(notice)
-                    case Failed(text=problem, partial=partial):
-                        await reply.finish(f"{partial}\n\n_{problem}_" if partial else problem)
-                    case CommandResult(text=answer) | Refused(text=answer):
-                        if reply.message_ids:
-                            await reply.finish(answer)
-                        else:  # refused before Accepted: no placeholder to edit
-                            await sink.post(markdown_to_mrkdwn(answer))
+            await deliver(self._engine.handle(inbound), reply)
         except Exception:
             # Slack being down or refusing a call must not take the bot down; the engine
             # has stored the user's message and its own failures come as Failed events.
@@ -363,8 +335,3 @@ class SlackBot:
     async def _on_error(self, error: Exception, body: dict[str, Any]) -> None:
         log.error("Slack: a listener failed: %s", error, exc_info=error)
 
-
-def _with_status(text: str, status: str) -> str:
-    if not status:
-        return text
-    return f"{text}\n\n{status}" if text else status

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.events import ConversationKey
+from core.locks import KeyedLocks
 from core.storage.base import (
     AccessRule,
     ChannelSettings,
@@ -64,7 +65,7 @@ class SqlStore:
         self.engine = engine
         self._postgres = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if self._postgres else sqlite.insert
-        self._locks = _KeyedLocks()
+        self._locks: KeyedLocks[ConversationKey] = KeyedLocks()
         # The connection holding this task's turn lock (PostgreSQL only).
         self._held: ContextVar[AsyncConnection | None] = ContextVar("held", default=None)
         self._sqlite = (
@@ -608,24 +609,3 @@ class _SqliteThread:
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._thread, self._engine.dispose)
         self._thread.shutdown(wait=True)
-
-
-class _KeyedLocks:
-    """One asyncio.Lock per key, dropped when nobody holds or waits for it (no leak)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[ConversationKey, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: ConversationKey) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
