@@ -1,0 +1,1 @@
+"""The Telegram adapter: Bot API updates in, Telegram HTML replies out."""

@@ -1,0 +1,699 @@
+"""Pure translation between Telegram and Parley: Bot API updates in, Telegram HTML out.
+
+Nothing here imports python-telegram-bot, does I/O or talks to the network: it works on the
+Bot API's own JSON (what `Update.to_dict()` returns), and the runtime module calls it between
+receiving an update and sending the reply.
+
+- `parse_update` turns a `message` update into a `TelegramMessage` (or None for what the bot
+  must ignore), with the bot's mention and its `/ask` command cleaned from the text;
+  `addressed_to_bot` says whether the bot should answer it.
+- `event_id_for` and `conversation_key` say under which id the engine claims the message and
+  which conversation it belongs to.
+- `markdown_to_html` turns the model's Markdown into the HTML subset of `parse_mode="HTML"`,
+  escaped so that model output can never produce a tag of its own; `html_to_plain` is the
+  fallback when Telegram rejects it anyway, and `rendered_length` measures a part as Telegram
+  counts it.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from core.events import ConversationKey
+
+PLATFORM = "telegram"
+
+TELEGRAM_LIMIT = 4096
+"""The most UTF-16 code units a message may hold once its entities are parsed."""
+
+HORIZONTAL_RULE = "───"
+"""What a Markdown rule (`---`) becomes: Telegram has none, and a short line keeps the break."""
+
+ASK_COMMAND = "ask"
+"""`/ask question` means "answer this": the command is dropped and the question kept."""
+
+
+# --- UTF-16 offsets -----------------------------------------------------------------------
+
+
+def utf16_length(text: str) -> int:
+    """The length of `text` in UTF-16 code units, the unit Telegram counts in."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def utf16_slice(text: str, start: int, end: int | None = None) -> str:
+    """`text[start:end]` with `start` and `end` counted in UTF-16 code units.
+
+    Telegram gives entity offsets and lengths in UTF-16 code units, where an emoji or another
+    character outside the Basic Multilingual Plane counts two; Python indexes code points.
+
+    Args:
+        text: Any text.
+        start: The first code unit to keep.
+        end: The code unit to stop before; None for the end of the text.
+
+    Returns:
+        The slice. A bound that splits a surrogate pair (which Telegram never sends) leaves
+        half of the pair in the result rather than failing.
+    """
+    units = text.encode("utf-16-le", "surrogatepass")
+    stop = None if end is None else 2 * end
+    return units[2 * start : stop].decode("utf-16-le", "surrogatepass")
+
+
+# --- incoming updates ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TelegramMessage:
+    """One user message, taken from a `message` update.
+
+    Attributes:
+        chat_id: The chat's id (negative for groups).
+        chat_type: "private", "group", "supergroup" or "channel".
+        message_id: The message's id within the chat, to reply to.
+        thread_id: The forum topic the message was posted in, or None outside a topic (the
+            General topic included).
+        user_id: The author's id.
+        user_name: The author's first and last name, else their username, else their id.
+        text: The text (or a media caption) without the bot's mentions, and without a leading
+            `/ask` command; any other command of ours is kept as `/name argument` with its
+            `@botname` suffix removed. Empty for a bare mention of the bot.
+        is_direct: A private chat with the bot.
+        mentions_bot: The bot was mentioned (`@botname`, or a text mention of its account).
+        replies_to_bot: The message replies to one of the bot's messages.
+        command: The lower-case name of a command the message starts with ("reset" for
+            `/reset` and `/reset@botname`), else None.
+        command_for_other_bot: The command names another bot (`/reset@otherbot`).
+        date: When the message was sent, in Unix time.
+    """
+
+    chat_id: int
+    chat_type: str
+    message_id: int
+    thread_id: int | None
+    user_id: int
+    user_name: str
+    text: str
+    is_direct: bool
+    mentions_bot: bool
+    replies_to_bot: bool
+    command: str | None
+    command_for_other_bot: bool
+    date: int
+
+
+def parse_update(
+    update: dict[str, Any], *, bot_id: int, bot_username: str
+) -> TelegramMessage | None:
+    """Translate a `message` update, or say it is not for the bot.
+
+    Ignored (None): every other update (`edited_message`, `channel_post`, callbacks ...);
+    messages without text or caption (service messages: members joining, pins, topics
+    created ...); messages from bots, which include anonymous group admins and posts
+    forwarded from a linked channel, whose `from` is one of Telegram's bot accounts; and
+    messages without `from`.
+
+    The message is returned whether it addresses the bot or not (see `addressed_to_bot`).
+
+    Args:
+        update: An update in the Bot API's JSON shape.
+        bot_id: The bot's user id (`getMe` → `id`).
+        bot_username: The bot's username (`getMe` → `username`), with or without "@";
+            compared without regard to case.
+
+    Returns:
+        The message, or None when the bot must not react to this update.
+    """
+    message = update.get("message")
+    if not isinstance(message, dict):
+        return None
+    sender = message.get("from")
+    if not isinstance(sender, dict) or sender.get("is_bot"):
+        return None
+    if (raw := message.get("text")) is not None:
+        entities = message.get("entities") or []
+    elif (raw := message.get("caption")) is not None:
+        entities = message.get("caption_entities") or []
+    else:
+        return None
+
+    username = bot_username.removeprefix("@").lower()
+    cut: list[tuple[int, int]] = []  # UTF-16 spans removed from the text
+    mentions_bot = False
+    command: str | None = None
+    command_for_other_bot = False
+    for entity in entities:
+        kind, start = entity.get("type"), entity["offset"]
+        end = start + entity["length"]
+        if (kind == "mention" and utf16_slice(raw, start + 1, end).lower() == username) or (
+            kind == "text_mention" and (entity.get("user") or {}).get("id") == bot_id
+        ):
+            mentions_bot = True
+            cut.append((start, end))
+        elif kind == "bot_command" and start == 0:
+            name, _, target = utf16_slice(raw, 1, end).partition("@")
+            command = name.lower()
+            command_for_other_bot = bool(target) and target.lower() != username
+            if not command_for_other_bot:
+                cut.append((start, end))
+
+    text = _remove_spans(raw, cut)
+    if command is not None and not command_for_other_bot and command != ASK_COMMAND:
+        text = f"/{command} {text}" if text else f"/{command}"
+
+    chat = message["chat"]
+    reply = message.get("reply_to_message") or {}
+    return TelegramMessage(
+        chat_id=chat["id"],
+        chat_type=chat["type"],
+        message_id=message["message_id"],
+        thread_id=message.get("message_thread_id") if message.get("is_topic_message") else None,
+        user_id=sender["id"],
+        user_name=_display_name(sender),
+        text=text,
+        is_direct=chat["type"] == "private",
+        mentions_bot=mentions_bot,
+        # Every message in a forum topic "replies" to the topic's creation message, whoever
+        # created the topic: only a reply to anything else is a reply to the bot.
+        replies_to_bot=(reply.get("from") or {}).get("id") == bot_id
+        and not reply.get("forum_topic_created"),
+        command=command,
+        command_for_other_bot=command_for_other_bot,
+        date=message["date"],
+    )
+
+
+def addressed_to_bot(message: TelegramMessage) -> bool:
+    """Whether the bot should answer: in a private chat always; in a group when mentioned,
+    replied to, or given a command that names no other bot.
+
+    Args:
+        message: The parsed message.
+
+    Returns:
+        True when the message is meant for the bot.
+    """
+    if message.is_direct:
+        return True
+    if message.command_for_other_bot:
+        return False
+    return message.mentions_bot or message.replies_to_bot or message.command is not None
+
+
+def event_id_for(update_id: int) -> str:
+    """The id under which the engine claims an update: its `update_id`, which is unique per
+    bot and kept when Telegram delivers the update again."""
+    return str(update_id)
+
+
+# In "@bot, question" the comma only addressed the bot.
+_ADDRESSING = re.compile(r"^[:,](?=\s|$)")
+
+
+def _remove_spans(text: str, spans: list[tuple[int, int]]) -> str:
+    """The text without the UTF-16 `spans`, spaced as if they had never been typed."""
+    pieces: list[str] = []
+    position = 0
+    for start, end in sorted(spans):
+        pieces.append(utf16_slice(text, position, start))
+        position = end
+    pieces.append(utf16_slice(text, position))
+
+    cleaned = pieces[0]
+    for piece in pieces[1:]:
+        if not cleaned.strip():
+            piece = _ADDRESSING.sub("", piece)
+        left, right = cleaned.rstrip(" \t"), piece.lstrip(" \t")
+        # A span between two words leaves one space; at the start or end of a line, none.
+        between_words = left and right and not left.endswith("\n") and not right.startswith("\n")
+        cleaned = f"{left} {right}" if between_words else left + right
+    return cleaned.strip()
+
+
+def _display_name(user: dict[str, Any]) -> str:
+    full_name = " ".join(part for part in (user.get("first_name"), user.get("last_name")) if part)
+    return full_name or user.get("username") or str(user["id"])
+
+
+# --- conversation keys --------------------------------------------------------------------
+
+# "thread" and "channel" are the engine's names (`/scope`); "chat" is Telegram's word.
+_TOPIC_SCOPES = frozenset({"thread", "channel", "chat"})
+
+
+def conversation_key(message: TelegramMessage, *, scope: str | None) -> ConversationKey:
+    """The conversation a message belongs to, by the chat's scope.
+
+    A private chat is one conversation. In a group, each forum topic is a conversation of its
+    own (the chat itself outside topics), whatever the scope; scope "user" gives each user
+    their own conversation in it (thread "user:ID", or "TOPIC:user:ID" in a topic).
+
+    Args:
+        message: The parsed message.
+        scope: The chat's scope: None (the default), "thread", "channel", "chat" or "user".
+
+    Returns:
+        The key, with `platform` "telegram", no workspace and the chat id as the channel.
+
+    Raises:
+        ValueError: An unknown scope.
+    """
+    if scope is not None and scope not in _TOPIC_SCOPES and scope != "user":
+        raise ValueError(f"unknown conversation scope {scope!r}")
+    topic = "" if message.thread_id is None else str(message.thread_id)
+    if message.is_direct:
+        thread = ""
+    elif scope == "user":
+        thread = f"{topic}:user:{message.user_id}" if topic else f"user:{message.user_id}"
+    else:
+        thread = topic
+    return ConversationKey(PLATFORM, "", str(message.chat_id), thread)
+
+
+# --- Markdown → Telegram HTML -------------------------------------------------------------
+
+# A backtick fence's info string holds no backtick: "```ls``` now" is inline code.
+_FENCE = re.compile(r"^[ \t]*(`{3,}(?=[^`]*$)|~{3,})(.*)$")
+_HEADING = re.compile(r"^ {0,3}#{1,6}(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+_RULE = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
+_QUOTE = re.compile(r"^ {0,3}(?:>[ \t]?)+")
+_TASK = re.compile(r"^([ \t]*)[-*+][ \t]+\[([ xX])\][ \t]+(.*)$")
+_BULLET = re.compile(r"^([ \t]*)[-*+][ \t]+(.*)$")
+_TABLE_DELIMITER = re.compile(r"^[ \t]*\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$")
+_CELL_SEPARATOR = re.compile(r"(?<!\\)\|")
+
+
+def _link_pattern(kind: str) -> str:
+    """`[label](destination "title")`; the destination is `<anything>` or a run without
+    spaces that may hold balanced parentheses (Wikipedia's `Foo_(bar)`)."""
+    return (
+        rf"\[(?P<{kind}_label>(?:[^\[\]]|\[[^\[\]]*\])*)\]"
+        rf"\(\s*(?:<(?P<{kind}_angled>[^<>\n]*)>|(?P<{kind}_bare>(?:[^\s()]|\([^\s()]*\))*))"
+        r"(?:\s+(?:\"[^\"]*\"|'[^']*'))?\s*\)"
+    )
+
+
+# Pieces rendered whole, which emphasis can surround but never cut into; alternatives in
+# priority order where two could start at the same place.
+_INLINE_TOKEN = re.compile(
+    r"(?P<code>(?P<ticks>`+)(?P<code_text>.+?)(?<!`)(?P=ticks)(?!`))"
+    # Markdown's backslash escapes, for the characters it marks up with; not `\.` or `\\`,
+    # which Windows paths (C:\Users\me\.ssh, \\server\share) are full of.
+    r"|\\(?P<escaped>[`*_~\[\]#|])"
+    rf"|!{_link_pattern('image')}"
+    rf"|{_link_pattern('link')}"
+    r"|<(?P<autolink>(?:https?://|mailto:)[^\s<>]+)>"
+    # A bare URL ends before trailing punctuation and emphasis markers (`**https://x.y**`).
+    r"|(?P<url>https?://(?:[^\s<>()]|\([^\s<>()]*\))*(?:[^\s<>().,;:!?'\"*_~]|\([^\s<>()]*\)))",
+    re.IGNORECASE,
+)
+_LINKABLE = re.compile(r"^(?:https?://|mailto:|tg://)\S", re.IGNORECASE)
+_URL_UNSAFE = re.compile(r"[\s<>\"]")
+_DELIMITER_RUN = re.compile(r"\*+|_+|~+")
+_SENTENCE_PUNCTUATION = re.compile(r"[.,;:!?](?!\w)")
+
+# Emphasis only opens after a space or opening punctuation and only closes before a space,
+# closing punctuation or the end, so snake_case, 2*3*4, __init__.py and my_var_name stay as
+# written. Another emphasis marker may sit next to it (`_**x**_`), never its own.
+_OPENING_PUNCTUATION = "([{\"'\u201c\u2018"
+_CLOSING_PUNCTUATION = ")]}\"'\u201d\u2019"
+_MARKERS = "*_~"
+_EMPHASIS_TAGS = {("*", 1): "i", ("_", 1): "i", ("*", 2): "b", ("_", 2): "b", ("~", 2): "s"}
+
+
+def markdown_to_html(text: str) -> str:
+    """Turn the model's GitHub-flavoured Markdown into Telegram's HTML (`parse_mode="HTML"`).
+
+    - `**b**`, `__b__` → `<b>`; `*i*`, `_i_` → `<i>`; `~~s~~` → `<s>`; they nest
+      (`***bi***` → `<i><b>bi</b></i>`). Emphasis needs a word boundary on both sides, so
+      snake_case, 2*3*4 and file paths are left alone; markers that do not pair up, or
+      whose pairs would overlap, stay as literal characters. Markdown's escapes (`\\*` ...)
+      show the bare character.
+    - `` `code` `` → `<code>`; fenced blocks → `<pre><code class="language-x">` (no class
+      without an info string; an empty block disappears, an unclosed one runs to the end).
+    - `[label](url)` and `![alt](url)` → `<a href="url">label</a>` for http(s), mailto and tg
+      URLs (spaces, quotes and angle brackets in them percent-encoded); any other link is
+      inert text "label (url)". Bare URLs and `<url>` are left as text: Telegram links them.
+      A label keeps its emphasis; code in it loses its markup, as Telegram nests no code in
+      a link.
+    - `# Title` … `###### Title` → `<b>Title</b>`; `-`, `*`, `+` bullets → `•` (indentation
+      kept), task items → `☐` / `☑`; numbered lists stay; consecutive `>` lines become one
+      `<blockquote>` (nested quotes flatten, as Telegram nests none); a rule (`---`) →
+      `HORIZONTAL_RULE`; tables → `<pre>` with the cells as plain text, padded to line up.
+    - Every piece of text is escaped (`&`, `<`, `>`, and `"` in attributes): the only tags
+      in the result are the ones made here, properly nested and closed.
+
+    Args:
+        text: Markdown.
+
+    Returns:
+        The same text in Telegram's HTML.
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        if fence := _FENCE.match(lines[i]):
+            end = _fence_end(lines, i + 1, fence[1])
+            language = next(iter(fence[2].split()), "")
+            out.append(_code_block(lines[i + 1 : end], language))
+            i = end + 1
+        elif end := _table_end(lines, i):
+            out.append(_table(lines[i:end]))
+            i = end
+        elif _QUOTE.match(lines[i]):
+            quoted = list(_quoted_lines(lines, i))
+            inner = "\n".join(_convert_line(line) for line in quoted)
+            out.append(f"<blockquote>{inner}</blockquote>")
+            i += len(quoted)
+        else:
+            out.append(_convert_line(lines[i]))
+            i += 1
+    return "\n".join(out)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _escape_attribute(text: str) -> str:
+    return _escape(text).replace('"', "&quot;")
+
+
+def _fence_end(lines: list[str], start: int, fence: str) -> int:
+    """The index of the closing fence; an unclosed fence runs to the end, as in CommonMark."""
+    closing = re.compile(rf"^[ \t]*{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$")
+    return next((i for i in range(start, len(lines)) if closing.match(lines[i])), len(lines))
+
+
+def _code_block(lines: list[str], language: str) -> str:
+    # A block with nothing in it (a reply streamed up to "```python") would be an empty
+    # message, which Telegram refuses.
+    if not any(line.strip() for line in lines):
+        return ""
+    opening = f'<code class="language-{_escape_attribute(language)}">' if language else "<code>"
+    code = _escape("\n".join(lines))
+    return f"<pre>{opening}{code}</code></pre>"
+
+
+def _quoted_lines(lines: list[str], start: int) -> Iterator[str]:
+    """The quote's lines from `start` on, without their `>` markers."""
+    for line in lines[start:]:
+        if not (marks := _QUOTE.match(line)):
+            return
+        yield line[marks.end() :]
+
+
+def _convert_line(line: str) -> str:
+    if _RULE.match(line):
+        return HORIZONTAL_RULE
+    if heading := _HEADING.match(line):
+        # The title is bold already; bold inside it would only nest <b> in <b>.
+        title = _inline(heading[1] or "").replace("<b>", "").replace("</b>", "")
+        return f"<b>{title}</b>" if title else ""
+    if task := _TASK.match(line):
+        box = "☐" if task[2] == " " else "☑"
+        return f"{task[1]}{box} {_inline(task[3])}"
+    if bullet := _BULLET.match(line):
+        return f"{bullet[1]}• {_inline(bullet[2])}"
+    return _inline(line)
+
+
+# --- inline Markdown ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Run:
+    """A run of `*`, `_` or `~~` that may open or close emphasis.
+
+    Pairing uses up its characters from the inside: a closer from its left end (`closes`,
+    innermost first), an opener from its right end (`opens`, outermost first). What is left
+    over shows as literal characters.
+    """
+
+    char: str
+    length: int
+    can_open: bool
+    can_close: bool
+    closes: list[str] = field(default_factory=list)
+    opens: list[str] = field(default_factory=list)
+
+    def html(self) -> str:
+        return (
+            "".join(f"</{tag}>" for tag in self.closes)
+            + self.char * self.length
+            + "".join(f"<{tag}>" for tag in self.opens)
+        )
+
+
+def _inline(text: str, *, in_link: bool = False) -> str:
+    """Convert one line's inline Markdown.
+
+    Code spans, links and URLs are cut out first and rendered whole; the delimiter runs
+    between them are then paired like CommonMark's emphasis, but with stricter flanking rules
+    (see `_delimiter`). `in_link` renders a link's label: emphasis only, as Telegram puts no
+    code or link inside a link.
+    """
+    parts: list[str | _Run] = []
+    position = 0
+    for token in _INLINE_TOKEN.finditer(text):
+        parts.extend(_text_and_delimiters(text, position, token.start()))
+        parts.append(_render_token(token, in_link=in_link))
+        position = token.end()
+    parts.extend(_text_and_delimiters(text, position, len(text)))
+    _pair(part for part in parts if isinstance(part, _Run))
+    return "".join(part if isinstance(part, str) else part.html() for part in parts)
+
+
+def _text_and_delimiters(text: str, start: int, end: int) -> Iterator[str | _Run]:
+    """`text[start:end]` as escaped text and the delimiter runs in it."""
+    for run in _DELIMITER_RUN.finditer(text, start, end):
+        yield _escape(text[start : run.start()])
+        yield _delimiter(text, run.start(), run.end())
+        start = run.end()
+    yield _escape(text[start:end])
+
+
+def _delimiter(text: str, start: int, end: int) -> str | _Run:
+    char = text[start]
+    if char == "~" and end - start != 2:
+        return char * (end - start)  # "~5 min", "~~~": only a double tilde strikes through
+    before = text[start - 1] if start else ""
+    after = text[end] if end < len(text) else ""
+    other_marker = _MARKERS.replace(char, "")
+    can_open = (
+        (not before or before.isspace() or before in _OPENING_PUNCTUATION + other_marker)
+        and bool(after)
+        and not after.isspace()
+    )
+    can_close = (
+        bool(before)
+        and not before.isspace()
+        and before != char
+        and (
+            not after
+            or after.isspace()
+            or after in _CLOSING_PUNCTUATION + other_marker
+            or bool(_SENTENCE_PUNCTUATION.match(text, end))
+        )
+    )
+    return _Run(char, end - start, can_open, can_close)
+
+
+def _pair(runs: Iterable[_Run]) -> None:
+    """Pair openers with closers, left to right, each closer with the nearest opener.
+
+    The openers between a pair are dropped from the stack, so no later pair can straddle
+    it: tags always nest. A closer and an opener of two characters or more make bold, else
+    italic; `~~` makes strikethrough.
+    """
+    openers: list[_Run] = []
+    # Counted so that a closer with no opener of its kind does not scan the whole stack,
+    # which would make a long line of unpaired markers quadratic.
+    waiting: Counter[str] = Counter()
+    for run in runs:
+        while run.can_close and run.length and waiting[run.char]:
+            index = next(i for i in reversed(range(len(openers))) if openers[i].char == run.char)
+            opener = openers[index]
+            used = 2 if opener.length >= 2 and run.length >= 2 else 1
+            tag = _EMPHASIS_TAGS[run.char, used]
+            opener.length -= used
+            run.length -= used
+            opener.opens.insert(0, tag)
+            run.closes.append(tag)
+            dropped = index + 1 if opener.length else index
+            waiting.subtract(other.char for other in openers[dropped:])
+            del openers[dropped:]
+        if run.can_open and run.length:
+            openers.append(run)
+            waiting[run.char] += 1
+
+
+def _render_token(match: re.Match[str], *, in_link: bool) -> str:
+    groups = match.groupdict()
+    if groups["code"] is not None:
+        code = _escape(_code_span_text(groups["code_text"]))
+        return code if in_link else f"<code>{code}</code>"
+    if groups["escaped"] is not None:
+        return _escape(groups["escaped"])
+    if groups["autolink"] is not None:
+        return _escape(groups["autolink"])
+    if groups["url"] is not None or in_link:
+        return _escape(match[0])
+    kind = "image" if groups["image_label"] is not None else "link"
+    angled, bare = groups[f"{kind}_angled"], groups[f"{kind}_bare"]
+    return _link(groups[f"{kind}_label"], angled if angled is not None else bare)
+
+
+def _code_span_text(text: str) -> str:
+    # CommonMark: "`` `x` ``" shows "`x`"; one space on each side is padding.
+    if text.startswith(" ") and text.endswith(" ") and text.strip():
+        return text[1:-1]
+    return text
+
+
+def _link(label: str, url: str) -> str:
+    """An `<a>` to an http(s), mailto or tg URL, or inert text for anything else."""
+    url, label = url.strip(), label.strip()
+    shown = _inline(label, in_link=True)
+    if _LINKABLE.match(url):
+        href = _escape_attribute(_URL_UNSAFE.sub(lambda m: quote(m[0], safe=""), url))
+        return f'<a href="{href}">{shown or _escape(url)}</a>'
+    if not url or label == url:
+        return shown
+    return f"{shown} ({_escape(url)})" if shown else _escape(url)
+
+
+# --- tables -------------------------------------------------------------------------------
+
+
+def _table_end(lines: list[str], start: int) -> int:
+    """Where a GFM table starting at `start` ends (exclusive), or 0 if none starts there."""
+    if start + 1 >= len(lines) or "|" not in lines[start]:
+        return 0
+    delimiter = lines[start + 1]
+    if (
+        "|" not in delimiter
+        or not _TABLE_DELIMITER.match(delimiter)
+        or len(_cells(delimiter)) != len(_cells(lines[start]))
+    ):
+        return 0
+    end = start + 2
+    while end < len(lines) and lines[end].strip() and "|" in lines[end]:
+        end += 1
+    return end
+
+
+def _cells(row: str) -> list[str]:
+    row = row.strip().removeprefix("|")
+    if row.endswith("|") and not row.endswith("\\|"):
+        row = row[:-1]
+    return [cell.strip().replace("\\|", "|") for cell in _CELL_SEPARATOR.split(row)]
+
+
+def _table(lines: list[str]) -> str:
+    """A `<pre>` block with every column padded to one width, aligned as the table says.
+
+    A `<pre>` holds no formatting, so cells show their plain text (`**ok**` → "ok", a link
+    → "label (url)").
+    """
+    header, delimiter, *body = (_cells(line) for line in lines)
+    rows = [[html_to_plain(_inline(cell)) for cell in row] for row in (header, *body)]
+    columns = max(len(row) for row in rows)
+    rows = [row + [""] * (columns - len(row)) for row in rows]
+    widths = [max(3, *(_width(row[c]) for row in rows)) for c in range(columns)]
+    aligns = [_alignment(spec) for spec in delimiter] + [_ljust] * (columns - len(delimiter))
+
+    def render(row: list[str]) -> str:
+        padded = (
+            align(cell, width) for align, cell, width in zip(aligns, row, widths, strict=True)
+        )
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
+    table = "\n".join([render(rows[0]), rule, *(render(row) for row in rows[1:])])
+    return f"<pre>{_escape(table)}</pre>"
+
+
+def _width(text: str) -> int:
+    """Columns the text takes in a monospace font: wide (CJK, emoji) count two, marks zero."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+def _ljust(text: str, width: int) -> str:
+    return text + " " * (width - _width(text))
+
+
+def _rjust(text: str, width: int) -> str:
+    return " " * (width - _width(text)) + text
+
+
+def _center(text: str, width: int) -> str:
+    left = (width - _width(text)) // 2
+    return " " * left + _ljust(text, width - left)
+
+
+def _alignment(spec: str) -> Callable[[str, int], str]:
+    if spec.endswith(":"):
+        return _center if spec.startswith(":") else _rjust
+    return _ljust
+
+
+# --- HTML → plain text --------------------------------------------------------------------
+
+_ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}
+# Text is always escaped here, so every "<" in our HTML starts a tag.
+_TAG_OR_ENTITY = re.compile(r"<[^<>]*>|&(?P<entity>lt|gt|amp|quot);")
+_LINK_TAG_OR_ENTITY = re.compile(
+    rf'<a href="(?P<href>[^"]*)">(?P<label>.*?)</a>|{_TAG_OR_ENTITY.pattern}', re.DOTALL
+)
+
+
+def html_to_plain(html: str) -> str:
+    """The text of `markdown_to_html`'s output without markup, for when Telegram rejects it.
+
+    Tags are dropped and entities unescaped, in one pass so that an escaped "&amp;lt;"
+    becomes "&lt;", not "<". A link shows as "label (url)", or as the URL alone when that is
+    its label.
+
+    Args:
+        html: HTML as `markdown_to_html` makes it.
+
+    Returns:
+        Plain text to send without `parse_mode`.
+    """
+
+    def plain(match: re.Match[str]) -> str:
+        if match["href"] is None:
+            return _ENTITIES[match["entity"]] if match["entity"] else ""
+        label, url = _text(match["label"]), _text(match["href"])
+        return label if label == url else f"{label} ({url})"
+
+    return _LINK_TAG_OR_ENTITY.sub(plain, html)
+
+
+def rendered_length(html: str) -> int:
+    """The length Telegram counts for `html`: its text after entity parsing (tags removed,
+    entities unescaped), in UTF-16 code units. Compare it with `TELEGRAM_LIMIT`.
+
+    Args:
+        html: HTML as `markdown_to_html` makes it.
+
+    Returns:
+        The message length as Telegram measures it.
+    """
+    return utf16_length(_text(html))
+
+
+def _text(html: str) -> str:
+    return _TAG_OR_ENTITY.sub(lambda m: _ENTITIES[m["entity"]] if m["entity"] else "", html)

@@ -1,0 +1,366 @@
+"""The Telegram bot as users meet it: the real python-telegram-bot against a fake Bot API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from adapters.telegram.bot import TelegramBot
+from bots.bootstrap import Runtime, build_engine, chat_platforms
+from core import wording
+from core.events import ConversationKey
+from core.storage.tables import conversations, messages
+from tests.conftest import FIXED_NOW, make_settings
+from tests.fakes.openai_server import FakeOpenAI, Reply
+from tests.fakes.telegram_server import (
+    FakeTelegram,
+    free_port,
+    group_message,
+    post_update,
+    private_message,
+)
+
+TOKEN = "123456:ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+GROUP = -100123
+
+
+@dataclass
+class Running:
+    bot: TelegramBot
+    runtime: Runtime
+    port: int
+
+    async def count(self, table: Any) -> int:
+        async with self.runtime.store.engine.connect() as connection:  # type: ignore[attr-defined]
+            query = select(func.count()).select_from(table)
+            return int((await connection.execute(query)).scalar_one())
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram() as fake:
+        yield fake
+
+
+def telegram_settings(
+    telegram: FakeTelegram, fake_openai: FakeOpenAI, database: str, **extra: Any
+) -> Any:
+    return make_settings(
+        **{
+            "OPENAI_BASE_URL": fake_openai.base_url,
+            "OPENAI_API_KEY": "sk-test",
+            "PARLEY_MODEL_RETRIES": 0,
+            "DATABASE_URL": database,
+            "TELEGRAM_BOT_TOKEN": TOKEN,
+            "TELEGRAM_API_URL": telegram.url,
+            "PARLEY_HTTP_PORT": 0,
+            "PARLEY_TELEGRAM_UPDATE_INTERVAL": 0.05,
+            **extra,
+        }
+    )
+
+
+@asynccontextmanager
+async def running(settings: Any) -> AsyncIterator[Running]:
+    async with (
+        build_engine(settings, clock=lambda: FIXED_NOW) as runtime,
+        chat_platforms(settings, runtime, ["telegram"]) as started,
+    ):
+        [bot] = started.bots
+        assert isinstance(bot, TelegramBot)
+        yield Running(bot, runtime, started.http.port if started.http else 0)
+
+
+@pytest.fixture
+def bot_factory(
+    telegram: FakeTelegram, fake_openai: FakeOpenAI, sqlite_url: str
+) -> Callable[..., Any]:
+    def factory(**extra: Any) -> Any:
+        return running(telegram_settings(telegram, fake_openai, sqlite_url, **extra))
+
+    return factory
+
+
+async def texts_become(
+    telegram: FakeTelegram, chat: int, expected: list[str], thread: int | None = None
+) -> None:
+    await telegram.wait_for(
+        lambda: telegram.texts_in(chat, thread) == expected, what=f"chat {chat}: {expected!r}"
+    )
+
+
+async def test_a_private_message_is_answered_with_typing_then_a_growing_reply(
+    bot_factory: Callable[..., Any], telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply("Hello **Alice**, nice to meet you.", chunk_delay=0.02)
+    async with bot_factory():
+        telegram.push(private_message("hi there"))
+        await texts_become(telegram, 1, ["Hello <b>Alice</b>, nice to meet you."])
+
+        [typing, *_] = telegram.calls_to("sendChatAction")
+        assert typing.args["action"] == "typing"
+        [sent] = telegram.calls_to("sendMessage")
+        assert sent.args["parse_mode"] == "HTML"
+        assert typing.at <= sent.at
+        assert fake_openai.chat_requests[0]["messages"][-1] == {
+            "role": "user",
+            "content": "Alice: hi there",
+        }
+        # Registered at start, so the commands show in Telegram's menu.
+        [commands] = telegram.calls_to("setMyCommands")
+        names = [c["command"] for c in commands.args["commands"]]
+        assert names == ["ask", "help", "reset", "persona", "personas", "usage"]
+
+
+async def test_in_groups_only_mentions_replies_and_commands_are_answered(
+    bot_factory: Callable[..., Any], telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.default = Reply("ok")
+    async with bot_factory():
+        telegram.push(group_message("just chatting among ourselves"))
+        telegram.push(group_message("/reset@otherbot"))
+        telegram.push(group_message("@parley_bot what is 2+2?"))
+        await texts_become(telegram, GROUP, ["ok"])
+        [answer] = telegram.messages_in(GROUP)
+
+        telegram.push(
+            group_message("and 3+3?", reply_to=answer["message"], user_id=2, first_name="Bob")
+        )
+        await texts_become(telegram, GROUP, ["ok", "ok"])
+        telegram.push(group_message("/ask@parley_bot and 4+4?"))
+        await texts_become(telegram, GROUP, ["ok", "ok", "ok"])
+
+        contents = [r["messages"][-1]["content"] for r in fake_openai.chat_requests]
+        assert contents == ["Alice: what is 2+2?", "Bob: and 3+3?", "Alice: and 4+4?"]
+        # The group shares one conversation: the third request saw the first two.
+        assert len(fake_openai.chat_requests[2]["messages"]) == 1 + 5
+
+
+async def test_two_forum_topics_are_two_conversations(
+    bot_factory: Callable[..., Any], telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.default = Reply("noted")
+    async with bot_factory() as running:
+        telegram.push(
+            group_message("@parley_bot topic one", message_thread_id=10, is_topic_message=True)
+        )
+        await texts_become(telegram, GROUP, ["noted"], thread=10)
+        telegram.push(
+            group_message("@parley_bot topic two", message_thread_id=20, is_topic_message=True)
+        )
+        await texts_become(telegram, GROUP, ["noted"], thread=20)
+
+        assert [len(r["messages"]) for r in fake_openai.chat_requests] == [2, 2]
+        keys = (
+            await running.runtime.store.conversation_exists(
+                key=ConversationKey("telegram", "", str(GROUP), "10")
+            ),
+            await running.runtime.store.conversation_exists(
+                key=ConversationKey("telegram", "", str(GROUP), "20")
+            ),
+        )
+        assert keys == (True, True)
+        assert await running.count(conversations) == 2
+
+
+async def test_the_same_update_twice_is_answered_once_also_after_a_restart(
+    bot_factory: Callable[..., Any], telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.default = Reply("once")
+    update = private_message("hello")
+    async with bot_factory():
+        update_id = telegram.push(update)
+        await texts_become(telegram, 1, ["once"])
+        telegram.push(update, update_id=update_id)
+        await telegram.wait_for(
+            lambda: update_id in telegram.delivered[1:] or telegram.delivered.count(update_id) >= 2
+        )
+        await asyncio.sleep(0.3)
+    async with bot_factory():
+        telegram.push(update, update_id=update_id)
+        await telegram.wait_for(lambda: telegram.delivered.count(update_id) >= 3)
+        await asyncio.sleep(0.3)
+    assert len(fake_openai.chat_requests) == 1
+    assert telegram.texts_in(1) == ["once"]
+
+
+async def test_messages_of_one_chat_are_answered_in_order(
+    bot_factory: Callable[..., Any], telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply("first", delay=0.3)
+    fake_openai.reply("second")
+    async with bot_factory():
+        telegram.push(private_message("one"))
+        telegram.push(private_message("two"))
+        await texts_become(telegram, 1, ["first", "second"])
+    assert [r["messages"][-1]["content"] for r in fake_openai.chat_requests] == [
+        "Alice: one",
+        "Alice: two",
+    ]
+
+
+async def test_a_webhook_checks_its_secret(
+    telegram: FakeTelegram, fake_openai: FakeOpenAI, sqlite_url: str
+) -> None:
+    fake_openai.reply("via webhook")
+    settings = telegram_settings(
+        telegram,
+        fake_openai,
+        sqlite_url,
+        TELEGRAM_WEBHOOK_URL="https://bot.example.com/telegram/hook",
+        TELEGRAM_WEBHOOK_SECRET="s3cret",
+        PARLEY_HTTP_PORT=free_port(),
+    )
+    async with running(settings) as bot:
+        assert telegram.webhook is not None
+        assert telegram.webhook["url"] == "https://bot.example.com/telegram/hook"
+        assert telegram.webhook["secret_token"] == "s3cret"
+        url = f"http://127.0.0.1:{bot.port}/telegram/hook"
+
+        update = private_message("hi")
+        assert await post_update(url, update, secret="wrong") == 403
+        assert await post_update(url, update) == 403
+        await asyncio.sleep(0.2)
+        assert await bot.count(messages) == 0
+
+        assert await post_update(url, update, secret="s3cret") == 200
+        await texts_become(telegram, 1, ["via webhook"])
+    assert telegram.calls_to("getUpdates") == []
+
+
+async def test_retry_after_on_an_edit_waits_and_the_final_text_is_complete(
+    bot_factory: Callable[..., Any], telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply("A reply that streams in several pieces.", chunk_delay=0.05)
+    telegram.fail_next("editMessageText", status=429, retry_after=1)
+    async with bot_factory():
+        telegram.push(private_message("go"))
+        await texts_become(telegram, 1, ["A reply that streams in several pieces."])
+    edits = telegram.calls_to("editMessageText")
+    assert len(edits) >= 2
+    assert edits[1].at - edits[0].at >= 0.95
+
+
+async def test_model_html_is_escaped(
+    bot_factory: Callable[..., Any], telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply('<script>alert("x")</script> & <b onclick="evil()">bold</b>')
+    async with bot_factory():
+        telegram.push(private_message("inject"))
+        await texts_become(
+            telegram,
+            1,
+            [
+                '&lt;script&gt;alert("x")&lt;/script&gt; &amp; '
+                '&lt;b onclick="evil()"&gt;bold&lt;/b&gt;'
+            ],
+        )
+        [message] = telegram.messages_in(1)
+        assert message["plain"] == '<script>alert("x")</script> & <b onclick="evil()">bold</b>'
+
+
+async def test_a_ten_thousand_character_answer_is_split_with_code_blocks_intact(
+    bot_factory: Callable[..., Any], telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    code = "\n".join(f"x_{n} = {n} * 2  # step {n}" for n in range(300))
+    prose = " ".join(["Here is why the code works the way it does."] * 60)
+    answer = f"{prose}\n\n```python\n{code}\n```\n\n{prose}"
+    assert len(answer) > 10_000
+    fake_openai.reply(answer, chunk_size=500)
+    async with bot_factory():
+        telegram.push(private_message("long please"))
+        await telegram.wait_for(
+            lambda: (
+                len(telegram.texts_in(1)) >= 3
+                and telegram.messages_in(1)[-1]["plain"].endswith("does.")
+            ),
+            what="the whole answer",
+        )
+    parts = telegram.messages_in(1)
+    assert all(len(part["plain"]) <= 4096 for part in parts)
+    assert all(part["text"].count("<pre>") == part["text"].count("</pre>") for part in parts)
+    shown = "".join(part["plain"] for part in parts)
+    assert all(f"x_{n} = {n} * 2  # step {n}" in shown for n in range(300))
+
+
+async def test_persona_and_reset_commands_work(
+    bot_factory: Callable[..., Any], telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.default = Reply("fine")
+    async with bot_factory() as running:
+        telegram.push(private_message("/persona coder"))
+        await telegram.wait_for(lambda: len(telegram.texts_in(1)) == 1)
+        assert "coder" in telegram.texts_in(1)[0]
+        channel = await running.runtime.store.channel(key=ConversationKey("telegram", "", "1"))
+        assert channel.persona == "coder"
+
+        telegram.push(private_message("remember 42"))
+        await texts_become(telegram, 1, [telegram.texts_in(1)[0], "fine"])
+        telegram.push(private_message("/reset"))
+        await telegram.wait_for(lambda: len(telegram.texts_in(1)) == 3)
+        assert telegram.texts_in(1)[2] == wording.RESET_DONE
+        telegram.push(private_message("what did I say?"))
+        await telegram.wait_for(lambda: len(telegram.texts_in(1)) == 4)
+        # After /reset the model sees only the new message.
+        assert [m["role"] for m in fake_openai.chat_requests[-1]["messages"]] == [
+            "system",
+            "user",
+        ]
+        telegram.push(private_message("/start"))
+        await telegram.wait_for(lambda: len(telegram.texts_in(1)) == 5)
+        assert telegram.texts_in(1)[4].startswith("Commands:")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"TELEGRAM_BOT_TOKEN": "not-a-token"}, "TELEGRAM_BOT_TOKEN: not a bot token"),
+        (
+            {"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_WEBHOOK_URL": "https://bot.example.com/t"},
+            "TELEGRAM_WEBHOOK_URL is set but TELEGRAM_WEBHOOK_SECRET is not",
+        ),
+        (
+            {"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_WEBHOOK_SECRET": "has spaces"},
+            "TELEGRAM_WEBHOOK_SECRET: use 1-256 characters",
+        ),
+        (
+            {"TELEGRAM_BOT_TOKEN": "999:ZZZZZZZZZZZZZZZZZZZZZZZZZZ"},
+            "TELEGRAM_BOT_TOKEN: Telegram refused it",
+        ),
+    ],
+)
+async def test_parley_run_telegram_explains_a_wrong_setting_in_one_line(
+    tmp_path: Any, settings: dict[str, str], message: str
+) -> None:
+    async with FakeTelegram(token=TOKEN) as telegram:
+        keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+        env = {
+            **keep,
+            "DATABASE_URL": f"sqlite:///{tmp_path}/run.db",
+            "OPENAI_API_KEY": "sk-test",
+            "TELEGRAM_API_URL": telegram.url,
+            **settings,
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bots",
+            "run",
+            "telegram",
+            env=env,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+    lines = err.decode().strip().splitlines()
+    assert process.returncode == 2
+    assert len(lines) == 1 and message in lines[0], lines
