@@ -189,9 +189,13 @@ def _platform(
             from adapters.slack.bot import SlackBot
 
             return SlackBot(**parts)
-        from adapters.telegram.bot import TelegramBot
+        if name == "telegram":
+            from adapters.telegram.bot import TelegramBot
 
-        return TelegramBot(**parts)
+            return TelegramBot(**parts)
+        from adapters.discord.bot import DiscordBot
+
+        return DiscordBot(**parts)
     except ImportError as exc:
         raise ConfigError(
             f"{name} needs the {name} extra: pip install 'parley[{name}]' ({exc})"

@@ -5,7 +5,11 @@ from __future__ import annotations
 from core.config import Settings
 
 # Name -> the setting whose presence turns the platform on.
-PLATFORMS = {"slack": "SLACK_BOT_TOKEN", "telegram": "TELEGRAM_BOT_TOKEN"}
+PLATFORMS = {
+    "slack": "SLACK_BOT_TOKEN",
+    "telegram": "TELEGRAM_BOT_TOKEN",
+    "discord": "DISCORD_BOT_TOKEN",
+}
 
 
 def configured(settings: Settings, platform: str) -> bool:

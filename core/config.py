@@ -124,6 +124,19 @@ class Settings(BaseSettings):
     telegram_webhook_secret: SecretStr | None = Field(None, alias="TELEGRAM_WEBHOOK_SECRET")
     telegram_update_interval: PositiveFloat = Field(1.0, alias="PARLEY_TELEGRAM_UPDATE_INTERVAL")
 
+    discord_bot_token: SecretStr | None = Field(None, alias="DISCORD_BOT_TOKEN")
+    discord_api_url: AnyHttpUrl = Field(
+        AnyHttpUrl("https://discord.com/api/v10"), alias="DISCORD_API_URL"
+    )
+    discord_gateway_url: str = Field(
+        "wss://gateway.discord.gg/", alias="DISCORD_GATEWAY_URL", pattern=r"^wss?://"
+    )
+    discord_shard_count: PositiveInt | None = Field(None, alias="DISCORD_SHARD_COUNT")
+    discord_shard_ids: Annotated[tuple[NonNegativeInt, ...], NoDecode] = Field(
+        (), alias="DISCORD_SHARD_IDS"
+    )
+    discord_update_interval: PositiveFloat = Field(1.0, alias="PARLEY_DISCORD_UPDATE_INTERVAL")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "WARNING", alias="PARLEY_LOG_LEVEL"
     )
@@ -145,6 +158,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "tool_modules",
+        "discord_shard_ids",
         "moderation",
         "admins",
         "allow_users",
@@ -213,6 +227,15 @@ class Settings(BaseSettings):
         if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", secret):
             raise ValueError("use 1-256 characters: letters, digits, _ and -")
         return value
+
+    @model_validator(mode="after")
+    def _discord_shards(self) -> Settings:
+        count, ids = self.discord_shard_count, self.discord_shard_ids
+        if ids and count is None:
+            raise ValueError("DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT (the total number)")
+        if count is not None and any(shard >= count for shard in ids):
+            raise ValueError(f"DISCORD_SHARD_IDS must be below DISCORD_SHARD_COUNT ({count})")
+        return self
 
     @model_validator(mode="after")
     def _telegram_webhook(self) -> Settings:

@@ -127,6 +127,10 @@ class Engine:
             limits=limiter.limits if limiter is not None else None,
         )
 
+    @property
+    def personas(self) -> PersonaCatalogue:
+        return self._personas
+
     async def handle(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
         """Answer one inbound message; yields nothing for a redelivered event.
 

@@ -24,6 +24,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.http import HttpServer
+from adapters.inflight import InFlight
 from adapters.rendering import RateLimited, StreamingReply, deliver
 from adapters.slack.translate import (
     SlackMessage,
@@ -149,6 +150,7 @@ class SlackBot:
         self._team_id = ""
         self._names: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._socket: AsyncSocketModeHandler | None = None
+        self._inflight = InFlight()
         if settings.slack_app_token is None:
             assert http is not None, "HTTP events need the shared HTTP server"
             http.add_post(EVENTS_PATH, self._on_http)
@@ -180,6 +182,7 @@ class SlackBot:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        await self._inflight.finish()  # the HTTP server has stopped already: nothing new
         if self._socket is not None:
             await self._socket.close_async()
             # close_async cancels the client's tasks without waiting for them to end.
@@ -201,9 +204,14 @@ class SlackBot:
     async def _on_mention(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         message = self._parse(event, body)
         if message is not None:
-            await self._answer(message)
+            with self._inflight.track():
+                await self._answer(message)
 
     async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        with self._inflight.track():
+            await self._on_channel_message(event, body)
+
+    async def _on_channel_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         message = self._parse(event, body)
         if message is None:
             return
@@ -309,6 +317,12 @@ class SlackBot:
         respond: Callable[..., Awaitable[Any]],
     ) -> None:
         await ack()  # within Slack's 3 seconds; the answer follows through response_url
+        with self._inflight.track():
+            await self._answer_command(command, respond)
+
+    async def _answer_command(
+        self, command: dict[str, Any], respond: Callable[..., Awaitable[Any]]
+    ) -> None:
         words = str(command.get("text") or "").strip()
         first = words.split(maxsplit=1)[0].lower() if words else "help"
         team = str(command.get("team_id") or self._team_id)
@@ -334,4 +348,3 @@ class SlackBot:
 
     async def _on_error(self, error: Exception, body: dict[str, Any]) -> None:
         log.error("Slack: a listener failed: %s", error, exc_info=error)
-

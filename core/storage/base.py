@@ -199,8 +199,10 @@ class SessionStore(Protocol):
         """Start a fresh window: later turns see no earlier message. Deletes nothing."""
         ...
 
-    async def set_persona(self, *, key: ConversationKey, persona: str) -> None:
-        """Use `persona` in this conversation and, by default, in its whole channel."""
+    async def set_persona(
+        self, *, key: ConversationKey, persona: str, channel: bool = True
+    ) -> None:
+        """Use `persona` in this conversation and, unless `channel` is False, in its channel."""
         ...
 
     async def save_summary(self, *, conversation_id: int, summary: str, through_id: int) -> None:

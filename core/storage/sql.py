@@ -260,21 +260,24 @@ class SqlStore:
 
         await self._run(work)
 
-    async def set_persona(self, *, key: ConversationKey, persona: str) -> None:
+    async def set_persona(
+        self, *, key: ConversationKey, persona: str, channel: bool = True
+    ) -> None:
         def work(connection: Connection) -> None:
-            connection.execute(
-                self._insert(channel_settings)
-                .values(
-                    platform=key.platform,
-                    workspace=key.workspace,
-                    channel=key.channel,
-                    persona=persona,
+            if channel:
+                connection.execute(
+                    self._insert(channel_settings)
+                    .values(
+                        platform=key.platform,
+                        workspace=key.workspace,
+                        channel=key.channel,
+                        persona=persona,
+                    )
+                    .on_conflict_do_update(
+                        index_elements=["platform", "workspace", "channel"],
+                        set_={"persona": persona, "updated_at": func.now()},
+                    )
                 )
-                .on_conflict_do_update(
-                    index_elements=["platform", "workspace", "channel"],
-                    set_={"persona": persona, "updated_at": func.now()},
-                )
-            )
             state = self._upsert_conversation(connection, key)
             connection.execute(
                 update(conversations).where(conversations.c.id == state.id).values(persona=persona)

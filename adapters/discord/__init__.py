@@ -1,0 +1,1 @@
+"""The Discord adapter: gateway messages and interactions in, Discord Markdown replies out."""
