@@ -89,9 +89,10 @@ async def test_ask_is_deferred_then_answered(
         await discord_fake.dispatch(
             "INTERACTION_CREATE", interaction_create("ask", {"prompt": "Capital of France?"})
         )
+        answer = "**Paris**, on the Seine."
         await discord_fake.wait_for(
             lambda: any(
-                r["kind"] == "edit_original" and r["body"].get("content") == "**Paris**, on the Seine."
+                r["kind"] == "edit_original" and r["body"].get("content") == answer
                 for r in discord_fake.interaction_responses
             ),
             what="the answer in the original response",
