@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import discord
 import pytest
 
 from adapters.discord.bot import DiscordBot
@@ -234,3 +235,14 @@ async def test_slash_persona_changes_the_channels_persona(
         channel = await runtime.store.channel(key=ConversationKey("discord", GUILD_ID, CHANNEL_ID))
         assert channel.persona == "coder"
     assert fake_openai.chat_requests == []
+
+
+async def test_shard_settings_make_an_auto_sharded_client(engine_factory: Any) -> None:
+    async with engine_factory() as runtime:
+        settings = make_settings(
+            DISCORD_BOT_TOKEN="token", DISCORD_SHARD_COUNT="4", DISCORD_SHARD_IDS="1,3"
+        )
+        # Built, not started: nothing is opened until login.
+        bot = DiscordBot(engine=runtime.engine, store=runtime.store, settings=settings)
+        assert isinstance(bot.client, discord.AutoShardedClient)
+        assert (bot.client.shard_count, bot.client.shard_ids) == (4, [1, 3])

@@ -137,3 +137,15 @@ def test_a_bad_policy_file_is_one_line_naming_it(tmp_path: Path) -> None:
     message = str(caught.value)
     assert message.startswith(f"PARLEY_MODERATION_POLICY: {policy}: pii.email: Input should be")
     assert "rules.0" in message and "\n" not in message
+
+
+def test_platform_settings_are_checked_at_start_up() -> None:
+    assert "DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT" in config_error(DISCORD_SHARD_IDS="0,1")
+    assert "below DISCORD_SHARD_COUNT (2)" in config_error(
+        DISCORD_SHARD_COUNT="2", DISCORD_SHARD_IDS="1,2"
+    )
+    assert config_error(DISCORD_GATEWAY_URL="http://x").startswith(
+        "invalid setting DISCORD_GATEWAY_URL:"
+    )
+    settings = load_settings(_env_file=None, DISCORD_SHARD_COUNT="4", DISCORD_SHARD_IDS="0, 2")
+    assert settings.discord_shard_ids == (0, 2)
