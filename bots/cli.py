@@ -9,6 +9,7 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from signal import SIGINT, SIGTERM
 
@@ -146,20 +147,9 @@ async def _flags(settings: Settings, arguments: argparse.Namespace) -> int:
 
 
 def _flag_json(flag: StoredFlag) -> dict[str, object]:
-    return {
-        "id": flag.id,
-        "at": flag.at.isoformat(),
-        "platform": flag.key.platform,
-        "workspace": flag.key.workspace,
-        "channel": flag.key.channel,
-        "thread": flag.key.thread,
-        "user_id": flag.user_id,
-        "direction": flag.direction,
-        "action": flag.action,
-        "categories": flag.categories,
-        "scores": flag.scores,
-        "excerpt": flag.excerpt,
-    }
+    """The flag's fields, its conversation's key flattened in (platform, workspace, ...)."""
+    data = asdict(flag)
+    return {"id": data.pop("id"), **data.pop("key"), **data, "at": flag.at.isoformat()}
 
 
 async def _db(settings: Settings, action: str, revision: str) -> int:

@@ -89,18 +89,10 @@ class FlagRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredFlag:
-    """A flag read back for `parley flags`."""
+class StoredFlag(FlagRecord):
+    """A flag read back for `parley flags`, with its id."""
 
     id: int
-    key: ConversationKey
-    user_id: str
-    direction: str
-    action: str
-    categories: list[str]
-    scores: dict[str, float]
-    excerpt: str
-    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
