@@ -332,6 +332,7 @@ class StreamingReply:
         *,
         render: Callable[[str], str],
         limit: int,
+        measure: Callable[[str], int] = len,
         interval: float = 1.0,
         placeholder: str | None = "…",
         clock: Callable[[], float] = time.monotonic,
@@ -343,7 +344,9 @@ class StreamingReply:
         Args:
             sink: Where the messages go.
             render: Markdown to the platform's markup.
-            limit: The longest rendered text one message may hold.
+            limit: The longest rendered text one message may hold, as `measure` counts.
+            measure: The length the platform counts in rendered text (Telegram counts the
+                text without its HTML tags, in UTF-16 units).
             interval: Seconds between two platform calls (edits, posts and deletes alike).
             placeholder: Shown, as is, until the first text arrives; None posts nothing
                 until then (Telegram shows "typing…" instead).
@@ -358,6 +361,7 @@ class StreamingReply:
             raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
         self._sink = sink
         self._render = render
+        self._measure = measure
         self._limit = limit
         self._interval = interval
         self._placeholder = placeholder
@@ -498,7 +502,9 @@ class StreamingReply:
             await self._sleep(delay)
 
     def _rendered_parts(self, markdown: str) -> list[str]:
-        parts = split_markdown(markdown, self._limit, measure=lambda p: len(self._render(p)))
+        parts = split_markdown(
+            markdown, self._limit, measure=lambda p: self._measure(self._render(p))
+        )
         return [self._render(part) for part in parts]
 
 

@@ -19,7 +19,6 @@ from core.events import Inbound, Refused
 from core.storage.base import AccessRule, LimitCounts, SessionStore
 
 KINDS = ("user", "channel", "workspace")
-LISTS = ("allow", "block")
 
 # How long the database's access rules are trusted before they are read again; a change made
 # through another process takes at most this long to apply here (changes here apply at once).

@@ -33,6 +33,7 @@ from adapters.telegram.translate import (
     html_to_plain,
     markdown_to_html,
     parse_update,
+    rendered_length,
 )
 from core.commands import COMMANDS
 from core.config import Settings
@@ -256,6 +257,7 @@ class TelegramBot:
             sink,
             render=markdown_to_html,
             limit=TELEGRAM_LIMIT,
+            measure=rendered_length,
             interval=self._settings.telegram_update_interval,
             placeholder=None,
         )
