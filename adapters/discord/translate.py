@@ -17,11 +17,11 @@ between receiving a message and sending the reply.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.markdown import aligned_table, table_end
 from core.events import ConversationKey
 
 PLATFORM = "discord"
@@ -285,9 +285,6 @@ _CODE_BLOCK = re.compile(r"\\[\s\S]|(?P<code>```[\s\S]+?```)")
 # whether Discord does is not worth betting a mass ping on.
 _MENTION_BREAK = re.compile(r"(?<=<)(?=[@#])|(?<=@)(?=everyone|here)", re.IGNORECASE)
 
-_TABLE_DELIMITER = re.compile(r"^[ \t]*\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$")
-_CELL_SEPARATOR = re.compile(r"(?<!\\)\|")
-
 
 def safe_text(markdown: str) -> str:
     """Prepare the model's Markdown for a Discord message.
@@ -336,82 +333,12 @@ def _tables_to_code(text: str) -> str:
     out: list[str] = []
     i = 0
     while i < len(lines):
-        if end := _table_end(lines, i):
-            out += ["```", *_aligned_table(lines[i:end]), "```"]
+        if end := table_end(lines, i):
+            # The block is all code: a cell's code markers would show, or close it early.
+            table = aligned_table(lines[i:end], lambda cell: cell.replace("`", ""))
+            out += ["```", *table, "```"]
             i = end
         else:
             out.append(lines[i])
             i += 1
     return "\n".join(out)
-
-
-def _table_end(lines: list[str], start: int) -> int:
-    """Where a GFM table starting at `start` ends (exclusive), or 0 if none starts there."""
-    if start + 1 >= len(lines) or "|" not in lines[start]:
-        return 0
-    delimiter = lines[start + 1]
-    if (
-        "|" not in delimiter
-        or not _TABLE_DELIMITER.match(delimiter)
-        or len(_cells(delimiter)) != len(_cells(lines[start]))
-    ):
-        return 0
-    end = start + 2
-    while end < len(lines) and lines[end].strip() and "|" in lines[end]:
-        end += 1
-    return end
-
-
-def _cells(row: str) -> list[str]:
-    row = row.strip().removeprefix("|")
-    if row.endswith("|") and not row.endswith("\\|"):
-        row = row[:-1]
-    return [
-        cell.strip().replace("\\|", "|").replace("`", "") for cell in _CELL_SEPARATOR.split(row)
-    ]
-
-
-def _aligned_table(lines: list[str]) -> list[str]:
-    """The table's rows with every column padded to one width, aligned as the table says."""
-    header, delimiter, *body = (_cells(line) for line in lines)
-    rows = [header, *body]
-    columns = max(len(row) for row in rows)
-    rows = [row + [""] * (columns - len(row)) for row in rows]
-    widths = [max(3, *(_width(row[c]) for row in rows)) for c in range(columns)]
-    aligns = [_alignment(spec) for spec in delimiter] + [_ljust] * (columns - len(delimiter))
-
-    def render(row: list[str]) -> str:
-        padded = (
-            align(cell, width) for align, cell, width in zip(aligns, row, widths, strict=True)
-        )
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
-    return [render(rows[0]), rule, *(render(row) for row in rows[1:])]
-
-
-def _width(text: str) -> int:
-    """Columns the text takes in a monospace font: wide (CJK, emoji) count two, marks zero."""
-    return sum(
-        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
-        for c in text
-    )
-
-
-def _ljust(text: str, width: int) -> str:
-    return text + " " * (width - _width(text))
-
-
-def _rjust(text: str, width: int) -> str:
-    return " " * (width - _width(text)) + text
-
-
-def _center(text: str, width: int) -> str:
-    left = (width - _width(text)) // 2
-    return " " * left + _ljust(text, width - left)
-
-
-def _alignment(spec: str) -> Callable[[str, int], str]:
-    if spec.endswith(":"):
-        return _center if spec.startswith(":") else _rjust
-    return _ljust

@@ -14,12 +14,24 @@ receives events and posts replies, and calls these functions in between.
 from __future__ import annotations
 
 import re
-import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from adapters.markdown import (
+    BULLET,
+    FENCE,
+    HEADING,
+    INLINE_TOKEN,
+    QUOTE,
+    RULE,
+    TASK,
+    aligned_table,
+    fence_end,
+    link_parts,
+    table_end,
+)
 from core.events import ConversationKey
 
 PLATFORM = "slack"
@@ -283,41 +295,6 @@ _SENTINELS = re.compile("[\x00-\x03]")
 _PLACEHOLDER = re.compile("\x00([0-9]+)\x00")
 _MARKERS = str.maketrans({"\x01": "*", "\x02": "_", "\x03": "~"})
 
-# A backtick fence's info string holds no backtick: "```ls``` now" is inline code.
-_FENCE = re.compile(r"^[ \t]*(`{3,}(?=[^`]*$)|~{3,})")
-_HEADING = re.compile(r"^ {0,3}#{1,6}(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
-_RULE = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
-_QUOTE = re.compile(r"^ {0,3}(?:>[ \t]?)+")
-_TASK = re.compile(r"^([ \t]*)[-*+][ \t]+\[([ xX])\][ \t]+(.*)$")
-_BULLET = re.compile(r"^([ \t]*)[-*+][ \t]+(.*)$")
-_TABLE_DELIMITER = re.compile(r"^[ \t]*\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$")
-_CELL_SEPARATOR = re.compile(r"(?<!\\)\|")
-
-
-def _link_pattern(kind: str) -> str:
-    """`[label](destination "title")`; the destination is `<anything>` or a run without
-    spaces that may hold balanced parentheses (Wikipedia's `Foo_(bar)`)."""
-    return (
-        rf"\[(?P<{kind}_label>(?:[^\[\]]|\[[^\[\]]*\])*)\]"
-        rf"\(\s*(?:<(?P<{kind}_angled>[^<>\n]*)>|(?P<{kind}_bare>(?:[^\s()]|\([^\s()]*\))*))"
-        r"(?:\s+(?:\"[^\"]*\"|'[^']*'))?\s*\)"
-    )
-
-
-# Alternatives in priority order where two could start at the same place; each is rendered
-# whole and hidden from the rules that follow.
-_INLINE_TOKEN = re.compile(
-    r"(?P<code>(?P<ticks>`+).+?(?<!`)(?P=ticks)(?!`))"
-    # Markdown's backslash escapes, for the characters it marks up with; not `\.` or `\\`,
-    # which Windows paths (C:\Users\me\.ssh, \\server\share) are full of.
-    r"|\\(?P<escaped>[`*_~\[\]#|])"
-    rf"|!{_link_pattern('image')}"
-    rf"|{_link_pattern('link')}"
-    r"|<(?P<autolink>(?:https?://|mailto:)[^\s<>]+)>"
-    # A bare URL ends before trailing punctuation and emphasis markers (`**https://x.y**`).
-    r"|(?P<url>https?://(?:[^\s<>()]|\([^\s<>()]*\))*(?:[^\s<>().,;:!?'\"*_~]|\([^\s<>()]*\)))",
-    re.IGNORECASE,
-)
 _LINKABLE = re.compile(r"^(?:https?://|mailto:)\S", re.IGNORECASE)
 _URL_UNSAFE = re.compile(r"[\s|<>\"]")
 
@@ -381,12 +358,12 @@ def markdown_to_mrkdwn(text: str) -> str:
     out: list[str] = []
     i = 0
     while i < len(lines):
-        if fence := _FENCE.match(lines[i]):
-            end = _fence_end(lines, i + 1, fence[1])
+        if fence := FENCE.match(lines[i]):
+            end = fence_end(lines, i + 1, fence[1])
             out.append(_code_block(lines[i + 1 : end]))
             i = end + 1
-        elif end := _table_end(lines, i):
-            out.append(_code_block(_aligned_table(lines[i:end])))
+        elif end := table_end(lines, i):
+            out.append(_code_block(aligned_table(lines[i:end])))
             i = end
         else:
             out.append(_convert_line(lines[i]))
@@ -402,25 +379,19 @@ def _code_block(lines: list[str]) -> str:
     return "\n".join(["```", *(_escape(line) for line in lines), "```"])
 
 
-def _fence_end(lines: list[str], start: int, fence: str) -> int:
-    """The index of the closing fence; an unclosed fence runs to the end, as in CommonMark."""
-    closing = re.compile(rf"^[ \t]*{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$")
-    return next((i for i in range(start, len(lines)) if closing.match(lines[i])), len(lines))
-
-
 def _convert_line(line: str) -> str:
-    if _RULE.match(line):
+    if RULE.match(line):
         return HORIZONTAL_RULE
-    if quote_marks := _QUOTE.match(line):
+    if quote_marks := QUOTE.match(line):
         inner = _convert_line(line[quote_marks.end() :])
         return f"> {inner}" if inner else ">"
-    if heading := _HEADING.match(line):
+    if heading := HEADING.match(line):
         title = _inline(heading[1] or "", in_bold=True)
         return f"*{title}*" if title else ""
-    if task := _TASK.match(line):
+    if task := TASK.match(line):
         box = "☐" if task[2] == " " else "☑"
         return f"{task[1]}{box} {_inline(task[3])}"
-    if bullet := _BULLET.match(line):
+    if bullet := BULLET.match(line):
         return f"{bullet[1]}• {_inline(bullet[2])}"
     return _inline(line)
 
@@ -433,7 +404,7 @@ def _inline(text: str, *, in_bold: bool = False) -> str:
         pieces.append(_render_token(match))
         return f"\x00{len(pieces) - 1}\x00"
 
-    text = _escape(_INLINE_TOKEN.sub(hide, text))
+    text = _escape(INLINE_TOKEN.sub(hide, text))
     for pattern, replacement in _EMPHASIS:
         text = pattern.sub(replacement, text)
     if in_bold:
@@ -452,9 +423,7 @@ def _render_token(match: re.Match[str]) -> str:
         return _link("", groups["autolink"])
     if groups["url"] is not None:
         return _escape(groups["url"])
-    kind = "image" if groups["image_label"] is not None else "link"
-    angled, bare = groups[f"{kind}_angled"], groups[f"{kind}_bare"]
-    return _link(groups[f"{kind}_label"], angled if angled is not None else bare)
+    return _link(*link_parts(match))
 
 
 def _link(label: str, url: str) -> str:
@@ -470,74 +439,3 @@ def _link(label: str, url: str) -> str:
     if not label or label == url:
         return _escape(url)
     return _escape(f"{label} ({url})" if url else label)
-
-
-def _table_end(lines: list[str], start: int) -> int:
-    """Where a GFM table starting at `start` ends (exclusive), or 0 if none starts there."""
-    if start + 1 >= len(lines) or "|" not in lines[start]:
-        return 0
-    delimiter = lines[start + 1]
-    if (
-        "|" not in delimiter
-        or not _TABLE_DELIMITER.match(delimiter)
-        or len(_cells(delimiter)) != len(_cells(lines[start]))
-    ):
-        return 0
-    end = start + 2
-    while end < len(lines) and lines[end].strip() and "|" in lines[end]:
-        end += 1
-    return end
-
-
-def _cells(row: str) -> list[str]:
-    row = row.strip()
-    row = row.removeprefix("|")
-    if row.endswith("|") and not row.endswith("\\|"):
-        row = row[:-1]
-    return [cell.strip().replace("\\|", "|") for cell in _CELL_SEPARATOR.split(row)]
-
-
-def _aligned_table(lines: list[str]) -> list[str]:
-    """The table's rows with every column padded to one width, aligned as the table says."""
-    header, delimiter, *body = (_cells(line) for line in lines)
-    rows = [header, *body]
-    columns = max(len(row) for row in rows)
-    rows = [row + [""] * (columns - len(row)) for row in rows]
-    widths = [max(3, *(_width(row[c]) for row in rows)) for c in range(columns)]
-    aligns = [_alignment(spec) for spec in delimiter] + [_ljust] * (columns - len(delimiter))
-
-    def render(row: list[str]) -> str:
-        padded = (
-            align(cell, width) for align, cell, width in zip(aligns, row, widths, strict=True)
-        )
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
-    return [render(rows[0]), rule, *(render(row) for row in rows[1:])]
-
-
-def _width(text: str) -> int:
-    """Columns the text takes in a monospace font: wide (CJK, emoji) count two, marks zero."""
-    return sum(
-        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
-        for c in text
-    )
-
-
-def _ljust(text: str, width: int) -> str:
-    return text + " " * (width - _width(text))
-
-
-def _rjust(text: str, width: int) -> str:
-    return " " * (width - _width(text)) + text
-
-
-def _center(text: str, width: int) -> str:
-    left = (width - _width(text)) // 2
-    return " " * left + _ljust(text, width - left)
-
-
-def _alignment(spec: str) -> Callable[[str, int], str]:
-    if spec.endswith(":"):
-        return _center if spec.startswith(":") else _rjust
-    return _ljust

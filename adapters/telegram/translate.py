@@ -18,13 +18,25 @@ receiving an update and sending the reply.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from adapters.markdown import (
+    BULLET,
+    FENCE,
+    HEADING,
+    INLINE_TOKEN,
+    QUOTE,
+    RULE,
+    TASK,
+    aligned_table,
+    fence_end,
+    link_parts,
+    table_end,
+)
 from core.events import ConversationKey
 
 PLATFORM = "telegram"
@@ -279,41 +291,6 @@ def conversation_key(message: TelegramMessage, *, scope: str | None) -> Conversa
 
 # --- Markdown → Telegram HTML -------------------------------------------------------------
 
-# A backtick fence's info string holds no backtick: "```ls``` now" is inline code.
-_FENCE = re.compile(r"^[ \t]*(`{3,}(?=[^`]*$)|~{3,})(.*)$")
-_HEADING = re.compile(r"^ {0,3}#{1,6}(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
-_RULE = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
-_QUOTE = re.compile(r"^ {0,3}(?:>[ \t]?)+")
-_TASK = re.compile(r"^([ \t]*)[-*+][ \t]+\[([ xX])\][ \t]+(.*)$")
-_BULLET = re.compile(r"^([ \t]*)[-*+][ \t]+(.*)$")
-_TABLE_DELIMITER = re.compile(r"^[ \t]*\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$")
-_CELL_SEPARATOR = re.compile(r"(?<!\\)\|")
-
-
-def _link_pattern(kind: str) -> str:
-    """`[label](destination "title")`; the destination is `<anything>` or a run without
-    spaces that may hold balanced parentheses (Wikipedia's `Foo_(bar)`)."""
-    return (
-        rf"\[(?P<{kind}_label>(?:[^\[\]]|\[[^\[\]]*\])*)\]"
-        rf"\(\s*(?:<(?P<{kind}_angled>[^<>\n]*)>|(?P<{kind}_bare>(?:[^\s()]|\([^\s()]*\))*))"
-        r"(?:\s+(?:\"[^\"]*\"|'[^']*'))?\s*\)"
-    )
-
-
-# Pieces rendered whole, which emphasis can surround but never cut into; alternatives in
-# priority order where two could start at the same place.
-_INLINE_TOKEN = re.compile(
-    r"(?P<code>(?P<ticks>`+)(?P<code_text>.+?)(?<!`)(?P=ticks)(?!`))"
-    # Markdown's backslash escapes, for the characters it marks up with; not `\.` or `\\`,
-    # which Windows paths (C:\Users\me\.ssh, \\server\share) are full of.
-    r"|\\(?P<escaped>[`*_~\[\]#|])"
-    rf"|!{_link_pattern('image')}"
-    rf"|{_link_pattern('link')}"
-    r"|<(?P<autolink>(?:https?://|mailto:)[^\s<>]+)>"
-    # A bare URL ends before trailing punctuation and emphasis markers (`**https://x.y**`).
-    r"|(?P<url>https?://(?:[^\s<>()]|\([^\s<>()]*\))*(?:[^\s<>().,;:!?'\"*_~]|\([^\s<>()]*\)))",
-    re.IGNORECASE,
-)
 _LINKABLE = re.compile(r"^(?:https?://|mailto:|tg://)\S", re.IGNORECASE)
 _URL_UNSAFE = re.compile(r"[\s<>\"]")
 _DELIMITER_RUN = re.compile(r"\*+|_+|~+")
@@ -360,15 +337,15 @@ def markdown_to_html(text: str) -> str:
     out: list[str] = []
     i = 0
     while i < len(lines):
-        if fence := _FENCE.match(lines[i]):
-            end = _fence_end(lines, i + 1, fence[1])
-            language = next(iter(fence[2].split()), "")
+        if fence := FENCE.match(lines[i]):
+            end = fence_end(lines, i + 1, fence[1])
+            language = next(iter(lines[i][fence.end() :].split()), "")
             out.append(_code_block(lines[i + 1 : end], language))
             i = end + 1
-        elif end := _table_end(lines, i):
+        elif end := table_end(lines, i):
             out.append(_table(lines[i:end]))
             i = end
-        elif _QUOTE.match(lines[i]):
+        elif QUOTE.match(lines[i]):
             quoted = list(_quoted_lines(lines, i))
             inner = "\n".join(_convert_line(line) for line in quoted)
             out.append(f"<blockquote>{inner}</blockquote>")
@@ -387,12 +364,6 @@ def _escape_attribute(text: str) -> str:
     return _escape(text).replace('"', "&quot;")
 
 
-def _fence_end(lines: list[str], start: int, fence: str) -> int:
-    """The index of the closing fence; an unclosed fence runs to the end, as in CommonMark."""
-    closing = re.compile(rf"^[ \t]*{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$")
-    return next((i for i in range(start, len(lines)) if closing.match(lines[i])), len(lines))
-
-
 def _code_block(lines: list[str], language: str) -> str:
     # A block with nothing in it (a reply streamed up to "```python") would be an empty
     # message, which Telegram refuses.
@@ -406,22 +377,22 @@ def _code_block(lines: list[str], language: str) -> str:
 def _quoted_lines(lines: list[str], start: int) -> Iterator[str]:
     """The quote's lines from `start` on, without their `>` markers."""
     for line in lines[start:]:
-        if not (marks := _QUOTE.match(line)):
+        if not (marks := QUOTE.match(line)):
             return
         yield line[marks.end() :]
 
 
 def _convert_line(line: str) -> str:
-    if _RULE.match(line):
+    if RULE.match(line):
         return HORIZONTAL_RULE
-    if heading := _HEADING.match(line):
+    if heading := HEADING.match(line):
         # The title is bold already; bold inside it would only nest <b> in <b>.
         title = _inline(heading[1] or "").replace("<b>", "").replace("</b>", "")
         return f"<b>{title}</b>" if title else ""
-    if task := _TASK.match(line):
+    if task := TASK.match(line):
         box = "☐" if task[2] == " " else "☑"
         return f"{task[1]}{box} {_inline(task[3])}"
-    if bullet := _BULLET.match(line):
+    if bullet := BULLET.match(line):
         return f"{bullet[1]}• {_inline(bullet[2])}"
     return _inline(line)
 
@@ -463,7 +434,7 @@ def _inline(text: str, *, in_link: bool = False) -> str:
     """
     parts: list[str | _Run] = []
     position = 0
-    for token in _INLINE_TOKEN.finditer(text):
+    for token in INLINE_TOKEN.finditer(text):
         parts.extend(_text_and_delimiters(text, position, token.start()))
         parts.append(_render_token(token, in_link=in_link))
         position = token.end()
@@ -547,9 +518,7 @@ def _render_token(match: re.Match[str], *, in_link: bool) -> str:
         return _escape(groups["autolink"])
     if groups["url"] is not None or in_link:
         return _escape(match[0])
-    kind = "image" if groups["image_label"] is not None else "link"
-    angled, bare = groups[f"{kind}_angled"], groups[f"{kind}_bare"]
-    return _link(groups[f"{kind}_label"], angled if angled is not None else bare)
+    return _link(*link_parts(match))
 
 
 def _code_span_text(text: str) -> str:
@@ -574,79 +543,14 @@ def _link(label: str, url: str) -> str:
 # --- tables -------------------------------------------------------------------------------
 
 
-def _table_end(lines: list[str], start: int) -> int:
-    """Where a GFM table starting at `start` ends (exclusive), or 0 if none starts there."""
-    if start + 1 >= len(lines) or "|" not in lines[start]:
-        return 0
-    delimiter = lines[start + 1]
-    if (
-        "|" not in delimiter
-        or not _TABLE_DELIMITER.match(delimiter)
-        or len(_cells(delimiter)) != len(_cells(lines[start]))
-    ):
-        return 0
-    end = start + 2
-    while end < len(lines) and lines[end].strip() and "|" in lines[end]:
-        end += 1
-    return end
-
-
-def _cells(row: str) -> list[str]:
-    row = row.strip().removeprefix("|")
-    if row.endswith("|") and not row.endswith("\\|"):
-        row = row[:-1]
-    return [cell.strip().replace("\\|", "|") for cell in _CELL_SEPARATOR.split(row)]
-
-
 def _table(lines: list[str]) -> str:
     """A `<pre>` block with every column padded to one width, aligned as the table says.
 
     A `<pre>` holds no formatting, so cells show their plain text (`**ok**` → "ok", a link
     → "label (url)").
     """
-    header, delimiter, *body = (_cells(line) for line in lines)
-    rows = [[html_to_plain(_inline(cell)) for cell in row] for row in (header, *body)]
-    columns = max(len(row) for row in rows)
-    rows = [row + [""] * (columns - len(row)) for row in rows]
-    widths = [max(3, *(_width(row[c]) for row in rows)) for c in range(columns)]
-    aligns = [_alignment(spec) for spec in delimiter] + [_ljust] * (columns - len(delimiter))
-
-    def render(row: list[str]) -> str:
-        padded = (
-            align(cell, width) for align, cell, width in zip(aligns, row, widths, strict=True)
-        )
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
-    table = "\n".join([render(rows[0]), rule, *(render(row) for row in rows[1:])])
+    table = "\n".join(aligned_table(lines, lambda cell: html_to_plain(_inline(cell))))
     return f"<pre>{_escape(table)}</pre>"
-
-
-def _width(text: str) -> int:
-    """Columns the text takes in a monospace font: wide (CJK, emoji) count two, marks zero."""
-    return sum(
-        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
-        for c in text
-    )
-
-
-def _ljust(text: str, width: int) -> str:
-    return text + " " * (width - _width(text))
-
-
-def _rjust(text: str, width: int) -> str:
-    return " " * (width - _width(text)) + text
-
-
-def _center(text: str, width: int) -> str:
-    left = (width - _width(text)) // 2
-    return " " * left + _ljust(text, width - left)
-
-
-def _alignment(spec: str) -> Callable[[str, int], str]:
-    if spec.endswith(":"):
-        return _center if spec.startswith(":") else _rjust
-    return _ljust
 
 
 # --- HTML → plain text --------------------------------------------------------------------
