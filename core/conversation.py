@@ -76,6 +76,7 @@ class EngineOptions:
     tool_steps: int = 5
     buffer_output: bool = False  # hold replies until output moderation has passed them
 
+
 # How much of a flagged text is kept for review (personal data scrubbed).
 EXCERPT_CHARS = 500
 
@@ -144,7 +145,13 @@ class Engine:
                 "event %s/%s already handled; not answering again", key.platform, inbound.event_id
             )
             return
-        if self._access is not None and not await self._access.allows(inbound):
+        try:
+            allowed = self._access is None or await self._access.allows(inbound)
+        except Exception:
+            log.exception("checking access for %s failed", key)
+            yield Failed(text=wording.UNEXPECTED_FAILURE, reason="internal")
+            return
+        if not allowed:
             log.info("refused %s/%s: not on the access lists", key.platform, inbound.user_id)
             yield Refused(text=wording.ACCESS_DENIED, reason="access")
             return

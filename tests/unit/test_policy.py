@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -258,3 +259,24 @@ def test_prices_match_the_longest_family_name_and_provider_prefixes() -> None:
 )
 def test_waits_are_described_rounded_up(seconds: float, words: str) -> None:
     assert describe_wait(timedelta(seconds=seconds)) == words
+
+
+async def test_a_failing_access_lookup_is_a_short_failure_not_a_crash(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI, sqlite_url: str
+) -> None:
+    from core.events import Failed
+    from core.storage import SqlStore, create_database_engine, migrate
+
+    class BrokenRules(SqlStore):
+        async def access_rules(self) -> list[Any]:
+            raise RuntimeError("database gone")
+
+    store = BrokenRules(create_database_engine(sqlite_url))
+    await migrate(store.engine)
+    try:
+        async with engine_factory(store=store, PARLEY_ALLOW_USERS="U1") as runtime:
+            events = await turn(runtime.engine, "hi")
+    finally:
+        await store.close()
+    assert events == [Failed(text=wording.UNEXPECTED_FAILURE, reason="internal")]
+    assert fake_openai.chat_requests == []
