@@ -425,12 +425,15 @@ class SqlStore:
                 channel=ChannelSettings(*row) if row else ChannelSettings(),
             )
             if decide(result):
-                connection.execute(delete(user_requests).where(mine, r.created_at <= minute_ago))
-                connection.execute(
-                    user_requests.insert().values(
-                        platform=key.platform, user_id=user_id, created_at=now
-                    )
+                prune = delete(user_requests).where(mine, r.created_at <= minute_ago)
+                record = user_requests.insert().values(
+                    platform=key.platform, user_id=user_id, created_at=now
                 )
+                if self._postgres:  # one round trip: PostgreSQL runs a DELETE in a WITH
+                    connection.execute(record.add_cte(prune.cte("pruned")))
+                else:
+                    connection.execute(prune)
+                    connection.execute(record)
             return result
 
         return await self._run(work)

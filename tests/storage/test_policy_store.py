@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 
 from core.events import ConversationKey
 from core.storage import SqlStore, UsageRecord
 from core.storage.base import AccessRule, ChannelSettings, FlagRecord, LimitCounts
+from core.storage.tables import user_requests
 from tests.storage.test_sql_store import open_store, user_message
 
 KEY = ConversationKey("slack", "T1", "C1", "1700000000.000100")
@@ -114,6 +116,10 @@ async def test_admit_counts_requests_in_the_last_minute_and_tokens_since_midnigh
     )
     assert later.requests == 1  # only the one from second 20 is still within the minute
     assert later.oldest_request == NOON + timedelta(seconds=20)
+    # Admitting pruned the rows older than a minute: the table stays small.
+    async with store.engine.connect() as connection:
+        kept = await connection.execute(select(user_requests.c.created_at))
+        assert len(kept.all()) == 2  # second 20, and second 61
 
     state = await store.conversation(key=KEY)
     yesterday = NOON - timedelta(days=1)
