@@ -37,6 +37,7 @@ ADMIN_COMMANDS: dict[str, str] = {
     "access": "show or change the access lists: /access allow|block|remove KIND ID",
 }
 ALWAYS_ADMIN = frozenset({"access", "limits"})
+SWITCH_ANSWERS = {"buffer": wording.BUFFER_SET, "mentions": wording.MENTIONS_SET}
 SCOPES = ("thread", "channel", "user")
 
 # "/name" or "/name@botname", then the argument. "/etc/hosts ..." is not a command.
@@ -163,15 +164,14 @@ class CommandHandler:
             cost=_cost(month.cost_usd),
             conversation_tokens=conversation,
         )
-        budget = await self._channel_budget(inbound.key)
+        budget = (await self._channel_limits_of(inbound.key)).tokens_per_day
         if budget:
             left = max(budget - today.tokens, 0)
             report += " " + wording.BUDGET_LEFT.format(left=left, limit=budget)
         return report
 
-    async def _channel_budget(self, key: ConversationKey) -> int:
-        override = (await self._store.channel(key=key)).user_tokens_per_day
-        return self._limits.tokens_per_day if override is None else override
+    async def _channel_limits_of(self, key: ConversationKey) -> Limits:
+        return self._limits.for_channel(await self._store.channel(key=key))
 
     # --- admin commands ---------------------------------------------------------------------
 
@@ -224,13 +224,8 @@ class CommandHandler:
             column = {"rpm": "user_rpm", "tokens": "user_tokens_per_day"}[match.group(1)]
             value = None if match.group(2) == "default" else int(match.group(2))
             await self._store.update_channel(key=inbound.key, **{column: value})
-        channel = await self._store.channel(key=inbound.key)
-        rpm = self._limits.requests_per_minute if channel.user_rpm is None else channel.user_rpm
-        tokens = (
-            self._limits.tokens_per_day
-            if channel.user_tokens_per_day is None
-            else channel.user_tokens_per_day
-        )
+        limits = await self._channel_limits_of(inbound.key)
+        rpm, tokens = limits.requests_per_minute, limits.tokens_per_day
         return wording.LIMITS_CURRENT.format(
             rpm=f"{rpm} requests a minute" if rpm else "no request limit",
             tokens=f"{tokens:,} tokens a day" if tokens else "no daily token budget",
@@ -238,19 +233,26 @@ class CommandHandler:
 
     async def _buffer(self, inbound: Inbound, argument: str) -> str:
         choices = {"on": True, "off": False, "default": None}
-        if argument.lower() not in choices:
-            return wording.BAD_ARGUMENT.format(usage=ADMIN_COMMANDS["buffer"])
-        value = choices[argument.lower()]
-        await self._store.update_channel(key=inbound.key, buffer_output=value)
-        return wording.BUFFER_SET[value]
+        return await self._switch(inbound, argument, "buffer", "buffer_output", choices)
 
     async def _mentions(self, inbound: Inbound, argument: str) -> str:
         choices = {"required": True, "optional": False, "default": None}
+        return await self._switch(inbound, argument, "mentions", "require_mention", choices)
+
+    async def _switch(
+        self,
+        inbound: Inbound,
+        argument: str,
+        command: str,
+        setting: str,
+        choices: dict[str, bool | None],
+    ) -> str:
+        """A channel's on/off/default setting, set by /buffer or /mentions."""
         if argument.lower() not in choices:
-            return wording.BAD_ARGUMENT.format(usage=ADMIN_COMMANDS["mentions"])
+            return wording.BAD_ARGUMENT.format(usage=ADMIN_COMMANDS[command])
         value = choices[argument.lower()]
-        await self._store.update_channel(key=inbound.key, require_mention=value)
-        return wording.MENTIONS_SET[value]
+        await self._store.update_channel(key=inbound.key, **{setting: value})
+        return SWITCH_ANSWERS[command][value]
 
     async def _access_lists(self, inbound: Inbound, argument: str) -> str:
         assert self._access is not None  # only admins get here, and admins need access lists

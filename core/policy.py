@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from core import wording
 from core.events import Inbound, Refused
-from core.storage.base import AccessRule, LimitCounts, SessionStore
+from core.storage.base import AccessRule, ChannelSettings, LimitCounts, SessionStore
 
 KINDS = ("user", "channel", "workspace")
 
@@ -112,17 +112,12 @@ class Limits:
     requests_per_minute: int = 0
     tokens_per_day: int = 0
 
-    def for_channel(self, counts: LimitCounts) -> Limits:
-        channel = counts.channel
+    def for_channel(self, channel: ChannelSettings) -> Limits:
+        """These limits with the channel's overrides applied."""
+        rpm, tokens = channel.user_rpm, channel.user_tokens_per_day
         return Limits(
-            requests_per_minute=(
-                self.requests_per_minute if channel.user_rpm is None else channel.user_rpm
-            ),
-            tokens_per_day=(
-                self.tokens_per_day
-                if channel.user_tokens_per_day is None
-                else channel.user_tokens_per_day
-            ),
+            requests_per_minute=self.requests_per_minute if rpm is None else rpm,
+            tokens_per_day=self.tokens_per_day if tokens is None else tokens,
         )
 
 
@@ -137,12 +132,12 @@ class RateLimiter:
         """None when the request may go to the model (and is counted); else the refusal."""
 
         def decide(counts: LimitCounts) -> bool:
-            return _over(self.limits.for_channel(counts), counts) is None
+            return _over(self.limits.for_channel(counts.channel), counts) is None
 
         counts = await self._store.admit(
             key=inbound.key, user_id=inbound.user_id, now=now, decide=decide
         )
-        limits = self.limits.for_channel(counts)
+        limits = self.limits.for_channel(counts.channel)
         over = _over(limits, counts)
         if over == "rate":
             assert counts.oldest_request is not None
