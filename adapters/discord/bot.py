@@ -225,18 +225,20 @@ class DiscordBot:
         if parsed is None:
             return
         if parsed.is_direct:
-            await self._answer(parsed, channel, message)
+            await self._answer(parsed, channel, message, scope=None)  # a DM is one conversation
         elif in_thread:
             # Threads the bot started continue without a mention; others need one.
             owned = channel.owner_id == user.id  # type: ignore[union-attr]
             if owned or parsed.mentions_bot or parsed.replies_to_bot:
-                await self._answer(parsed, channel, message, thread_id=str(channel.id))
+                scope = await self._scope(parsed)
+                await self._answer(parsed, channel, message, thread_id=str(channel.id), scope=scope)
         elif parsed.mentions_bot or parsed.replies_to_bot:
             await self._start_thread(parsed, message)
 
     async def _start_thread(self, parsed: DiscordMessage, message: discord.Message) -> None:
-        if await self._scope(parsed) not in (None, "thread"):
-            await self._answer(parsed, message.channel, message)
+        scope = await self._scope(parsed)
+        if scope not in (None, "thread"):
+            await self._answer(parsed, message.channel, message, scope=scope)
             return
 
         async def open_thread() -> discord.abc.Messageable:
@@ -249,7 +251,7 @@ class DiscordBot:
 
         # A thread started from a message has that message's id, so the conversation's key
         # is known before the thread exists, and follow-ups in the thread find it.
-        await self._answer(parsed, open_thread, None, thread_id=parsed.message_id)
+        await self._answer(parsed, open_thread, None, thread_id=parsed.message_id, scope=scope)
 
     async def _scope(self, parsed: DiscordMessage) -> str | None:
         channel = parsed.parent_id or parsed.channel_id
@@ -263,8 +265,9 @@ class DiscordBot:
         answering: discord.Message | None,
         *,
         thread_id: str | None = None,
+        scope: str | None,
     ) -> None:
-        key = conversation_key(parsed, scope=await self._scope(parsed), thread_id=thread_id)
+        key = conversation_key(parsed, scope=scope, thread_id=thread_id)
         inbound = Inbound(
             key=key,
             event_id=event_id_for_message(parsed.message_id),

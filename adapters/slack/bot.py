@@ -47,7 +47,7 @@ from core.events import (
     Refused,
     Retracted,
 )
-from core.storage.base import SessionStore
+from core.storage.base import ChannelSettings, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +222,13 @@ class SlackBot:
         # claim (keyed on channel and ts) would stop a second answer anyway.
         if message.mentions_bot or not message.in_thread:
             return
-        if await self._follows_thread(message):
-            await self._answer(message)
+        # In a thread the bot has answered in, no mention is needed, unless the channel says so.
+        settings = await self._store.channel(key=_channel(message))
+        if settings.require_mention:
+            return
+        thread = ConversationKey(PLATFORM, message.team, message.channel, message.thread_ts)
+        if await self._store.conversation_exists(key=thread):
+            await self._answer(message, settings)
 
     def _parse(self, event: dict[str, Any], body: dict[str, Any]) -> SlackMessage | None:
         return parse_event(
@@ -234,19 +239,10 @@ class SlackBot:
             ignore_bots=self._settings.slack_ignore_bots,
         )
 
-    async def _follows_thread(self, message: SlackMessage) -> bool:
-        """A thread message without a mention is for the bot in a thread it has answered in,
-        unless the channel requires mentions."""
-        channel = ConversationKey(PLATFORM, message.team, message.channel)
-        settings = await self._store.channel(key=channel)
-        if settings.require_mention:
-            return False
-        thread = ConversationKey(PLATFORM, message.team, message.channel, message.thread_ts)
-        return await self._store.conversation_exists(key=thread)
-
-    async def _answer(self, message: SlackMessage) -> None:
-        channel = ConversationKey(PLATFORM, message.team, message.channel)
-        scope = (await self._store.channel(key=channel)).scope
+    async def _answer(self, message: SlackMessage, settings: ChannelSettings | None = None) -> None:
+        if settings is None:
+            settings = await self._store.channel(key=_channel(message))
+        scope = settings.scope
         names = {user: await self._name(user) for user in {message.user, *message.mentioned_users}}
         text = replace_user_mentions(message.text, names).strip() or "/help"
         inbound = Inbound(
@@ -348,3 +344,7 @@ class SlackBot:
 
     async def _on_error(self, error: Exception, body: dict[str, Any]) -> None:
         log.error("Slack: a listener failed: %s", error, exc_info=error)
+
+
+def _channel(message: SlackMessage) -> ConversationKey:
+    return ConversationKey(PLATFORM, message.team, message.channel)
