@@ -456,3 +456,26 @@ async def test_parley_run_explains_a_missing_or_wrong_setting_in_one_line(
     lines = err.decode().strip().splitlines()
     assert process.returncode == 2
     assert len(lines) == 1 and message in lines[0], lines
+
+
+
+async def test_a_channel_scope_makes_two_threads_one_conversation(
+    bot_factory: Callable[..., Any], slack: FakeSlack, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply("Noted: blue.")
+    fake_openai.reply("You said blue.")
+    async with bot_factory() as running:
+        setting = next_ts()
+        await running.deliver(app_mention("<@UBOT> /scope channel", ts=setting))
+        await final_texts(slack, "C1", setting, [wording.SCOPE_SET.format(scope="channel")])
+        first, second = next_ts(), next_ts()
+        await running.deliver(app_mention("<@UBOT> my colour is blue", ts=first))
+        await final_texts(slack, "C1", first, ["Noted: blue."])
+        await running.deliver(app_mention("<@UBOT> what is my colour?", ts=second, user="U2"))
+        await final_texts(slack, "C1", second, ["You said blue."])
+        # Another thread, the same conversation: the second request carries the first turn.
+        assert [m["content"] for m in fake_openai.chat_requests[1]["messages"][1:]] == [
+            "alice: my colour is blue",
+            "Noted: blue.",
+            "bob: what is my colour?",
+        ]

@@ -364,3 +364,20 @@ async def test_parley_run_telegram_explains_a_wrong_setting_in_one_line(
     lines = err.decode().strip().splitlines()
     assert process.returncode == 2
     assert len(lines) == 1 and message in lines[0], lines
+
+
+async def test_a_group_can_have_one_conversation_per_member(
+    bot_factory: Callable[..., Any], telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.default = Reply("ok")
+    async with bot_factory():
+        telegram.push(group_message("/scope@parley_bot user"))
+        await telegram.wait_for(lambda: len(telegram.texts_in(GROUP)) == 1)
+        telegram.push(group_message("@parley_bot I am Alice"))
+        await telegram.wait_for(lambda: len(telegram.texts_in(GROUP)) == 2)
+        telegram.push(group_message("@parley_bot who am I?", user_id=2, first_name="Bob"))
+        await telegram.wait_for(lambda: len(telegram.texts_in(GROUP)) == 3)
+    # Bob's conversation does not contain Alice's message.
+    assert [m["content"] for m in fake_openai.chat_requests[1]["messages"][1:]] == [
+        "Bob: who am I?"
+    ]
