@@ -235,8 +235,10 @@ class TelegramBot:
             await self._answer(update.update_id, message)
 
     async def _answer(self, update_id: int, message: TelegramMessage) -> None:
-        channel = ConversationKey(PLATFORM, "", str(message.chat_id))
-        scope = (await self._store.channel(key=channel)).scope
+        scope = None  # a private chat is one conversation: no setting to read
+        if not message.is_direct:
+            channel = ConversationKey(PLATFORM, "", str(message.chat_id))
+            scope = (await self._store.channel(key=channel)).scope
         text = message.text
         if message.command == "start":
             text = "/help"  # Telegram's first contact with a bot
