@@ -11,9 +11,8 @@ import discord
 import pytest
 
 from adapters.discord.bot import DiscordBot
-from bots.bootstrap import build_engine, chat_platforms
 from core.events import ConversationKey
-from tests.conftest import FIXED_NOW, make_settings
+from tests.conftest import make_settings
 from tests.fakes.discord_server import (
     BOT_USER,
     CHANNEL_ID,
@@ -26,6 +25,8 @@ from tests.fakes.discord_server import (
     thread_create,
 )
 from tests.fakes.openai_server import FakeOpenAI, Reply
+from tests.platforms.running import platform_settings
+from tests.platforms.running import running as running_platform
 
 QUIET = {"parse": []}
 
@@ -40,27 +41,21 @@ async def discord_fake() -> AsyncIterator[FakeDiscord]:
 async def running(
     fake: FakeDiscord, fake_openai: FakeOpenAI, database: str, **extra: Any
 ) -> AsyncIterator[Any]:
-    settings = make_settings(
+    settings = platform_settings(
+        fake_openai,
+        database,
         **{
-            "OPENAI_BASE_URL": fake_openai.base_url,
-            "OPENAI_API_KEY": "sk-test",
-            "PARLEY_MODEL_RETRIES": 0,
-            "DATABASE_URL": database,
             "DISCORD_BOT_TOKEN": "discord-token",
             "DISCORD_API_URL": fake.api_url,
             "DISCORD_GATEWAY_URL": fake.gateway_url,
             "PARLEY_DISCORD_UPDATE_INTERVAL": 0.05,
             **extra,
-        }
+        },
     )
     with fake.patch_discord():  # restores discord.py's class attributes afterwards
-        async with (
-            build_engine(settings, clock=lambda: FIXED_NOW) as runtime,
-            chat_platforms(settings, runtime, ["discord"]) as started,
-        ):
-            [bot] = started.bots
-            assert isinstance(bot, DiscordBot)
-            yield runtime
+        async with running_platform(settings, "discord") as started:
+            assert isinstance(started.bot, DiscordBot)
+            yield started.runtime
 
 
 @pytest.fixture

@@ -10,20 +10,16 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
-from sqlalchemy import func, select
 
 from adapters.slack.bot import SlackBot
-from bots.bootstrap import Runtime, build_engine, chat_platforms
 from core import wording
 from core.errors import ModelFailure
 from core.events import ConversationKey
 from core.storage.tables import messages
-from tests.conftest import FIXED_NOW, make_settings
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.fakes.slack_server import (
     FakeSlack,
@@ -35,16 +31,13 @@ from tests.fakes.slack_server import (
     post_event,
     sign,
 )
+from tests.platforms.running import Running, platform_settings
+from tests.platforms.running import running as running_platform
 
 SECRET = "signing-secret"
 
 
-@dataclass
-class Running:
-    bot: SlackBot
-    runtime: Runtime
-    port: int
-
+class SlackRunning(Running):
     @property
     def events_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/slack/events"
@@ -52,12 +45,6 @@ class Running:
     async def deliver(self, event: dict[str, Any], **options: Any) -> tuple[int, str]:
         body = event_callback(event, event_id=options.pop("event_id", None))
         return await post_event(self.events_url, body, secret=SECRET, **options)
-
-    async def stored(self) -> int:
-        async with self.runtime.store.engine.connect() as connection:  # type: ignore[attr-defined]
-            return int(
-                (await connection.execute(select(func.count()).select_from(messages))).scalar_one()
-            )
 
 
 @pytest.fixture
@@ -68,31 +55,24 @@ async def slack() -> AsyncIterator[FakeSlack]:
 
 
 def slack_settings(slack: FakeSlack, fake_openai: FakeOpenAI, database: str, **extra: Any) -> Any:
-    return make_settings(
+    return platform_settings(
+        fake_openai,
+        database,
         **{
-            "OPENAI_BASE_URL": fake_openai.base_url,
-            "OPENAI_API_KEY": "sk-test",
-            "PARLEY_MODEL_RETRIES": 0,
-            "DATABASE_URL": database,
             "SLACK_BOT_TOKEN": "xoxb-test",
             "SLACK_SIGNING_SECRET": SECRET,
             "SLACK_API_URL": slack.api_url,
-            "PARLEY_HTTP_PORT": 0,
             "PARLEY_SLACK_UPDATE_INTERVAL": 0.05,
             **extra,
-        }
+        },
     )
 
 
 @asynccontextmanager
-async def running(settings: Any) -> AsyncIterator[Running]:
-    async with (
-        build_engine(settings, clock=lambda: FIXED_NOW) as runtime,
-        chat_platforms(settings, runtime, ["slack"]) as started,
-    ):
-        [bot] = started.bots
-        assert isinstance(bot, SlackBot)
-        yield Running(bot, runtime, started.http.port if started.http else 0)
+async def running(settings: Any) -> AsyncIterator[SlackRunning]:
+    async with running_platform(settings, "slack") as started:
+        assert isinstance(started.bot, SlackBot)
+        yield SlackRunning(started.bot, started.runtime, started.port)
 
 
 @pytest.fixture
@@ -249,7 +229,7 @@ async def test_a_bad_or_stale_signature_is_refused_and_nothing_is_stored(
         ):
             assert response.status == 401
         await asyncio.sleep(0.2)
-        assert await running.stored() == 0
+        assert await running.count(messages) == 0
     assert slack.calls_to("chat.postMessage") == []
     assert fake_openai.chat_requests == []
 
@@ -314,7 +294,7 @@ async def test_a_failing_model_gives_a_clear_message_in_the_thread(
         ts = next_ts()
         await running.deliver(app_mention("<@UBOT> hi", ts=ts))
         await final_texts(slack, "C1", ts, [wording.MODEL_FAILURE[ModelFailure.SERVER_ERROR]])
-        assert await running.stored() == 1  # the user's message is kept
+        assert await running.count(messages) == 1  # the user's message is kept
 
 
 async def test_slash_parley_persona_changes_the_channels_persona(
@@ -456,7 +436,6 @@ async def test_parley_run_explains_a_missing_or_wrong_setting_in_one_line(
     lines = err.decode().strip().splitlines()
     assert process.returncode == 2
     assert len(lines) == 1 and message in lines[0], lines
-
 
 
 async def test_a_channel_scope_makes_two_threads_one_conversation(

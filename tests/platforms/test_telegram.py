@@ -6,19 +6,13 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
 
-from adapters.telegram.bot import TelegramBot
-from bots.bootstrap import Runtime, build_engine, chat_platforms
 from core import wording
 from core.events import ConversationKey
 from core.storage.tables import conversations, messages
-from tests.conftest import FIXED_NOW, make_settings
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.fakes.telegram_server import (
     FakeTelegram,
@@ -27,21 +21,11 @@ from tests.fakes.telegram_server import (
     post_update,
     private_message,
 )
+from tests.platforms.running import platform_settings
+from tests.platforms.running import running as running_platform
 
 TOKEN = "123456:ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 GROUP = -100123
-
-
-@dataclass
-class Running:
-    bot: TelegramBot
-    runtime: Runtime
-    port: int
-
-    async def count(self, table: Any) -> int:
-        async with self.runtime.store.engine.connect() as connection:  # type: ignore[attr-defined]
-            query = select(func.count()).select_from(table)
-            return int((await connection.execute(query)).scalar_one())
 
 
 @pytest.fixture
@@ -53,30 +37,20 @@ async def telegram() -> AsyncIterator[FakeTelegram]:
 def telegram_settings(
     telegram: FakeTelegram, fake_openai: FakeOpenAI, database: str, **extra: Any
 ) -> Any:
-    return make_settings(
+    return platform_settings(
+        fake_openai,
+        database,
         **{
-            "OPENAI_BASE_URL": fake_openai.base_url,
-            "OPENAI_API_KEY": "sk-test",
-            "PARLEY_MODEL_RETRIES": 0,
-            "DATABASE_URL": database,
             "TELEGRAM_BOT_TOKEN": TOKEN,
             "TELEGRAM_API_URL": telegram.url,
-            "PARLEY_HTTP_PORT": 0,
             "PARLEY_TELEGRAM_UPDATE_INTERVAL": 0.05,
             **extra,
-        }
+        },
     )
 
 
-@asynccontextmanager
-async def running(settings: Any) -> AsyncIterator[Running]:
-    async with (
-        build_engine(settings, clock=lambda: FIXED_NOW) as runtime,
-        chat_platforms(settings, runtime, ["telegram"]) as started,
-    ):
-        [bot] = started.bots
-        assert isinstance(bot, TelegramBot)
-        yield Running(bot, runtime, started.http.port if started.http else 0)
+def running(settings: Any) -> Any:
+    return running_platform(settings, "telegram")
 
 
 @pytest.fixture
