@@ -8,8 +8,8 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from adapters.http import HttpServer
 from bots.platforms import PLATFORMS, configured
 from bots.tools import SHIPPED_TOOL_MODULES
 from core.config import Settings
@@ -24,6 +24,9 @@ from core.storage import SessionStore, SqlStore, create_database_engine, migrate
 from core.storage.database import current_revision, head_revision
 from core.tokens import counter_for_model
 from core.tools import ToolRegistry
+
+if TYPE_CHECKING:
+    from adapters.http import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +173,12 @@ async def chat_platforms(
     if not chosen:
         needed = ", ".join(PLATFORMS.values())
         raise ConfigError(f"no chat platform is configured: set one of {needed} (see README)")
+    try:
+        from adapters.http import HttpServer  # aiohttp: only the platform extras install it
+    except ImportError:
+        raise ConfigError(
+            f"parley run needs the extra of each platform: pip install 'parley[{chosen[0]}]'"
+        ) from None
     http = HttpServer(settings.http_host, settings.http_port)
     bots = [_platform(name, settings, runtime, http) for name in chosen]
     async with AsyncExitStack() as stack:

@@ -192,3 +192,29 @@ async def test_chat_shows_a_checked_reply_whole_and_a_withdrawn_one_as_a_notice(
         "Mail [email removed] about it.\n"
         "[I withdrew my answer: it did not pass this workspace's content policy.]\n"
     )
+
+
+async def test_chat_needs_no_platform_extra(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    """`pip install -e '.[local]'` then `parley chat` (the README's first command): nothing a
+    platform extra installs (aiohttp, the chat SDKs, asyncpg) may be imported on the way."""
+    fake_openai.reply("Hi.")
+    blocked = ["aiohttp", "slack_bolt", "slack_sdk", "telegram", "discord", "asyncpg"]
+    script = (
+        "import sys\n"
+        f"for name in {blocked!r}:\n"
+        "    sys.modules[name] = None  # importing it now raises ImportError\n"
+        "from bots.cli import main\n"
+        "sys.exit(main(['chat']))\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=environment(fake_openai, tmp_path),
+        cwd=tmp_path,
+    )
+    out, err = await process.communicate(b"hello\n")
+    assert (process.returncode, out.decode()) == (0, "Hi.\n"), err.decode()
