@@ -119,10 +119,15 @@ async def test_a_mention_opens_a_thread_and_the_thread_continues_without_a_menti
         await discord_fake.dispatch(
             "THREAD_CREATE", thread_create("what is 2+2?", thread_id=thread_id)
         )
-        await discord_fake.dispatch(
-            "MESSAGE_CREATE", message_create("and times 3?", channel_id=thread_id)
-        )
+        follow_up = message_create("and times 3?", channel_id=thread_id)
+        await discord_fake.dispatch("MESSAGE_CREATE", follow_up)
         await contents_become(discord_fake, thread_id, ["Four.", "Twelve."])
+        posts = discord_fake.calls_to("POST", f"/channels/{thread_id}/messages")
+        first, second = (c.body for c in posts if c.path.endswith("/messages"))
+        assert first["allowed_mentions"] == QUIET and "message_reference" not in first
+        # The answer to a follow-up replies to it, and may notify only its author.
+        assert second["allowed_mentions"] == {"parse": [], "replied_user": True}
+        assert str(second["message_reference"]["message_id"]) == follow_up["id"]
         assert [m["content"] for m in fake_openai.chat_requests[1]["messages"][1:]] == [
             "Alice: what is 2+2?",
             "Four.",
