@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
 from bots.bootstrap import Runtime, build_engine, chat_platforms
 from core.config import Settings
+from tests.cli.test_chat import parley
 from tests.conftest import FIXED_NOW, make_settings
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -50,3 +53,14 @@ async def running(settings: Settings, platform: str) -> AsyncIterator[Running]:
     ):
         [bot] = started.bots
         yield Running(bot, runtime, started.http.port if started.http else 0)
+
+
+async def run_error(arguments: list[str], cwd: Path, **settings: str) -> str:
+    """`parley run ARGUMENTS` with these settings, expected to stop at once with exit 2 and
+    one line on stderr, which is returned."""
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+    env = {**keep, "DATABASE_URL": f"sqlite:///{cwd}/run.db", "OPENAI_API_KEY": "sk-test"}
+    code, _, err = await parley("run", *arguments, stdin="", env={**env, **settings}, cwd=cwd)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, (code, lines)
+    return lines[0]

@@ -31,7 +31,7 @@ from tests.fakes.slack_server import (
     post_event,
     sign,
 )
-from tests.platforms.running import Running, platform_settings
+from tests.platforms.running import Running, platform_settings, run_error
 from tests.platforms.running import running as running_platform
 
 SECRET = "signing-secret"
@@ -413,29 +413,8 @@ async def test_parley_run_explains_a_missing_or_wrong_setting_in_one_line(
     message: str,
 ) -> None:
     slack.handle("auth.test", lambda args: {"ok": False, "error": "invalid_auth"})
-    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
-    env = {
-        **keep,
-        "DATABASE_URL": f"sqlite:///{tmp_path}/run.db",
-        "OPENAI_API_KEY": "sk-test",
-        "SLACK_API_URL": slack.api_url,
-        **settings,
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bots",
-        "run",
-        *arguments,
-        env=env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(process.communicate(), 60)
-    lines = err.decode().strip().splitlines()
-    assert process.returncode == 2
-    assert len(lines) == 1 and message in lines[0], lines
+    line = await run_error(list(arguments), tmp_path, SLACK_API_URL=slack.api_url, **settings)
+    assert message in line
 
 
 async def test_a_channel_scope_makes_two_threads_one_conversation(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -21,7 +19,7 @@ from tests.fakes.telegram_server import (
     post_update,
     private_message,
 )
-from tests.platforms.running import platform_settings
+from tests.platforms.running import platform_settings, run_error
 from tests.platforms.running import running as running_platform
 
 TOKEN = "123456:ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -315,29 +313,8 @@ async def test_parley_run_telegram_explains_a_wrong_setting_in_one_line(
     tmp_path: Any, settings: dict[str, str], message: str
 ) -> None:
     async with FakeTelegram(token=TOKEN) as telegram:
-        keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
-        env = {
-            **keep,
-            "DATABASE_URL": f"sqlite:///{tmp_path}/run.db",
-            "OPENAI_API_KEY": "sk-test",
-            "TELEGRAM_API_URL": telegram.url,
-            **settings,
-        }
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bots",
-            "run",
-            "telegram",
-            env=env,
-            cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, err = await asyncio.wait_for(process.communicate(), 60)
-    lines = err.decode().strip().splitlines()
-    assert process.returncode == 2
-    assert len(lines) == 1 and message in lines[0], lines
+        line = await run_error(["telegram"], tmp_path, TELEGRAM_API_URL=telegram.url, **settings)
+    assert message in line
 
 
 async def test_a_group_can_have_one_conversation_per_member(
