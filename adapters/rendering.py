@@ -15,23 +15,13 @@ import math
 import re
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol, TypeVar
 
-from core.events import (
-    Accepted,
-    CommandResult,
-    Delta,
-    Failed,
-    Final,
-    Refused,
-    ReplyEvent,
-    Retracted,
-    ToolFinished,
-    ToolStarted,
-)
+from core.events import Accepted, Delta, ReplyEvent, ToolFinished, ToolStarted
+from core.scheduler import DeliveryFailed
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +29,9 @@ T = TypeVar("T")
 
 MAX_RETRY_WAIT = 30.0
 """Seconds: the longest a `RateLimited` is waited out, whatever the platform asks for."""
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 15.0
+"""Seconds between attempts at the final text while the platform fails (doubling)."""
 
 # A fence line, indented or not (models indent fences inside list items); whether it opens
 # or closes a block is decided in _find_fences.
@@ -337,7 +330,9 @@ class StreamingReply:
         placeholder: str | None = "…",
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        max_attempts: int = 5,
+        max_attempts: int | None = 5,
+        existing: Sequence[str] = (),
+        on_posted: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
         """Prepares a reply; nothing is posted before `start`.
 
@@ -352,12 +347,17 @@ class StreamingReply:
                 until then (Telegram shows "typing…" instead).
             clock: Seconds, monotonic; injectable for tests.
             sleep: Waits that many seconds; injectable for tests.
-            max_attempts: Calls per message when delivering the final text.
+            max_attempts: Calls per message when delivering the final text; None retries
+                every failure but `DeliveryFailed` (with backoff) until it lands.
+            existing: Ids of messages posted for this reply before (by a process that
+                died): they are edited into the reply, not left behind.
+            on_posted: Awaited with all the ids each time a message is posted, so they can
+                be stored before anything else happens to them.
 
         Raises:
             ValueError: `max_attempts` is below 1.
         """
-        if max_attempts < 1:
+        if max_attempts is not None and max_attempts < 1:
             raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
         self._sink = sink
         self._render = render
@@ -368,8 +368,11 @@ class StreamingReply:
         self._clock = clock
         self._sleep = sleep
         self._max_attempts = max_attempts
-        self._ids: list[str] = []
-        self._shown: list[str] = []  # the rendered text of each message, as last sent
+        self._ids: list[str] = list(existing)
+        # The rendered text of each message, as last sent; None: unknown (posted before a
+        # crash), so the final delivery edits it whatever it shows.
+        self._shown: list[str | None] = [None] * len(self._ids)
+        self._on_posted = on_posted
         self._latest = ""
         self._last_call = -math.inf
         self._not_before = -math.inf  # set by a RateLimited, for every call after it
@@ -388,10 +391,16 @@ class StreamingReply:
         Raises:
             Exception: Whatever the sink raised; nothing was started.
         """
-        if self._placeholder is not None:
-            self._ids = [await self._sink.post(self._placeholder)]
-            self._shown = [self._placeholder]
+        if self._placeholder is not None and not self._ids:
+            await self._post(self._placeholder, self._placeholder)
         self._task = asyncio.create_task(self._stream(), name="parley-streaming-reply")
+
+    def begin(self) -> None:
+        """`start` without waiting: the placeholder is posted by the background task, and a
+        failure to post it is only logged (the final delivery posts what is missing)."""
+        self._task = asyncio.create_task(
+            self._stream(placeholder=True), name="parley-streaming-reply"
+        )
 
     def update(self, markdown: str) -> None:
         """Records the whole text so far; the background task shows it when its turn comes."""
@@ -449,8 +458,16 @@ class StreamingReply:
                 self._task.cancel()
             await self.aclose()
 
-    async def _stream(self) -> None:
+    async def _stream(self, *, placeholder: bool = False) -> None:
         """One call per turn, each for the newest text, until there is nothing left to show."""
+        if placeholder and self._placeholder is not None and not self._ids:
+            try:
+                async with self._calling:
+                    await self._call(
+                        partial(self._post, self._placeholder, self._placeholder), attempts=1
+                    )
+            except Exception:
+                logger.warning("Posting the placeholder failed; carrying on", exc_info=True)
         while True:
             await self._wake.wait()
             await self._wait_for_turn()
@@ -475,16 +492,25 @@ class StreamingReply:
                 return True
         return False
 
-    async def _show(self, index: int, text: str, *, attempts: int) -> None:
+    async def _show(self, index: int, text: str, *, attempts: int | None) -> None:
         if index == len(self._ids):
-            self._ids.append(await self._call(partial(self._sink.post, text), attempts))
-            self._shown.append(text)
+            await self._call(partial(self._post, text, text), attempts)
         else:
             await self._call(partial(self._sink.edit, self._ids[index], text), attempts)
             self._shown[index] = text
 
-    async def _call(self, call: Callable[[], Awaitable[T]], attempts: int) -> T:
-        attempt = 1
+    async def _post(self, rendered: str, shown: str) -> None:
+        self._ids.append(await self._sink.post(rendered))
+        self._shown.append(shown)
+        if self._on_posted is not None:
+            try:
+                await self._on_posted(list(self._ids))
+            except Exception:
+                # The message stands; only a crash before the next record would orphan it.
+                logger.warning("Recording a posted message failed", exc_info=True)
+
+    async def _call(self, call: Callable[[], Awaitable[T]], attempts: int | None) -> T:
+        attempt, backoff = 1, FIRST_BACKOFF
         while True:
             await self._wait_for_turn()
             self._last_call = self._clock()
@@ -492,9 +518,18 @@ class StreamingReply:
                 return await call()
             except RateLimited as exc:
                 self._not_before = self._clock() + min(max(exc.retry_after, 0.0), MAX_RETRY_WAIT)
-                if attempt >= attempts:
+                if attempts is not None and attempt >= attempts:
                     raise
-                attempt += 1
+            except DeliveryFailed:
+                raise
+            except Exception as exc:
+                if attempts is not None:
+                    raise
+                # Network errors, 5xx, bodies that are not JSON: the platform comes back.
+                logger.warning("Delivering failed (%s); retrying in %.1f s", _brief(exc), backoff)
+                self._not_before = self._clock() + backoff
+                backoff = min(backoff * 2, MAX_BACKOFF)
+            attempt += 1
 
     async def _wait_for_turn(self) -> None:
         delay = max(self._last_call + self._interval, self._not_before) - self._clock()
@@ -508,43 +543,80 @@ class StreamingReply:
         return [self._render(part) for part in parts]
 
 
-async def deliver(
-    events: AsyncIterator[ReplyEvent],
-    reply: StreamingReply,
-    *,
-    accepted: Callable[[], Awaitable[None]] | None = None,
-) -> None:
-    """Shows one turn's reply events on a platform through `reply`.
+class TurnReply:
+    """A turn's reply on a chat platform (core.scheduler.ReplyView) through a StreamingReply.
 
-    The placeholder goes up when the engine accepts the message (a redelivery never gets
-    that far); text streams in with the running tool shown beneath it; the final text, a
-    failure, a refusal or a command's answer replaces it; a retraction replaces everything.
-    `accepted` runs once the message is accepted (Telegram starts its typing action).
+    The placeholder goes up when the turn starts, text streams in with the running tool shown
+    beneath it, and `deliver` replaces it all with the final text until that lands. Nothing
+    here makes the turn wait: platform calls run in the StreamingReply's background task.
+    `accepted` (Telegram's typing action) runs in a task of its own until the first text.
     """
-    text, status = "", ""
-    async for event in events:
+
+    def __init__(
+        self,
+        reply: StreamingReply,
+        *,
+        accepted: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._reply = reply
+        self._accepted = accepted
+        self._side: asyncio.Task[None] | None = None
+        self._text = ""
+        self._status = ""
+
+    def show(self, event: ReplyEvent) -> None:
         match event:
             case Accepted():
-                await reply.start()
-                if accepted is not None:
-                    await accepted()
+                self._reply.begin()
+                if self._accepted is not None:
+                    self._side = asyncio.create_task(self._accepted(), name="parley-accepted")
             case Delta(text=piece):
-                text += piece
-                reply.update(_with_status(text, status))
+                self._text += piece
+                self._update()
             case ToolStarted(name=name):
-                status = f"_using {name}…_"
-                reply.update(_with_status(text, status))
+                self._status = f"_using {name}…_"
+                self._update()
             case ToolFinished():
-                status = ""
-                reply.update(text)
-            case Final(text=final):
-                await reply.finish(final)
-            case Retracted(text=notice):
-                await reply.replace(notice)
-            case Failed(text=problem, partial=partial):
-                await reply.finish(f"{partial}\n\n_{problem}_" if partial else problem)
-            case CommandResult(text=answer) | Refused(text=answer):
-                await reply.finish(answer)  # posts it, when refused before any placeholder
+                self._status = ""
+                self._update()
+            case _:
+                pass  # the end: `deliver` shows it
+
+    async def deliver(self, markdown: str) -> None:
+        await self._stop_side()
+        await self._reply.finish(markdown)
+
+    async def aclose(self) -> None:
+        await self._stop_side()
+        await self._reply.aclose()
+
+    def _update(self) -> None:
+        self._reply.update(_with_status(self._text, self._status))
+        if self._text:
+            self._side_done()
+
+    def _side_done(self) -> None:
+        if self._side is not None:
+            self._side.cancel()
+
+    async def _stop_side(self) -> None:
+        side, self._side = self._side, None
+        if side is not None:
+            side.cancel()
+            await asyncio.wait([side])
+
+
+async def show_once(reply: StreamingReply, markdown: str) -> None:
+    """Posts a reply that no turn stands behind (a refusal at the door), for sure."""
+    try:
+        await reply.finish(markdown)
+    finally:
+        await reply.aclose()
+
+
+def _brief(exc: BaseException) -> str:
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _with_status(text: str, status: str) -> str:

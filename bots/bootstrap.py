@@ -20,6 +20,7 @@ from core.moderation import Direction, ModerationChain, Moderator
 from core.personas import Persona, PersonaCatalogue
 from core.policy import AccessControl, Limits, RateLimiter, parse_entries
 from core.pricing import PriceTable
+from core.scheduler import Scheduler
 from core.storage import SessionStore, SqlStore, create_database_engine, migrate
 from core.storage.database import current_revision, head_revision
 from core.tokens import counter_for_model
@@ -89,7 +90,7 @@ async def open_store(settings: Settings) -> SqlStore:
         raise ConfigError(
             f"DATABASE_URL: cannot open the database ({type(exc).__name__}: {first_line})"
         ) from exc
-    return SqlStore(engine)
+    return SqlStore(engine, retry_seconds=settings.db_retry_seconds)
 
 
 def access_control(settings: Settings, store: SessionStore) -> AccessControl:
@@ -157,6 +158,7 @@ class Platforms:
 
     bots: list[object]
     http: HttpServer | None
+    scheduler: Scheduler
 
 
 @asynccontextmanager
@@ -180,19 +182,37 @@ async def chat_platforms(
             f"parley run needs the extra of each platform: pip install 'parley[{chosen[0]}]'"
         ) from None
     http = HttpServer(settings.http_host, settings.http_port)
-    bots = [_platform(name, settings, runtime, http) for name in chosen]
+    scheduler = Scheduler(
+        engine=runtime.engine,
+        store=runtime.store,
+        lease_seconds=settings.lease_seconds,
+        concurrency=settings.max_concurrent_turns,
+        delivery_deadline=settings.delivery_deadline,
+        keep_finished_seconds=settings.keep_finished_hours * 3600,
+        grace_seconds=settings.shutdown_grace,
+    )
+    bots = [_platform(name, settings, runtime, http, scheduler) for name in chosen]
     async with AsyncExitStack() as stack:
         for bot in bots:
             await stack.enter_async_context(bot)
+        # Started once every platform can deliver (recovery delivers at once); on exit it
+        # stops before them, so running turns can still finish their replies.
+        await stack.enter_async_context(scheduler)
         if http.paths:  # started last, so no request arrives before every bot is ready
             await stack.enter_async_context(http)
-        yield Platforms(bots=list(bots), http=http if http.paths else None)
+        yield Platforms(bots=list(bots), http=http if http.paths else None, scheduler=scheduler)
 
 
 def _platform(
-    name: str, settings: Settings, runtime: Runtime, http: HttpServer
+    name: str, settings: Settings, runtime: Runtime, http: HttpServer, scheduler: Scheduler
 ) -> AbstractAsyncContextManager[object]:
-    parts = {"engine": runtime.engine, "store": runtime.store, "settings": settings, "http": http}
+    parts = {
+        "engine": runtime.engine,
+        "store": runtime.store,
+        "settings": settings,
+        "http": http,
+        "scheduler": scheduler,
+    }
     try:
         if name == "slack":
             from adapters.slack.bot import SlackBot

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
     database_url: str = Field("sqlite+aiosqlite:///./parley.db", alias="DATABASE_URL")
     db_pool_size: PositiveInt = Field(20, alias="PARLEY_DB_POOL_SIZE")
     auto_migrate: bool = Field(True, alias="PARLEY_AUTO_MIGRATE")
+    db_retry_seconds: NonNegativeFloat = Field(30.0, alias="PARLEY_DB_RETRY_SECONDS")
+
+    lease_seconds: Annotated[float, Field(ge=2.0)] = Field(20.0, alias="PARLEY_LEASE_SECONDS")
+    max_concurrent_turns: PositiveInt = Field(64, alias="PARLEY_MAX_CONCURRENT_TURNS")
+    delivery_deadline: PositiveFloat = Field(600.0, alias="PARLEY_DELIVERY_DEADLINE")
+    keep_finished_hours: PositiveFloat = Field(48.0, alias="PARLEY_KEEP_FINISHED_HOURS")
+    shutdown_grace: NonNegativeFloat = Field(30.0, alias="PARLEY_SHUTDOWN_GRACE")
 
     openai_api_key: SecretStr | None = Field(None, alias="OPENAI_API_KEY")
     openai_base_url: AnyHttpUrl | None = Field(None, alias="OPENAI_BASE_URL")

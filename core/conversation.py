@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from core import wording
@@ -17,6 +19,7 @@ from core.errors import ModelError
 from core.events import (
     Accepted,
     CommandResult,
+    ConversationKey,
     Delta,
     Failed,
     Final,
@@ -27,9 +30,11 @@ from core.events import (
     ToolFinished,
     ToolStarted,
     Usage,
+    shown_text,
 )
 from core.llm import ModelClient, ModelRequest, TextChunk, ToolCallChunk, UsageChunk
 from core.local_rules import scrub
+from core.locks import KeyedLocks
 from core.moderation import (
     Direction,
     Finding,
@@ -43,10 +48,14 @@ from core.pricing import PriceTable
 from core.storage.base import (
     ConversationState,
     FlagRecord,
+    LeaseLost,
     NewMessage,
     SessionStore,
+    Turn,
+    TurnState,
     UsageRecord,
 )
+from core.storage.retry import DatabaseUnavailable
 from core.tokens import (
     MESSAGE_OVERHEAD,
     REPLY_PRIMING,
@@ -79,10 +88,15 @@ class EngineOptions:
 
 # How much of a flagged text is kept for review (personal data scrubbed).
 EXCERPT_CHARS = 500
+# A turn taken this many times without ending crashes whoever runs it: it is given up on.
+MAX_ATTEMPTS = 3
+# The lease of a turn `handle` runs: it runs in this process, which nobody takes over from.
+LOCAL_LEASE = 24 * 3600.0
 
 
 class Engine:
-    """Runs turns: claim the event, lock the conversation, store, build context, call the model.
+    """Runs turns: accept (claim and store), run (policy, context, model, tools, moderation,
+    storing the end), and follow-up work after delivery.
 
     Every part it talks to is a port (SessionStore, ModelClient, Moderator), and the policy
     parts (access, limits, moderation) are optional, so tests wire only what they exercise.
@@ -115,6 +129,9 @@ class Engine:
         self._default_persona = default_persona
         self._options = options
         self._clock = clock
+        self.owner = f"local-{uuid.uuid4().hex[:12]}"  # leases taken by handle()
+        self._local_turns: KeyedLocks[ConversationKey] = KeyedLocks()
+        self._follow_ups: dict[int, Callable[[], Awaitable[None]]] = {}
         self._windows = (
             WindowCache(options.window_cache_size) if options.window_cache_size else None
         )
@@ -132,50 +149,158 @@ class Engine:
     def personas(self) -> PersonaCatalogue:
         return self._personas
 
-    async def handle(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
-        """Answer one inbound message; yields nothing for a redelivered event.
+    async def accept(
+        self,
+        inbound: Inbound,
+        address: dict[str, Any],
+        *,
+        owner: str | None = None,
+        lease_until: float = 0.0,
+    ) -> Turn | Refused | None:
+        """Step 1 of a message: check access, then claim the event and store the message.
 
-        Yields Delta events while the model streams, then Final; or CommandResult for a command;
-        or Failed with a message for the user. The user's message is stored before the model is
-        called, so a failure never loses it.
+        One transaction; once it returns a Turn the message is durable and the adapter may
+        acknowledge the platform. None means a redelivery (nothing to do), Refused a user the
+        access lists keep out (nothing is stored; show them `text`).
+
+        Raises:
+            DatabaseUnavailable: the database stayed unreachable; let the platform redeliver.
         """
-        key = inbound.key
-        if not await self._store.claim_event(platform=key.platform, event_id=inbound.event_id):
-            log.info(
-                "event %s/%s already handled; not answering again", key.platform, inbound.event_id
-            )
-            return
         try:
             allowed = self._access is None or await self._access.allows(inbound)
         except Exception:
-            log.exception("checking access for %s failed", key)
-            yield Failed(text=wording.UNEXPECTED_FAILURE, reason="internal")
-            return
+            log.exception("checking access for %s failed", inbound.key)
+            return Refused(text=wording.UNEXPECTED_FAILURE, reason="internal")
         if not allowed:
-            log.info("refused %s/%s: not on the access lists", key.platform, inbound.user_id)
-            yield Refused(text=wording.ACCESS_DENIED, reason="access")
-            return
-        yield Accepted()
-        command = parse_command(inbound.text)
-        async with self._store.turn_lock(key):
-            try:
-                if command is not None:
-                    name, argument = command
-                    text = await self.commands.run(inbound, name, argument)
-                    yield CommandResult(text=text, command=name)
-                    return
-                async for event in self._turn(inbound):
-                    yield event
-            except Exception:
-                # The one place a bug in a turn is caught: log it, tell the user briefly.
-                log.exception("turn failed for %s", key)
-                yield Failed(text=wording.UNEXPECTED_FAILURE, reason="internal")
+            log.info(
+                "refused %s/%s: not on the access lists", inbound.key.platform, inbound.user_id
+            )
+            return Refused(text=wording.ACCESS_DENIED, reason="access")
+        turn = await self._store.accept(
+            inbound=inbound, address=address, owner=owner, lease_until=lease_until
+        )
+        if turn is None:
+            log.info(
+                "event %s/%s already accepted; not answering again",
+                inbound.key.platform,
+                inbound.event_id,
+            )
+        return turn
 
-    async def _turn(self, inbound: Inbound) -> AsyncIterator[ReplyEvent]:
+    async def run(self, turn: Turn, owner: str) -> AsyncIterator[ReplyEvent]:
+        """Step 2: answer a turn `owner` holds the lease of, ending it in the store.
+
+        Yields Delta, ToolStarted and ToolFinished while the model works, then exactly one
+        of Final, CommandResult, Refused, Retracted or Failed, whose text is stored as the
+        turn's reply (state REPLIED) before it is yielded. Nothing here waits for a platform.
+        Every model call made is recorded in usage, also when the turn fails.
+
+        Raises:
+            LeaseLost: another process took the turn over; it answers instead.
+            DatabaseUnavailable: the end could not be stored; the turn is run again later.
+        """
+        inbound = turn.inbound
+        progress = _Progress()
+        try:
+            if turn.attempts > MAX_ATTEMPTS:
+                # The turn was taken this often and never ended: it crashes whoever runs it.
+                log.error("turn %s failed %d times; giving up", turn.id, turn.attempts - 1)
+                failed = Failed(text=wording.UNEXPECTED_FAILURE, reason="crashed")
+                await self._store.finish_turn(turn=turn, owner=owner, reply=failed.text)
+                yield failed
+                return
+            command = parse_command(inbound.text)
+            if command is not None:
+                name, argument = command
+                text = await self.commands.run(inbound, name, argument)
+                await self._store.finish_turn(turn=turn, owner=owner, reply=text)
+                yield CommandResult(text=text, command=name)
+                return
+            async for event in self._turn(turn, owner, progress):
+                yield event
+        except (LeaseLost, DatabaseUnavailable):
+            raise
+        except Exception:
+            # The one place a bug in a turn is caught: log it, tell the user briefly.
+            log.exception("turn failed for %s", inbound.key)
+            failed = Failed(text=wording.UNEXPECTED_FAILURE, reason="internal")
+            await self._store.finish_turn(
+                turn=turn,
+                owner=owner,
+                reply=shown_text(failed),
+                messages=[m for m in progress.produced if m.tool_calls or m.tool_call_id],
+                usage=self._records(inbound, progress.usages),
+            )
+            yield failed
+
+    async def handle(
+        self, inbound: Inbound, address: dict[str, Any] | None = None
+    ) -> AsyncIterator[ReplyEvent]:
+        """Accept and answer one message here and now, for the terminal and tests.
+
+        Yields nothing for a redelivered event, else Accepted and then `run`'s events. Calls
+        for one conversation take turns in this process; chat platforms go through the
+        Scheduler instead, which also heartbeats and recovers.
+        """
+        async with self._local_turns.hold(inbound.key):
+            accepted = await self.accept(
+                inbound, address or {}, owner=self.owner, lease_until=time.time() + LOCAL_LEASE
+            )
+            if accepted is None:
+                return
+            if isinstance(accepted, Refused):
+                yield accepted
+                return
+            yield Accepted()
+            turn = accepted
+            if turn.state != TurnState.RUNNING:
+                [turn] = await self._store.claim_turns(
+                    owner=self.owner,
+                    now=time.time(),
+                    lease_until=time.time() + LOCAL_LEASE,
+                    limit=1,
+                    platforms=[inbound.key.platform],
+                    conversation_id=turn.conversation_id,
+                )
+            async for event in self.run(turn, self.owner):
+                yield event
+            await self._store.finish_delivery(
+                turn_id=turn.id, owner=self.owner, delivered=True, now=time.time()
+            )
+        await self.after(turn)
+
+    async def after(self, turn: Turn) -> None:
+        """Step 3: follow-up work of a delivered turn (the summary), outside the turn.
+
+        Never fails and never changes what the user was shown: errors are logged.
+        """
+        follow_up = self._follow_ups.pop(turn.id, None)
+        if follow_up is None:
+            return
+        try:
+            await follow_up()
+        except Exception:
+            log.exception("follow-up work for turn %s failed", turn.id)
+
+    def forget(self, turn: Turn) -> None:
+        """Drops the follow-up work of a turn that will not be delivered here."""
+        self._follow_ups.pop(turn.id, None)
+
+    async def _turn(
+        self, turn: Turn, owner: str, progress: _Progress
+    ) -> AsyncIterator[ReplyEvent]:
+        inbound = turn.inbound
+
+        async def end(event: ReplyEvent, **stored: Any) -> ReplyEvent:
+            await self._store.finish_turn(
+                turn=turn, owner=owner, reply=shown_text(event), **stored
+            )
+            return event
+
         if self._limiter is not None:
             refused = await self._limiter.admit(inbound, self._clock())
             if refused is not None:
-                yield refused
+                yield await end(refused)
                 return
         text, input_flags = inbound.text, []
         if self._moderation is not None:
@@ -184,14 +309,17 @@ class Engine:
             except ModerationUnavailable as exc:
                 log.warning("input moderation unavailable for %s: %s", inbound.key, exc)
                 flag = self._flag(inbound, Direction.INPUT, "unchecked", text)
-                await self._store.record_flag(flag=flag)
-                yield Refused(text=wording.MODERATION_UNAVAILABLE, reason="moderation_unavailable")
+                refused = Refused(
+                    text=wording.MODERATION_UNAVAILABLE, reason="moderation_unavailable"
+                )
+                yield await end(refused, flags=[flag])
                 return
             if verdict.findings:
                 input_flags.append(self._verdict_flag(inbound, Direction.INPUT, verdict))
             if verdict.blocked:
-                await self._store.record_flag(flag=input_flags[0])
-                yield Refused(text=wording.INPUT_BLOCKED, reason="moderation")
+                # Not stored as a message: it would reach the model on the next turn.
+                refused = Refused(text=wording.INPUT_BLOCKED, reason="moderation")
+                yield await end(refused, flags=input_flags[:1])
                 return
             text = verdict.text  # with personal data redacted: that is what is stored and sent
 
@@ -202,7 +330,8 @@ class Engine:
             return message_tokens(counter, text, inbound.user_name)
 
         state, _ = await self._store.begin_turn(
-            key=inbound.key,
+            turn=turn,
+            owner=owner,
             message=NewMessage(
                 role="user",
                 content=text,
@@ -249,8 +378,8 @@ class Engine:
             store=self._store,
             now=self._clock(),
         )
-        produced: list[NewMessage] = []  # tool calls, their results, then the reply
-        usages: list[Usage] = []
+        produced = progress.produced  # tool calls, their results, then the reply
+        usages = progress.usages
         prompt_tokens = system_tokens + window.tokens
         shown = ""  # what the user has seen (or, when buffering, would have), across steps
         buffered = self._moderation is not None and self._buffers(persona, state)
@@ -285,11 +414,15 @@ class Engine:
                         reported = chunk
             except ModelError as exc:
                 log.warning("model call failed for %s: %s", inbound.key, exc)
-                yield Failed(
+                if text_parts:  # tokens were spent on the cut-off text: count them
+                    cut = "".join(text_parts)
+                    usages.append(self._usage(reported, model, prompt_tokens, cut, counter))
+                failed = Failed(
                     text=wording.MODEL_FAILURE[exc.kind],
                     reason=exc.kind.value,
                     partial="" if buffered else shown,
                 )
+                yield await end(failed, messages=produced, usage=self._records(inbound, usages))
                 return
             text = "".join(text_parts)
             usages.append(self._usage(reported, model, prompt_tokens, text, counter))
@@ -326,8 +459,10 @@ class Engine:
                 )
             produced.extend(step_messages)
             prompt_tokens += sum(m.token_count for m in step_messages)
+        records = self._records(inbound, usages)
         if not text.strip():
-            yield Failed(text=wording.EMPTY_REPLY, reason="empty", partial=shown)
+            failed = Failed(text=wording.EMPTY_REPLY, reason="empty", partial=shown)
+            yield await end(failed, messages=produced, usage=records)
             return
 
         produced.append(
@@ -338,7 +473,6 @@ class Engine:
                 author_name=self._options.bot_name,
             )
         )
-        records = [self._usage_record(inbound, usage) for usage in usages]
         output_flags: list[FlagRecord] = []
         if self._moderation is not None:
             try:
@@ -346,29 +480,27 @@ class Engine:
             except ModerationUnavailable as exc:
                 log.warning("output moderation unavailable for %s: %s", inbound.key, exc)
                 flag = self._flag(inbound, Direction.OUTPUT, "unchecked", shown)
-                await self._store.finish_turn(
-                    conversation_id=state.id, messages=[], usage=records, flags=[flag]
+                retracted = Retracted(
+                    text=wording.OUTPUT_UNCHECKED, reason="moderation_unavailable"
                 )
-                yield Retracted(text=wording.OUTPUT_UNCHECKED, reason="moderation_unavailable")
+                yield await end(retracted, usage=records, flags=[flag])
                 return
             if any(flag.action == "block" for flag in output_flags):
                 # Nothing of the reply is stored: it must not reach the model in later turns.
-                await self._store.finish_turn(
-                    conversation_id=state.id, messages=[], usage=records, flags=output_flags
-                )
-                yield Retracted(text=wording.OUTPUT_RETRACTED, reason="moderation")
+                retracted = Retracted(text=wording.OUTPUT_RETRACTED, reason="moderation")
+                yield await end(retracted, usage=records, flags=output_flags)
                 return
             if output_flags:
                 shown = "\n\n".join(
                     m.content for m in produced if m.role == "assistant" and m.content
                 )
-        await self._store.finish_turn(
-            conversation_id=state.id, messages=produced, usage=records, flags=output_flags
-        )
-        yield Final(text=shown, usage=total_usage(usages))
-
         if self._options.summaries and window.dropped and window.oldest_id is not None:
-            await self._summarize(inbound, state, window, model, counter)
+            # Run after delivery, outside the turn: a summary can never change the answer.
+            self._follow_ups[turn.id] = partial(
+                self._summarize, inbound, state, window, model, counter
+            )
+        final = Final(text=shown, usage=total_usage(usages))
+        yield await end(final, messages=produced, usage=records, flags=output_flags)
 
     async def _moderate_output(
         self, inbound: Inbound, produced: list[NewMessage], counter: TokenCounter
@@ -434,6 +566,9 @@ class Engine:
 
     def _usage_record(self, inbound: Inbound, usage: Usage) -> UsageRecord:
         return usage_record(inbound, usage, self._prices, self._clock())
+
+    def _records(self, inbound: Inbound, usages: Sequence[Usage]) -> list[UsageRecord]:
+        return [self._usage_record(inbound, usage) for usage in usages]
 
     def _tool_schemas(self, model: str, allowed: list[str]) -> tuple[list[dict[str, Any]], int]:
         """The tools' definitions and what they cost in the prompt, computed once per set."""
@@ -553,6 +688,14 @@ SUMMARIZER_PROMPT = (
     "far. Keep names, decisions, facts, open questions and commitments; drop small talk. "
     "Write at most 200 words of plain prose."
 )
+
+
+@dataclass
+class _Progress:
+    """What a turn has done so far, so that a failure at any point still stores it."""
+
+    produced: list[NewMessage] = field(default_factory=list)
+    usages: list[Usage] = field(default_factory=list)
 
 
 class _ToolCalls:

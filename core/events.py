@@ -141,3 +141,16 @@ ReplyEvent = (
     | Delta
     | ToolStarted | ToolFinished | Final | CommandResult | Refused | Retracted | Failed
 )
+
+
+def shown_text(event: ReplyEvent) -> str:
+    """The Markdown a chat shows in the end for a turn's last event.
+
+    A failure after some text keeps that text, marked as cut off by the failure's sentence,
+    so the user sees what came and why it stopped.
+    """
+    if isinstance(event, Failed) and event.partial:
+        return f"{event.partial}\n\n_{event.text}_"
+    if isinstance(event, Final | CommandResult | Refused | Retracted | Failed):
+        return event.text
+    raise ValueError(f"{type(event).__name__} does not end a turn")

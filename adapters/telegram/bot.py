@@ -8,10 +8,10 @@ then a message that grows through throttled `editMessageText` calls.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import os
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -19,11 +19,12 @@ from typing import Any
 from aiohttp import web
 from telegram import Bot, BotCommand, LinkPreviewOptions, ReplyParameters, Update
 from telegram.constants import ChatAction, ParseMode
-from telegram.error import BadRequest, RetryAfter, TelegramError
+from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 from telegram.ext import Application, ContextTypes, TypeHandler
 
+from adapters.base import HOLD_RETRY_SECONDS, AcceptFailed, ChatAdapter
 from adapters.http import HttpServer
-from adapters.rendering import RateLimited, StreamingReply, deliver
+from adapters.rendering import RateLimited, StreamingReply
 from adapters.telegram.translate import (
     TELEGRAM_LIMIT,
     TelegramMessage,
@@ -37,11 +38,12 @@ from adapters.telegram.translate import (
 )
 from core.commands import COMMANDS
 from core.config import Settings
-from core.conversation import Engine
 from core.errors import ConfigError
 from core.events import ConversationKey, Inbound
 from core.locks import KeyedLocks
+from core.scheduler import DeliveryFailed, PostedCallback, Scheduler
 from core.storage.base import SessionStore
+from core.storage.retry import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +61,24 @@ MENU = [
 ]
 
 
+def address_of(message: TelegramMessage) -> dict[str, Any]:
+    """Where the answer to `message` goes, as stored with its turn."""
+    return {
+        "chat_id": message.chat_id,
+        "thread_id": message.thread_id,
+        # In a group the answer quotes the question, so it is clear whom it answers.
+        "reply_to": None if message.is_direct else message.message_id,
+    }
+
+
 class TelegramSink:
     """Messages in one chat (and forum topic) for StreamingReply, as Telegram HTML."""
 
-    def __init__(self, bot: Bot, message: TelegramMessage) -> None:
+    def __init__(self, bot: Bot, address: dict[str, Any], *, quote: bool = True) -> None:
         self._bot = bot
-        self._chat = message.chat_id
-        self._thread = message.thread_id
-        # In a group the answer quotes the question, so it is clear whom it answers.
-        self._reply_to = None if message.is_direct else message.message_id
+        self._chat = int(address["chat_id"])
+        self._thread = address.get("thread_id")
+        self._reply_to = address.get("reply_to") if quote else None
 
     async def post(self, text: str) -> str:
         reply = ReplyParameters(self._reply_to, allow_sending_without_reply=True)
@@ -120,6 +131,12 @@ class TelegramSink:
             return await request
         except RetryAfter as exc:
             raise RateLimited(_seconds(exc)) from exc
+        except Forbidden as exc:  # the bot was blocked or removed: no retry will help
+            raise DeliveryFailed(exc.message) from exc
+        except BadRequest as exc:
+            if "can't parse entities" in exc.message or "not modified" in exc.message:
+                raise  # handled by the callers
+            raise DeliveryFailed(exc.message) from exc
 
 
 def _seconds(exc: RetryAfter) -> float:
@@ -127,25 +144,29 @@ def _seconds(exc: RetryAfter) -> float:
     return wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
 
 
-class TelegramBot:
-    """`async with TelegramBot(engine=..., store=..., settings=..., http=...) as bot:`.
+class TelegramBot(ChatAdapter):
+    """`async with TelegramBot(scheduler=..., store=..., settings=..., http=...) as bot:`.
 
     Long polling by default; a webhook at TELEGRAM_WEBHOOK_URL (served on the shared HTTP
-    server, every request checked against TELEGRAM_WEBHOOK_SECRET) when that is set.
+    server, every request checked against TELEGRAM_WEBHOOK_SECRET) when that is set. Each
+    message is stored before Telegram is told it arrived: a webhook request gets a 5xx while
+    the database is down (Telegram sends it again); by polling, where Telegram has already
+    moved on, the message is held in memory until it is stored.
     """
+
+    platform = PLATFORM
 
     def __init__(
         self,
         *,
-        engine: Engine,
+        scheduler: Scheduler,
         store: SessionStore,
         settings: Settings,
         http: HttpServer | None = None,
+        **_: object,
     ) -> None:
+        super().__init__(scheduler=scheduler, store=store, settings=settings)
         assert settings.telegram_bot_token is not None
-        self._engine = engine
-        self._store = store
-        self._settings = settings
         api = str(settings.telegram_api_url).rstrip("/")
         webhook = settings.telegram_webhook_url
         builder = (
@@ -161,7 +182,7 @@ class TelegramBot:
         self.application = builder.build()
         self.application.add_handler(TypeHandler(Update, self._on_update))
         self.application.add_error_handler(self._on_error)
-        self._chats: KeyedLocks[tuple[int, int | None]] = KeyedLocks()
+        self._chats: KeyedLocks[int] = KeyedLocks()
         self.bot_id = 0
         self.username = ""
         if webhook is not None:
@@ -207,6 +228,7 @@ class TelegramBot:
             await app.updater.stop()
         if app.running:
             await app.stop()
+        await self.stop()
         await app.shutdown()
 
     async def _on_webhook(self, request: web.Request) -> web.Response:
@@ -220,21 +242,40 @@ class TelegramBot:
             update = Update.de_json(await request.json(), self.application.bot)
         except (ValueError, TypeError, KeyError):
             return web.Response(status=400)
-        await self.application.update_queue.put(update)
+        try:
+            await self._accept(update, hold=False)
+        except AcceptFailed:
+            return web.Response(status=503)  # Telegram sends the update again later
         return web.Response()
 
     # --- updates --------------------------------------------------------------------------
 
     async def _on_update(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        await self._accept(update, hold=True)  # polling: Telegram will not send it again
+
+    async def _accept(self, update: Update, *, hold: bool) -> None:
         message = parse_update(update.to_dict(), bot_id=self.bot_id, bot_username=self.username)
         if message is None or not addressed_to_bot(message):
             return
-        # Updates are handled concurrently; within one chat (and topic) they take turns in
-        # the order they arrived, so replies come in the order of the questions.
-        async with self._chats.hold((message.chat_id, message.thread_id)):
-            await self._answer(update.update_id, message)
+        # Updates are handled concurrently; within one chat they are accepted (and so
+        # answered) in the order they arrived.
+        async with self._chats.hold(message.chat_id):
+            if hold:
+                while True:
+                    try:
+                        inbound = await self._inbound(message)
+                        break
+                    except DatabaseUnavailable:
+                        await asyncio.sleep(HOLD_RETRY_SECONDS)
+                await self.accept_held(inbound, address_of(message))
+                return
+            try:
+                inbound = await self._inbound(message)
+            except DatabaseUnavailable as exc:
+                raise AcceptFailed(str(exc)) from exc
+            await self.accept(inbound, address_of(message))
 
-    async def _answer(self, update_id: int, message: TelegramMessage) -> None:
+    async def _inbound(self, message: TelegramMessage) -> Inbound:
         scope = None  # a private chat is one conversation: no setting to read
         if not message.is_direct:
             channel = ConversationKey(PLATFORM, "", str(message.chat_id))
@@ -244,9 +285,9 @@ class TelegramBot:
             text = "/help"  # Telegram's first contact with a bot
         elif message.command is None and not text.strip():
             text = "/help"  # a bare mention
-        inbound = Inbound(
+        return Inbound(
             key=conversation_key(message, scope=scope),
-            event_id=event_id_for(update_id),
+            event_id=event_id_for(message),
             user_id=str(message.user_id),
             user_name=message.user_name,
             text=text,
@@ -254,40 +295,43 @@ class TelegramBot:
             mentions_bot=message.mentions_bot,
             received_at=datetime.fromtimestamp(message.date, UTC),
         )
-        sink = TelegramSink(self.application.bot, message)
-        reply = StreamingReply(
-            sink,
+
+    # --- replies --------------------------------------------------------------------------
+
+    def reply(
+        self,
+        address: dict[str, Any],
+        *,
+        posted: Sequence[str] = (),
+        on_posted: PostedCallback | None = None,
+    ) -> StreamingReply:
+        return StreamingReply(
+            # A reply that has messages already does not quote the question again.
+            TelegramSink(self.application.bot, address, quote=not posted),
             render=markdown_to_html,
             limit=TELEGRAM_LIMIT,
             measure=rendered_length,
             interval=self._settings.telegram_update_interval,
             placeholder=None,
+            max_attempts=None,
+            existing=posted,
+            on_posted=on_posted,
         )
-        typing: list[asyncio.Task[None]] = []
 
-        async def start_typing() -> None:
-            typing.append(asyncio.create_task(self._typing(message)))
+    def typing(self, address: dict[str, Any]) -> Callable[[], Awaitable[None]]:
+        async def typing() -> None:
+            while True:
+                try:
+                    await self.application.bot.send_chat_action(
+                        int(address["chat_id"]),
+                        ChatAction.TYPING,
+                        message_thread_id=address.get("thread_id"),
+                    )
+                except TelegramError as exc:
+                    log.debug("Telegram: typing action failed: %s", exc)
+                await asyncio.sleep(TYPING_EVERY)
 
-        try:
-            await deliver(self._engine.handle(inbound), reply, accepted=start_typing)
-        except Exception:
-            log.exception("Telegram: could not deliver the reply for %s", inbound.key)
-        finally:
-            for task in typing:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await reply.aclose()
-
-    async def _typing(self, message: TelegramMessage) -> None:
-        while True:
-            try:
-                await self.application.bot.send_chat_action(
-                    message.chat_id, ChatAction.TYPING, message_thread_id=message.thread_id
-                )
-            except TelegramError as exc:
-                log.debug("Telegram: typing action failed: %s", exc)
-            await asyncio.sleep(TYPING_EVERY)
+        return typing
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         log.error("Telegram: handling an update failed: %s", context.error, exc_info=context.error)

@@ -219,10 +219,12 @@ def addressed_to_bot(message: TelegramMessage) -> bool:
     return message.mentions_bot or message.replies_to_bot or message.command is not None
 
 
-def event_id_for(update_id: int) -> str:
-    """The id under which the engine claims an update: its `update_id`, which is unique per
-    bot and kept when Telegram delivers the update again."""
-    return str(update_id)
+def event_id_for(message: TelegramMessage) -> str:
+    """The id under which a message is claimed: its chat and message ids, which Telegram
+    never reuses and keeps when it delivers the update again. Not the `update_id`: after a
+    week without updates Telegram starts those afresh at random, so an old claim could
+    swallow a new message."""
+    return f"{message.chat_id}:{message.message_id}"
 
 
 # In "@bot, question" the comma only addressed the bot.

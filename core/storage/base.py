@@ -3,12 +3,64 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from core.events import ConversationKey
+from core.events import ConversationKey, Inbound
+
+
+class TurnState:
+    """Where an accepted message stands. Within a conversation, a turn starts only when every
+    earlier one is at least `REPLIED`, so answers follow the order messages arrived in.
+
+    - PENDING: accepted (claimed and stored), waiting for its turn.
+    - RUNNING: being answered under a lease; taken over by anyone once the lease expires.
+    - REPLIED: the answer is stored; it is being delivered (under a lease, as above).
+    - DELIVERED / UNDELIVERED: finished; undelivered means the platform refused it for good
+      or stayed down past the delivery deadline.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    REPLIED = "replied"
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+
+    UNFINISHED = (PENDING, RUNNING)  # a later turn of the conversation waits for these
+    LEASED = (RUNNING, REPLIED)
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """An accepted message as stored: enough to answer and deliver it in any process.
+
+    Attributes:
+        id: Arrival order (within a conversation, turns run in id order).
+        conversation_id: The conversation's row.
+        inbound: The message as the adapter translated it.
+        address: Where the answer goes, in the adapter's own terms (channel, thread, ids).
+        state: A TurnState value.
+        attempts: How many times a process took this turn (a crash loop stops at a limit).
+        message_id: The user's message in `messages`, once stored (a re-run does not store it
+            twice).
+        reply: The text the user is shown in the end, once the turn has run.
+        posted: The platform ids of the messages that show (part of) the reply so far.
+    """
+
+    id: int
+    conversation_id: int
+    inbound: Inbound
+    address: dict[str, Any]
+    state: str
+    attempts: int = 0
+    message_id: int | None = None
+    reply: str | None = None
+    posted: tuple[str, ...] = ()
+
+
+class LeaseLost(Exception):
+    """Another process took this turn over (our lease expired): stop working on it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,27 +183,78 @@ class LimitCounts:
 class SessionStore(Protocol):
     """Durable conversations. Every method is one short transaction."""
 
-    async def claim_event(self, *, platform: str, event_id: str) -> bool:
-        """Record an inbound event id; False when it was already claimed (a redelivery)."""
+    async def accept(
+        self,
+        *,
+        inbound: Inbound,
+        address: dict[str, Any],
+        owner: str | None = None,
+        lease_until: float = 0.0,
+    ) -> Turn | None:
+        """Claim the event and store the message, in one transaction; None for a redelivery.
+
+        With `owner`, the turn is leased to it at once when no earlier turn of the
+        conversation is unfinished (state RUNNING), saving the scheduler a claim.
+        """
         ...
 
-    def turn_lock(self, key: ConversationKey) -> AbstractAsyncContextManager[None]:
-        """Held for a whole turn so one conversation's messages are answered one at a time."""
+    async def claim_turns(
+        self,
+        *,
+        owner: str,
+        now: float,
+        lease_until: float,
+        limit: int,
+        platforms: Sequence[str],
+        conversation_id: int | None = None,
+        exclude: Sequence[int] = (),
+    ) -> Sequence[Turn]:
+        """Lease up to `limit` turns that are due: the first unfinished turn of a conversation,
+        pending or with an expired lease, and replies whose delivery lease expired, on the
+        given platforms. Safe across processes (each turn goes to one owner). `exclude`:
+        conversations to skip."""
+        ...
+
+    async def renew_leases(self, *, owner: str, lease_until: float) -> int:
+        """Extend every lease `owner` holds (one statement: the process's heartbeat)."""
+        ...
+
+    async def release_leases(self, *, owner: str) -> int:
+        """Let any process take over `owner`'s turns at once (a process stopping)."""
+        ...
+
+    async def record_posted(self, *, turn_id: int, owner: str, posted: Sequence[str]) -> None:
+        """Remember which platform messages show the reply, so a recovery edits them."""
+        ...
+
+    async def finish_delivery(
+        self, *, turn_id: int, owner: str, delivered: bool, now: float
+    ) -> None:
+        """The reply landed (or was given up on): the turn is finished."""
+        ...
+
+    async def prune_turns(self, *, finished_before: float) -> int:
+        """Delete turns finished before that moment (their event ids with them)."""
         ...
 
     async def begin_turn(
         self,
         *,
-        key: ConversationKey,
+        turn: Turn,
+        owner: str,
         message: NewMessage,
         count_tokens: Callable[[ConversationState], int] | None = None,
         flags: Sequence[FlagRecord] = (),
     ) -> tuple[ConversationState, int]:
-        """Get or create the conversation and store the user's message; returns its id too.
+        """Read the conversation and store the turn's user message; returns its id too.
 
+        A turn re-run after a crash finds its message stored and does not store it again.
         `count_tokens`, when given, sets the message's token count from the conversation's
         state (its persona decides the model, and so the tokenizer) in the same transaction.
         `flags` (moderation findings on the message) are stored in it too.
+
+        Raises:
+            LeaseLost: `owner` no longer holds the turn.
         """
         ...
 
@@ -168,13 +271,19 @@ class SessionStore(Protocol):
     async def finish_turn(
         self,
         *,
-        conversation_id: int,
-        messages: Sequence[NewMessage],
-        usage: Sequence[UsageRecord],
+        turn: Turn,
+        owner: str,
+        reply: str,
+        messages: Sequence[NewMessage] = (),
+        usage: Sequence[UsageRecord] = (),
         flags: Sequence[FlagRecord] = (),
     ) -> None:
-        """Store the reply (and any tool messages), each model call's usage and any moderation
-        flags on the reply, at once."""
+        """End the turn at once: the reply to show (state REPLIED), the messages to keep (tool
+        exchange, answer), each model call's usage and any moderation flags.
+
+        Raises:
+            LeaseLost: `owner` no longer holds the turn; nothing was stored.
+        """
         ...
 
     async def search_messages(

@@ -7,48 +7,63 @@ transaction:
   cursor call to its thread and back (about 45 hand-offs a turn, ~100 µs each on an idle
   2-core VM); one hand-off per operation is four to five times cheaper. SQLite runs one writer
   at a time anyway, so one thread costs no concurrency (see bench/README.md);
-- on PostgreSQL, through asyncpg with `AsyncConnection.run_sync`, on the connection that holds
-  the conversation's advisory lock when there is one, so a turn needs one connection, not two.
+- on PostgreSQL, through asyncpg with `AsyncConnection.run_sync`, on a pooled connection held
+  only for that transaction (never across a model call).
+
+Transient database errors (a terminated connection, a locked SQLite file) are retried with
+backoff for a bounded time (core/storage/retry.py); only then do they reach the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Insert, and_, create_engine, delete, func, select, update
+from sqlalchemy import (
+    Engine,
+    Insert,
+    and_,
+    case,
+    create_engine,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.events import ConversationKey
-from core.locks import KeyedLocks
+from core.events import ConversationKey, Inbound
 from core.storage.base import (
     AccessRule,
     ChannelSettings,
     ConversationState,
     FlagRecord,
+    LeaseLost,
     LimitCounts,
     NewMessage,
     StoredFlag,
     StoredMessage,
+    Turn,
+    TurnState,
     UsageRecord,
     UsageTotals,
 )
 from core.storage.database import configure_sqlite
+from core.storage.retry import retry_transient
 from core.storage.tables import (
     access_rules,
     channel_settings,
     conversations,
     moderation_flags,
-    processed_events,
+    turns,
     user_requests,
 )
 from core.storage.tables import messages as message_rows
@@ -61,13 +76,11 @@ Work = Callable[[Connection], T]
 class SqlStore:
     """SessionStore on SQLAlchemy Core (no ORM: a turn is a handful of plain statements)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, retry_seconds: float = 30.0) -> None:
         self.engine = engine
+        self._retry_seconds = retry_seconds
         self._postgres = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if self._postgres else sqlite.insert
-        self._locks: KeyedLocks[ConversationKey] = KeyedLocks()
-        # The connection holding this task's turn lock (PostgreSQL only).
-        self._held: ContextVar[AsyncConnection | None] = ContextVar("held", default=None)
         self._sqlite = (
             None if self._postgres else _SqliteThread(engine.url.set(drivername="sqlite"))
         )
@@ -78,46 +91,199 @@ class SqlStore:
         await self.engine.dispose()
 
     async def _run(self, work: Work[T], *, write: bool = True) -> T:
-        if self._sqlite is not None:
-            return await self._sqlite.run(work, write=write)
-        held = self._held.get()
-        if held is not None:
-            async with held.begin():
-                return await held.run_sync(work)
-        async with self.engine.begin() as connection:
-            return await connection.run_sync(work)
+        """Runs `work` as one transaction, again on a transient error (a dropped connection,
+        a locked file) until `retry_seconds` pass; then DatabaseUnavailable. A transaction
+        that failed was rolled back, so running it again is safe."""
+
+        async def once() -> T:
+            if self._sqlite is not None:
+                return await self._sqlite.run(work, write=write)
+            async with self.engine.begin() as connection:
+                return await connection.run_sync(work)
+
+        name = getattr(work, "__qualname__", "a transaction")
+        return await retry_transient(once, deadline=self._retry_seconds, what=name)
 
     # --- the turn ---------------------------------------------------------------------------
 
-    async def claim_event(self, *, platform: str, event_id: str) -> bool:
-        statement = (
-            self._insert(processed_events)
-            .values(platform=platform, event_id=event_id)
-            .on_conflict_do_nothing()
-            .returning(processed_events.c.event_id)
-        )
-        return await self._run(lambda c: c.execute(statement).first() is not None)
+    async def accept(
+        self,
+        *,
+        inbound: Inbound,
+        address: dict[str, Any],
+        owner: str | None = None,
+        lease_until: float = 0.0,
+    ) -> Turn | None:
+        key = inbound.key
+        t = turns.c
 
-    @asynccontextmanager
-    async def turn_lock(self, key: ConversationKey) -> AsyncIterator[None]:
-        async with self._locks.hold(key):
-            if not self._postgres:
-                yield
-                return
-            # Across processes: a session-level advisory lock on a connection kept for the turn,
-            # which the turn's own statements then use (see _run). The lock calls go straight to
-            # asyncpg: outside a transaction each is one round trip instead of three.
-            lock_id = _advisory_id(key.platform, key.workspace, key.channel, key.thread)
-            async with self.engine.connect() as connection:
-                driver = (await connection.get_raw_connection()).driver_connection
-                assert driver is not None
-                await driver.execute("SELECT pg_advisory_lock($1)", lock_id)
-                self._held.set(connection)
-                try:
-                    yield
-                finally:
-                    self._held.set(None)
-                    await driver.execute("SELECT pg_advisory_unlock($1)", lock_id)
+        def work(connection: Connection) -> Turn | None:
+            # Upserting the conversation locks its row (PostgreSQL) until commit, so two
+            # processes accepting messages of one conversation take turns: ids follow arrival
+            # order and the "is it first?" check below sees every earlier turn.
+            conversation_id = self._conversation_id(connection, key)
+            waiting = connection.execute(
+                select(t.id)
+                .where(t.conversation_id == conversation_id, t.state.in_(TurnState.UNFINISHED))
+                .limit(1)
+            ).first()
+            leased = owner is not None and waiting is None
+            turn_id = connection.execute(
+                self._insert(turns)
+                .values(
+                    platform=key.platform,
+                    event_id=inbound.event_id,
+                    conversation_id=conversation_id,
+                    user_id=inbound.user_id,
+                    user_name=inbound.user_name,
+                    text=inbound.text,
+                    is_direct=inbound.is_direct,
+                    mentions_bot=inbound.mentions_bot,
+                    address=address,
+                    state=TurnState.RUNNING if leased else TurnState.PENDING,
+                    lease_owner=owner if leased else None,
+                    lease_until=lease_until if leased else None,
+                    attempts=1 if leased else 0,
+                )
+                .on_conflict_do_nothing(index_elements=["platform", "event_id"])
+                .returning(t.id)
+            ).scalar()
+            if turn_id is None:
+                return None
+            return Turn(
+                id=turn_id,
+                conversation_id=conversation_id,
+                inbound=inbound,
+                address=address,
+                state=TurnState.RUNNING if leased else TurnState.PENDING,
+                attempts=1 if leased else 0,
+            )
+
+        return await self._run(work)
+
+    async def claim_turns(
+        self,
+        *,
+        owner: str,
+        now: float,
+        lease_until: float,
+        limit: int,
+        platforms: Sequence[str],
+        conversation_id: int | None = None,
+        exclude: Sequence[int] = (),
+    ) -> Sequence[Turn]:
+        t = turns.c
+        earlier = turns.alias("earlier")
+        first_unfinished = ~(
+            select(earlier.c.id)
+            .where(
+                earlier.c.conversation_id == t.conversation_id,
+                earlier.c.id < t.id,
+                earlier.c.state.in_(TurnState.UNFINISHED),
+            )
+            .exists()
+        )
+        due = or_(
+            and_(t.state == TurnState.PENDING, first_unfinished),
+            and_(t.state.in_(TurnState.LEASED), t.lease_until < now),
+        )
+        due = and_(due, t.platform.in_(platforms))
+        if conversation_id is not None:
+            due = and_(due, t.conversation_id == conversation_id)
+        if exclude:
+            due = and_(due, t.conversation_id.not_in(exclude))
+        # SKIP LOCKED: processes claiming at once take different rows instead of waiting.
+        chosen = (
+            select(t.id).where(due).order_by(t.id).limit(limit).with_for_update(skip_locked=True)
+        )
+
+        def work(connection: Connection) -> list[Turn]:
+            ids = list(connection.execute(chosen).scalars())
+            if not ids:
+                return []
+            connection.execute(
+                update(turns)
+                .where(t.id.in_(ids))
+                .values(
+                    state=case((t.state == TurnState.PENDING, TurnState.RUNNING), else_=t.state),
+                    lease_owner=owner,
+                    lease_until=lease_until,
+                    attempts=t.attempts + 1,
+                )
+            )
+            rows = connection.execute(
+                select(*_TURN_COLUMNS)
+                .join(conversations, conversations.c.id == t.conversation_id)
+                .where(t.id.in_(ids))
+                .order_by(t.id)
+            ).all()
+            return [_turn(row) for row in rows]
+
+        return await self._run(work)
+
+    async def renew_leases(self, *, owner: str, lease_until: float) -> int:
+        statement = (
+            update(turns)
+            .where(turns.c.lease_owner == owner, turns.c.state.in_(TurnState.LEASED))
+            .values(lease_until=lease_until)
+        )
+        return await self._run(lambda c: c.execute(statement).rowcount)
+
+    async def release_leases(self, *, owner: str) -> int:
+        statement = (
+            update(turns)
+            .where(turns.c.lease_owner == owner, turns.c.state.in_(TurnState.LEASED))
+            .values(lease_until=0.0)
+        )
+        return await self._run(lambda c: c.execute(statement).rowcount)
+
+    async def record_posted(self, *, turn_id: int, owner: str, posted: Sequence[str]) -> None:
+        statement = (
+            update(turns)
+            .where(turns.c.id == turn_id, turns.c.lease_owner == owner)
+            .values(posted=list(posted))
+        )
+        await self._run(lambda c: c.execute(statement))
+
+    async def finish_delivery(
+        self, *, turn_id: int, owner: str, delivered: bool, now: float
+    ) -> None:
+        statement = (
+            update(turns)
+            .where(turns.c.id == turn_id, turns.c.lease_owner == owner)
+            .values(
+                state=TurnState.DELIVERED if delivered else TurnState.UNDELIVERED,
+                lease_owner=None,
+                lease_until=None,
+                finished_at=now,
+            )
+        )
+        await self._run(lambda c: c.execute(statement))
+
+    async def prune_turns(self, *, finished_before: float) -> int:
+        statement = delete(turns).where(
+            turns.c.state.in_((TurnState.DELIVERED, TurnState.UNDELIVERED)),
+            turns.c.finished_at < finished_before,
+        )
+        return await self._run(lambda c: c.execute(statement).rowcount)
+
+    def _conversation_id(self, connection: Connection, key: ConversationKey) -> int:
+        return int(
+            connection.execute(
+                self._insert(conversations)
+                .values(
+                    platform=key.platform,
+                    workspace=key.workspace,
+                    channel=key.channel,
+                    thread=key.thread,
+                )
+                .on_conflict_do_update(
+                    index_elements=["platform", "workspace", "channel", "thread"],
+                    set_={"updated_at": func.now()},
+                )
+                .returning(conversations.c.id)
+            ).scalar_one()
+        )
 
     def _upsert_conversation(
         self, connection: Connection, key: ConversationKey
@@ -163,13 +329,23 @@ class SqlStore:
     async def begin_turn(
         self,
         *,
-        key: ConversationKey,
+        turn: Turn,
+        owner: str,
         message: NewMessage,
         count_tokens: Callable[[ConversationState], int] | None = None,
         flags: Sequence[FlagRecord] = (),
     ) -> tuple[ConversationState, int]:
         def work(connection: Connection) -> tuple[ConversationState, int]:
-            state = self._upsert_conversation(connection, key)
+            stored = connection.execute(
+                select(turns.c.message_id)
+                .where(turns.c.id == turn.id, turns.c.lease_owner == owner)
+                .with_for_update()
+            ).first()
+            if stored is None:
+                raise LeaseLost(f"turn {turn.id} was taken over")
+            state = self._upsert_conversation(connection, turn.inbound.key)
+            if stored.message_id is not None:  # a re-run after a crash: stored already
+                return state, int(stored.message_id)
             values = _message_values(message)
             if count_tokens is not None:
                 values["token_count"] = count_tokens(state)
@@ -178,6 +354,9 @@ class SqlStore:
                 .values(conversation_id=state.id, **values)
                 .returning(message_rows.c.id)
             ).scalar_one()
+            connection.execute(
+                update(turns).where(turns.c.id == turn.id).values(message_id=message_id)
+            )
             _insert_flags(connection, state.id, flags)
             return state, message_id
 
@@ -206,12 +385,29 @@ class SqlStore:
     async def finish_turn(
         self,
         *,
-        conversation_id: int,
-        messages: Sequence[NewMessage],
-        usage: Sequence[UsageRecord],
+        turn: Turn,
+        owner: str,
+        reply: str,
+        messages: Sequence[NewMessage] = (),
+        usage: Sequence[UsageRecord] = (),
         flags: Sequence[FlagRecord] = (),
     ) -> None:
+        conversation_id = turn.conversation_id
+
         def work(connection: Connection) -> None:
+            # Only the lease holder may end the turn: a process whose lease expired while it
+            # worked (a long stall) must not store a second answer beside its successor's.
+            ended = connection.execute(
+                update(turns)
+                .where(
+                    turns.c.id == turn.id,
+                    turns.c.lease_owner == owner,
+                    turns.c.state == TurnState.RUNNING,
+                )
+                .values(state=TurnState.REPLIED, reply=reply)
+            ).rowcount
+            if not ended:
+                raise LeaseLost(f"turn {turn.id} was taken over")
             if messages:
                 connection.execute(
                     message_rows.insert(),
@@ -557,6 +753,50 @@ _STORED_COLUMNS = (
     message_rows.c.tool_calls,
     message_rows.c.tool_call_id,
 )
+
+
+_TURN_COLUMNS = (
+    turns.c.id,
+    turns.c.conversation_id,
+    conversations.c.platform,
+    conversations.c.workspace,
+    conversations.c.channel,
+    conversations.c.thread,
+    turns.c.event_id,
+    turns.c.user_id,
+    turns.c.user_name,
+    turns.c.text,
+    turns.c.is_direct,
+    turns.c.mentions_bot,
+    turns.c.address,
+    turns.c.state,
+    turns.c.attempts,
+    turns.c.message_id,
+    turns.c.reply,
+    turns.c.posted,
+)
+
+
+def _turn(row: Any) -> Turn:  # a Row of _TURN_COLUMNS
+    return Turn(
+        id=row.id,
+        conversation_id=row.conversation_id,
+        inbound=Inbound(
+            key=ConversationKey(row.platform, row.workspace, row.channel, row.thread),
+            event_id=row.event_id,
+            user_id=row.user_id,
+            user_name=row.user_name,
+            text=row.text,
+            is_direct=row.is_direct,
+            mentions_bot=row.mentions_bot,
+        ),
+        address=dict(row.address),
+        state=row.state,
+        attempts=row.attempts,
+        message_id=row.message_id,
+        reply=row.reply,
+        posted=tuple(row.posted or ()),
+    )
 
 
 def _message_values(message: NewMessage) -> dict[str, Any]:

@@ -99,13 +99,41 @@ channel_settings = Table(
     PrimaryKeyConstraint("platform", "workspace", "channel"),
 )
 
-processed_events = Table(
-    "processed_events",
+# One row per accepted message: the claim of its event id, everything needed to answer it
+# later, and where its answer stands. Rows are answered in id order within a conversation.
+turns = Table(
+    "turns",
     metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    # The claim: a redelivery of the same event finds its row and is not answered again.
     Column("platform", String(32), nullable=False),
     Column("event_id", String(191), nullable=False),
+    Column(
+        "conversation_id",
+        Id,
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("user_id", String(128), nullable=False),
+    Column("user_name", String(256), nullable=False, server_default=""),
+    Column("text", Text, nullable=False),
+    Column("is_direct", Boolean, nullable=False, server_default=false()),
+    Column("mentions_bot", Boolean, nullable=False, server_default=false()),
+    # Where the answer goes on the platform (channel, thread, message ids...): the adapter's.
+    Column("address", JSON, nullable=False),
+    # pending -> running -> replied -> delivered | undelivered (see core/storage/base.py).
+    Column("state", String(16), nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", Float),  # epoch seconds
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("message_id", BigInteger),  # the user's message once stored in `messages`
+    Column("reply", Text),  # what the user is shown in the end, once the turn has run
+    Column("posted", JSON),  # the platform ids of the messages showing the reply
+    Column("finished_at", Float),  # epoch seconds; finished rows are pruned after a while
     _now(),
-    PrimaryKeyConstraint("platform", "event_id"),
+    UniqueConstraint("platform", "event_id"),
+    Index(None, "conversation_id", "id"),
+    Index(None, "state", "lease_until"),
 )
 
 usage = Table(

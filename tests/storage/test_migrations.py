@@ -63,7 +63,7 @@ async def test_upgrade_creates_exactly_the_schema_tables(engine: AsyncEngine) ->
         "conversations",
         "messages",
         "channel_settings",
-        "processed_events",
+        "turns",
         "usage",
         "moderation_flags",
         "access_rules",

@@ -1,0 +1,292 @@
+"""The scheduler: which accepted message is answered when, by which process, and delivered.
+
+Adapters accept messages through `Scheduler.accept` (one transaction) and hand over; from then
+on the scheduler owns the turn. Per conversation, turns run strictly in arrival order, one at
+a time, each delivered before the next starts; conversations run concurrently, at most
+`concurrency` turns at once. A turn is held under a lease that one heartbeat statement per
+process keeps alive, so no database connection is held while the model streams, and any
+process takes over a turn whose lease expired (its process died): a turn that had not ended
+is run again, a reply already stored is delivered again, editing the messages it had posted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from core.conversation import Engine
+from core.events import Accepted, Inbound, Refused, ReplyEvent, shown_text
+from core.storage.base import LeaseLost, SessionStore, Turn, TurnState
+from core.storage.retry import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryFailed(Exception):
+    """The platform refused the reply for good (a deleted channel, a blocked bot)."""
+
+
+class ReplyView(Protocol):
+    """One turn's reply on its platform, built by the adapter from the turn's address."""
+
+    def show(self, event: ReplyEvent) -> None:
+        """Shows progress (Accepted: a placeholder or typing; text; tool status) in the
+        background. Never blocks and never raises: the turn does not wait for the platform."""
+        ...
+
+    async def deliver(self, markdown: str) -> None:
+        """Shows the final text for sure: transient failures (network errors, 5xx, rate
+        limits) are retried until it lands; the scheduler bounds how long.
+
+        Raises:
+            DeliveryFailed: the platform refused it for good.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Stops any background work."""
+        ...
+
+
+PostedCallback = Callable[[Sequence[str]], Awaitable[None]]
+"""Called with the ids of the messages showing the reply whenever a new one is posted."""
+
+Outlet = Callable[[Turn, PostedCallback], ReplyView]
+"""A platform's factory of reply views: the turn's address and posted ids say where."""
+
+
+class Scheduler:
+    """`async with Scheduler(engine=..., store=...) as scheduler:` runs turns until exit.
+
+    Register each platform's outlet (`add_outlet`) before entering: the scheduler only takes
+    turns of platforms this process serves. On exit, running turns get `grace` seconds to
+    finish; the rest are cancelled and their leases released, so another process (or the
+    next start) takes them over at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        store: SessionStore,
+        lease_seconds: float = 20.0,
+        poll_seconds: float = 1.0,
+        concurrency: int = 64,
+        delivery_deadline: float = 600.0,
+        keep_finished_seconds: float = 2 * 86400.0,
+        grace_seconds: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.owner = f"{uuid.uuid4().hex[:16]}"
+        self._engine = engine
+        self._store = store
+        self._lease = lease_seconds
+        self._poll = poll_seconds
+        self._concurrency = concurrency
+        self._deadline = delivery_deadline
+        self._keep = keep_finished_seconds
+        self._grace = grace_seconds
+        self._clock = clock
+        self._outlets: dict[str, Outlet] = {}
+        self._slots = asyncio.Semaphore(concurrency)
+        self._workers: dict[int, asyncio.Task[None]] = {}  # conversation id -> its worker
+        self._handoff: dict[int, Turn] = {}  # a leased turn for a conversation's worker
+        self._waiting: set[int] = set()  # conversations with turns accepted here, pending
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_prune = 0.0
+        self._stopping = False
+
+    def add_outlet(self, platform: str, outlet: Outlet) -> None:
+        self._outlets[platform] = outlet
+
+    async def __aenter__(self) -> Scheduler:
+        self._tasks = [
+            asyncio.create_task(self._heartbeat(), name="parley-heartbeat"),
+            asyncio.create_task(self._poll_loop(), name="parley-poll"),
+        ]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Lets running turns finish within the grace period, then hands the rest over."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        workers = set(self._workers.values())
+        if workers:
+            _, late = await asyncio.wait(workers, timeout=self._grace)
+            if late:
+                log.warning("stopping: %d turns did not finish in %.0f s", len(late), self._grace)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+        try:
+            released = await self._store.release_leases(owner=self.owner)
+        except Exception as exc:  # the leases then expire on their own
+            log.warning("stopping: could not release leases: %s", exc)
+            return
+        if released:
+            log.info("stopping: %d unfinished turns left for another process", released)
+
+    # --- accepting ----------------------------------------------------------------------------
+
+    async def accept(self, inbound: Inbound, address: dict[str, Any]) -> Turn | Refused | None:
+        """Step 1 (see Engine.accept); then the turn is this scheduler's to answer.
+
+        Raises:
+            DatabaseUnavailable: nothing was stored; make the platform redeliver.
+        """
+        # While stopping, a message is stored unleased: the next process takes it at once.
+        owner = None if self._stopping else self.owner
+        result = await self._engine.accept(
+            inbound, address, owner=owner, lease_until=self._clock() + self._lease
+        )
+        if isinstance(result, Turn):
+            if result.state == TurnState.RUNNING:
+                self._start(result)
+            elif not self._stopping:
+                # An earlier turn of the conversation is unfinished; its worker (here) or
+                # the poll (a turn of another process) takes this one when its time comes.
+                self._waiting.add(result.conversation_id)
+        return result
+
+    # --- running ------------------------------------------------------------------------------
+
+    def _start(self, turn: Turn) -> None:
+        conversation = turn.conversation_id
+        if conversation in self._workers:
+            self._handoff[conversation] = turn
+            return
+        self._workers[conversation] = asyncio.create_task(
+            self._worker(conversation, turn), name=f"parley-conversation-{conversation}"
+        )
+
+    async def _worker(self, conversation: int, turn: Turn | None) -> None:
+        """Answers one conversation's turns in order while this process has some to answer."""
+        try:
+            while True:
+                if turn is None:
+                    turn = self._handoff.pop(conversation, None)
+                if turn is None and conversation in self._waiting:
+                    self._waiting.discard(conversation)
+                    claimed = await self._claim(limit=1, conversation_id=conversation)
+                    if claimed:
+                        [turn] = claimed
+                        self._waiting.add(conversation)  # there may be more behind it
+                    continue
+                if turn is None:
+                    return  # no await since the checks above: nothing can slip in between
+                async with self._slots:
+                    await self._process(turn)
+                turn = None
+        except Exception:
+            log.exception("the worker of conversation %s failed", conversation)
+        finally:
+            del self._workers[conversation]
+
+    async def _process(self, turn: Turn) -> None:
+        outlet = self._outlets.get(turn.inbound.key.platform)
+        assert outlet is not None, "claimed a turn of a platform this process does not serve"
+
+        async def posted(ids: Sequence[str]) -> None:
+            await self._store.record_posted(turn_id=turn.id, owner=self.owner, posted=ids)
+
+        view = outlet(turn, posted)
+        try:
+            if turn.state == TurnState.RUNNING:
+                view.show(Accepted())
+                last: ReplyEvent | None = None
+                async for event in self._engine.run(turn, self.owner):
+                    view.show(event)
+                    last = event
+                assert last is not None
+                text = shown_text(last)
+            else:  # the reply was stored before a crash: deliver it, do not answer again
+                assert turn.reply is not None
+                text = turn.reply
+            delivered = await self._deliver(turn, view, text)
+            await self._store.finish_delivery(
+                turn_id=turn.id, owner=self.owner, delivered=delivered, now=self._clock()
+            )
+            await self._engine.after(turn)
+        except LeaseLost:
+            log.info("turn %s was taken over by another process", turn.id)
+            self._engine.forget(turn)
+        except DatabaseUnavailable as exc:
+            # Whatever was not stored is done again once the lease expires.
+            log.warning("turn %s stopped: the database is unavailable (%s)", turn.id, exc)
+            self._engine.forget(turn)
+        finally:
+            await view.aclose()
+
+    async def _deliver(self, turn: Turn, view: ReplyView, text: str) -> bool:
+        try:
+            await asyncio.wait_for(view.deliver(text), timeout=self._deadline)
+        except DeliveryFailed as exc:
+            log.error("turn %s: the platform refused the reply: %s", turn.id, exc)
+            return False
+        except TimeoutError:
+            log.error(
+                "turn %s: the reply could not be delivered within %.0f s", turn.id, self._deadline
+            )
+            return False
+        return True
+
+    # --- leases -------------------------------------------------------------------------------
+
+    async def _claim(self, *, limit: int, conversation_id: int | None = None) -> Sequence[Turn]:
+        now = self._clock()
+        return await self._store.claim_turns(
+            owner=self.owner,
+            now=now,
+            lease_until=now + self._lease,
+            limit=limit,
+            platforms=list(self._outlets),
+            conversation_id=conversation_id,
+            exclude=[] if conversation_id is not None else list(self._workers),
+        )
+
+    async def _heartbeat(self) -> None:
+        """One statement renews every lease this process holds, however many turns run."""
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            if not self._workers:
+                continue
+            try:
+                await self._store.renew_leases(
+                    owner=self.owner, lease_until=self._clock() + self._lease
+                )
+            except Exception as exc:
+                log.warning("renewing leases failed: %s", exc)
+
+    async def _poll_loop(self) -> None:
+        """Takes over due turns: expired leases (a process died) and turns that waited for
+        an earlier one of another process. At start, this is the recovery."""
+        while True:
+            try:
+                free = self._concurrency - len(self._workers)
+                if free > 0:
+                    for turn in await self._claim(limit=min(free, 32)):
+                        log.info("taking over turn %s (%s)", turn.id, turn.state)
+                        self._start(turn)
+                await self._prune()
+            except Exception as exc:
+                log.warning("looking for due turns failed: %s", exc)
+            await asyncio.sleep(self._poll)
+
+    async def _prune(self) -> None:
+        now = self._clock()
+        if now - self._last_prune < min(self._keep, 3600.0):
+            return
+        self._last_prune = now
+        pruned = await self._store.prune_turns(finished_before=now - self._keep)
+        if pruned:
+            log.info("pruned %d finished turns", pruned)
