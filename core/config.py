@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     fallback_model: str | None = Field(None, alias="PARLEY_FALLBACK_MODEL")
     model_timeout: PositiveFloat = Field(60.0, alias="PARLEY_MODEL_TIMEOUT")
     model_retries: NonNegativeInt = Field(2, alias="PARLEY_MODEL_RETRIES")
+    model_max_retry_after: NonNegativeFloat = Field(
+        20.0, alias="PARLEY_MODEL_MAX_RETRY_AFTER", le=120
+    )
     context_tokens: PositiveInt | None = Field(None, alias="PARLEY_CONTEXT_TOKENS")
     reply_tokens: PositiveInt = Field(1024, alias="PARLEY_REPLY_TOKENS")
     summaries: bool = Field(False, alias="PARLEY_SUMMARIES")

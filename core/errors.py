@@ -23,6 +23,9 @@ class ModelFailure(Enum):
     AUTHENTICATION = "authentication"
     MODEL_NOT_FOUND = "model_not_found"
     REJECTED = "rejected"
+    # The stream stopped before the model finished (connection broke, or the server ended the
+    # stream without a finish reason): what arrived is not a complete answer.
+    INTERRUPTED = "interrupted"
 
 
 class ModelError(ParleyError):

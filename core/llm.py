@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import email.utils
 import logging
-from collections.abc import AsyncIterator
+import math
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -65,8 +69,10 @@ class OpenAIModelClient:
     """ModelClient on `openai.AsyncOpenAI`.
 
     Retries (429, 5xx, timeouts, honouring Retry-After) are the SDK's, bounded by
-    `max_retries`. When the primary model still fails before any text arrived, the fallback
-    model gets one try.
+    `max_retries`, except that a Retry-After longer than `max_retry_after` seconds fails at
+    once (RATE_LIMITED) instead of keeping the user waiting. When the primary model still
+    fails before any text arrived, the fallback model gets one try. A stream that stops before
+    a finish reason arrived raises INTERRUPTED after the text it brought.
     """
 
     def __init__(
@@ -77,12 +83,21 @@ class OpenAIModelClient:
         timeout: float,
         max_retries: int,
         fallback_model: str | None = None,
+        max_retry_after: float = 20.0,
     ) -> None:
+        self._max_retry_after = max_retry_after
+        # Too long a Retry-After: the response hook adds `x-should-retry: false`, which the SDK
+        # obeys (it does not retry, and raises the status error at once). Retry-Afters within
+        # the maximum, backoff and connection errors stay the SDK's own: a retry loop of ours
+        # would duplicate all of that to change one decision.
         self._client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
             max_retries=max_retries,
             timeout=openai.Timeout(timeout, connect=min(timeout, 10.0)),
+            http_client=openai.DefaultAsyncHttpxClient(
+                event_hooks={"response": [self._refuse_long_waits]}
+            ),
         )
         self._fallback_model = fallback_model
 
@@ -103,6 +118,31 @@ class OpenAIModelClient:
             async for chunk in self._stream_once(replace(request, model=fallback)):
                 yield chunk
 
+    async def _refuse_long_waits(self, response: Any) -> None:
+        """Response hook (httpx or httpx2, as the SDK uses): no retry after too long a wait."""
+        if self._waits_too_long(response.status_code, response.headers):
+            response.headers["x-should-retry"] = "false"
+
+    def _waits_too_long(self, status: int, headers: Mapping[str, str]) -> bool:
+        if status not in _RETRIED_STATUSES and status < 500:
+            return False
+        wait = retry_after_seconds(headers)
+        return wait is not None and wait > self._max_retry_after
+
+    def _model_error(self, exc: openai.OpenAIError) -> ModelError:
+        if (
+            isinstance(exc, openai.APIStatusError)
+            and exc.status_code in (429, 503)
+            and self._waits_too_long(exc.status_code, exc.response.headers)
+        ):
+            wait = retry_after_seconds(exc.response.headers)
+            return ModelError(
+                ModelFailure.RATE_LIMITED,
+                f"{exc.status_code}: the server asks to wait {wait:.0f} s, longer than "
+                f"the {self._max_retry_after:g} s worth waiting for",
+            )
+        return as_model_error(exc)
+
     async def _stream_once(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         arguments: dict[str, Any] = {
             "model": request.model,
@@ -117,9 +157,14 @@ class OpenAIModelClient:
             arguments["tools"] = request.tools
         try:
             stream = await self._client.chat.completions.create(**arguments)
+        except openai.OpenAIError as exc:
+            raise self._model_error(exc) from exc
+        finished = False
+        try:
             async with stream:
                 async for chunk in stream:
                     if chunk.choices:
+                        finished = finished or any(c.finish_reason for c in chunk.choices)
                         delta = chunk.choices[0].delta
                         if delta.content:
                             yield TextChunk(delta.content)
@@ -137,8 +182,54 @@ class OpenAIModelClient:
                             completion_tokens=chunk.usage.completion_tokens,
                             model=chunk.model or request.model,
                         )
+        except openai.APITimeoutError as exc:
+            raise ModelError(ModelFailure.TIMEOUT, f"while streaming: {exc}") from exc
+        except openai.APIConnectionError as exc:
+            # openai 3 wraps a connection that breaks while the stream is read.
+            raise ModelError(ModelFailure.INTERRUPTED, f"{exc}: {exc.__cause__!r}") from exc
         except openai.OpenAIError as exc:
-            raise as_model_error(exc) from exc
+            raise self._model_error(exc) from exc
+        # Older SDKs let the HTTP library's errors escape while the stream is read.
+        except _http_errors("TimeoutException") as exc:
+            raise ModelError(ModelFailure.TIMEOUT, f"while streaming: {exc!r}") from exc
+        except _http_errors("TransportError") as exc:
+            raise ModelError(ModelFailure.INTERRUPTED, repr(exc)) from exc
+        if not finished:
+            raise ModelError(
+                ModelFailure.INTERRUPTED, "the stream ended before any finish_reason arrived"
+            )
+
+
+# Statuses the SDK retries besides 5xx (as its `_should_retry` does).
+_RETRIED_STATUSES = frozenset({408, 409, 429})
+
+
+def _http_errors(name: str) -> tuple[type[Exception], ...]:
+    """The class `name` of each HTTP library loaded: `httpx` (openai 1.x) and `httpx2` (3.x)."""
+    modules = (sys.modules.get("httpx"), sys.modules.get("httpx2"))
+    return tuple(getattr(module, name) for module in modules if module is not None)
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The wait a response asks for, as the SDK reads it: `retry-after-ms`, else `retry-after`
+    in seconds or as an HTTP date. None when absent or unreadable."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            continue
+        return None if math.isnan(seconds) else seconds
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        parsed = email.utils.parsedate_tz(value)
+        return None if parsed is None else email.utils.mktime_tz(parsed) - time.time()
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
 
 
 def as_model_error(exc: openai.OpenAIError) -> ModelError:

@@ -21,6 +21,8 @@ MODEL_FAILURE = {
     "Please tell the bot's admin to check PARLEY_MODEL.",
     ModelFailure.REJECTED: "The model service rejected this request. "
     "Try /reset to start a fresh conversation.",
+    ModelFailure.INTERRUPTED: "My answer was cut off before the end (the model service "
+    "stopped sending it). Please ask again.",
 }
 
 UNEXPECTED_FAILURE = "Something went wrong on my side; your message is saved. Please try again."

@@ -1,24 +1,33 @@
 """The Discord runtime: a discord.py Client with slash commands, mentions, threads and DMs.
 
 Pure translation (payloads, keys, thread names, safe text) lives in translate.py; this module
-owns the SDK objects. Model output never pings anyone: every message goes out with mentions
-disabled, except that a reply may notify the one person it answers.
+owns the SDK objects. It only accepts messages (stores them, in arrival order per channel)
+and, when the scheduler asks, builds the reply for a stored address. That address holds ids
+only (channel, thread, the message answered, an interaction's webhook token), so any process
+can deliver a reply after a restart without the discord.py objects the message came with:
+replies go through discord.py's partial objects (`get_partial_messageable`,
+`PartialMessage`, `Webhook.partial`).
+
+Model output never pings anyone: every message goes out with mentions disabled, except that
+a reply may notify the one person it answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import discord
 import yarl
 from discord import app_commands
 
+from adapters.base import HOLD_RETRY_SECONDS, AcceptFailed, ChatAdapter
 from adapters.discord.translate import (
     DISCORD_LIMIT,
+    THREAD_NAME_FALLBACK,
     DiscordMessage,
     conversation_key,
     event_id_for_interaction,
@@ -28,118 +37,291 @@ from adapters.discord.translate import (
     thread_name,
 )
 from adapters.http import HttpServer
-from adapters.inflight import InFlight
-from adapters.rendering import StreamingReply, deliver
+from adapters.rendering import RateLimited, StreamingReply
 from core.commands import COMMANDS
 from core.config import Settings
 from core.conversation import Engine
 from core.errors import ConfigError
-from core.events import CommandResult, ConversationKey, Failed, Final, Inbound, Refused, Retracted
+from core.events import ConversationKey, Inbound
 from core.locks import KeyedLocks
+from core.scheduler import DeliveryFailed, PostedCallback, Scheduler
 from core.storage.base import SessionStore
+from core.storage.retry import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PLATFORM = "discord"
 QUIET = discord.AllowedMentions.none()
 # A reply may notify the person it answers, and nobody else (never @everyone or roles).
 ANSWERING = discord.AllowedMentions(everyone=False, users=False, roles=False, replied_user=True)
 READY_TIMEOUT = 60.0
+# Discord's error code for starting a thread from a message that has one already: a turn run
+# again after a crash that came after the thread was started.
+THREAD_EXISTS = 160004
+# A 429 that says nothing about when to come back (Cloudflare's): wait this long.
+DEFAULT_RETRY_AFTER = 5.0
+# A reply to an interaction waits at most this long for the interaction's defer to land
+# (webhook calls before it fail); Discord's own 3-second rule bounds it anyway.
+DEFER_WAIT = 3.0
+
+
+# --- addresses: where a reply goes, as stored with its turn ----------------------------------
+
+
+def channel_address(
+    *,
+    channel_id: str,
+    guild_id: str,
+    reply_to: str | None = None,
+    thread_parent: str | None = None,
+    thread_title: str | None = None,
+) -> dict[str, Any]:
+    """A reply in a channel, thread or DM.
+
+    `thread_parent` asks for a new thread, started at the first post from the message whose
+    id is `channel_id` in the channel `thread_parent` (a thread started from a message has
+    that message's id, so the thread's id is known before it exists).
+    """
+    return {
+        "kind": "channel",
+        "channel": channel_id,
+        "guild": guild_id,  # "" in a DM
+        "reply_to": reply_to,
+        "thread_parent": thread_parent,
+        "thread_name": thread_title,
+    }
+
+
+def interaction_address(interaction: discord.Interaction[Any], *, private: bool) -> dict[str, Any]:
+    """An answer through a slash command's webhook. The token is valid for 15 minutes after
+    the interaction, which bounds how late such an answer can be delivered (a recovery after
+    that finds the webhook gone: the turn ends undelivered). It is a credential for this one
+    interaction only."""
+    return {
+        "kind": "interaction",
+        "application": str(interaction.application_id),
+        "token": interaction.token,
+        "private": private,  # sent as ephemeral follow-ups (the defer made part 1 private)
+    }
+
+
+# --- error classification --------------------------------------------------------------------
+
+
+async def _call(request: Awaitable[T]) -> T:
+    """A Discord call, its errors sorted out for StreamingReply: a rate limit to wait out,
+    refusals for good (`DeliveryFailed`), and the rest (5xx, network) left to be retried."""
+    try:
+        return await request
+    except discord.RateLimited as exc:  # only with max_ratelimit_timeout; kept for safety
+        raise RateLimited(exc.retry_after) from exc
+    except discord.HTTPException as exc:
+        raise _classified(exc) from exc
+
+
+def _classified(exc: discord.HTTPException) -> Exception:
+    if exc.status == 429:
+        # discord.py waits out ordinary 429s itself; one reaches us only without the headers
+        # it trusts (a Cloudflare ban), so its Retry-After is all there is to go by.
+        header = exc.response.headers.get("Retry-After") if exc.response is not None else None
+        try:
+            retry_after = float(header) if header else DEFAULT_RETRY_AFTER
+        except ValueError:
+            retry_after = DEFAULT_RETRY_AFTER
+        return RateLimited(retry_after)
+    if 400 <= exc.status < 500:
+        # Forbidden (no permission, the bot was removed), NotFound (a deleted channel or
+        # message, an expired interaction token) and other client errors: retrying the same
+        # request cannot help.
+        return DeliveryFailed(f"Discord answered {exc.status} ({exc.code}): {exc.text}")
+    return exc  # 5xx: Discord comes back; StreamingReply retries
+
+
+def _message_ref(channel: int, message: int) -> str:
+    return f"{channel}/{message}"
 
 
 class ChannelSink:
-    """Messages in a channel, thread or DM, for StreamingReply.
+    """Messages in a channel, thread or DM, for StreamingReply, from a stored address.
 
-    `channel` may be a coroutine function that opens the channel at the first post: a new
-    thread is only started once the engine has accepted the message, so a redelivered
-    message never leaves an empty thread behind.
+    A message's id is returned as is, or as "channel/message" when it went elsewhere than
+    the address's channel (a thread that could not be started: the answer went to the
+    channel), so that a later process edits it where it is.
     """
 
     def __init__(
-        self,
-        channel: discord.abc.Messageable | Callable[[], Awaitable[discord.abc.Messageable]],
-        *,
-        answering: discord.Message | None = None,
+        self, client: discord.Client, address: Mapping[str, Any], *, posted: Sequence[str]
     ) -> None:
-        self._channel = channel
-        self._answering = answering
-        self._messages: dict[str, discord.Message] = {}
+        self._client = client
+        self._channel_id = int(address["channel"])
+        self._guild_id = int(address["guild"]) if address.get("guild") else None
+        # A reply that has messages already neither quotes the question again nor starts a
+        # thread: both happened at its first post.
+        reply_to = address.get("reply_to")
+        self._reply_to = int(reply_to) if reply_to and not posted else None
+        parent = address.get("thread_parent")
+        self._thread_parent = int(parent) if parent and not posted else None
+        self._thread_name = address.get("thread_name") or THREAD_NAME_FALLBACK
+        # Where new messages go once the first one is posted (the channel of the first id).
+        self._target: int | None = self._split(posted[0])[0] if posted else None
 
     async def post(self, text: str) -> str:
-        if not isinstance(self._channel, discord.abc.Messageable):
-            self._channel = await self._channel()
-        reference, self._answering = self._answering, None  # only the first part is a reply
-        message = await self._channel.send(
-            text,
-            allowed_mentions=ANSWERING if reference else QUIET,
-            reference=reference,
-            mention_author=True if reference else None,
-            suppress_embeds=True,
+        if self._target is None:
+            self._target = await self._open()
+        channel = self._messageable(self._target)
+        reference = None
+        if self._reply_to is not None:
+            # fail_if_not_exists=False: a question deleted meanwhile still gets its answer.
+            reference = discord.MessageReference(
+                message_id=self._reply_to,
+                channel_id=self._target,
+                guild_id=self._guild_id,
+                fail_if_not_exists=False,
+            )
+        message = await _call(
+            channel.send(
+                text,
+                allowed_mentions=ANSWERING if reference else QUIET,
+                reference=reference,  # type: ignore[arg-type]
+                suppress_embeds=True,
+            )
         )
-        self._messages[str(message.id)] = message
-        return str(message.id)
+        self._reply_to = None  # only the first part is a reply
+        if self._target == self._channel_id:
+            return str(message.id)
+        return _message_ref(self._target, message.id)
 
     async def edit(self, message_id: str, text: str) -> None:
-        await self._messages[message_id].edit(content=text, allowed_mentions=QUIET)
+        channel, message = self._split(message_id)
+        partial = self._messageable(channel).get_partial_message(message)
+        await _call(partial.edit(content=text, allowed_mentions=QUIET))
 
     async def delete(self, message_id: str) -> None:
-        await self._messages.pop(message_id).delete()
+        channel, message = self._split(message_id)
+        await _call(self._messageable(channel).get_partial_message(message).delete())
+
+    async def _open(self) -> int:
+        """The channel of the first post: the address's, or the thread started for it."""
+        if self._thread_parent is None:
+            return self._channel_id
+        thread = self._channel_id  # the id of the message the thread starts from
+        if self._client.get_channel(thread) is not None:
+            return thread  # started already (a recovery; discord.py saw THREAD_CREATE)
+        parent = self._messageable(self._thread_parent)
+        try:
+            await parent.get_partial_message(thread).create_thread(name=self._thread_name)
+        except ValueError as exc:  # discord.py does not know the server (any more)
+            raise DeliveryFailed(f"cannot start a thread: {exc}") from exc
+        except discord.HTTPException as exc:
+            if exc.code == THREAD_EXISTS:
+                return thread  # started before a crash: answer in it
+            failure = _classified(exc)
+            if not isinstance(failure, DeliveryFailed):
+                raise failure from exc
+            # No permission to create threads, a channel without threads, the question
+            # deleted: answer in the channel instead, quoting the question.
+            log.warning("Discord: could not start a thread (%s); answering in place", exc)
+            self._reply_to = thread
+            return self._thread_parent
+        return thread
+
+    def _messageable(self, channel: int) -> discord.PartialMessageable:
+        return self._client.get_partial_messageable(channel, guild_id=self._guild_id)
+
+    def _split(self, message_id: str) -> tuple[int, int]:
+        channel, _, message = message_id.rpartition("/")
+        return (int(channel) if channel else self._channel_id), int(message)
 
 
 class InteractionSink:
-    """A deferred interaction's answer: the original response, then follow-ups."""
+    """A deferred interaction's answer, through its webhook: the original response (the
+    "thinking…" message the defer showed), then follow-ups."""
 
     ORIGINAL = "@original"
 
-    def __init__(self, interaction: discord.Interaction[Any], *, private: bool) -> None:
-        self._interaction = interaction
-        self._private = private
-        self._started = False
-        self._followups: dict[str, discord.WebhookMessage] = {}
+    def __init__(
+        self,
+        client: discord.Client,
+        address: Mapping[str, Any],
+        *,
+        posted: Sequence[str],
+        deferred: asyncio.Event | None = None,
+    ) -> None:
+        self._webhook = discord.Webhook.partial(
+            int(address["application"]), str(address["token"]), client=client
+        )
+        # Interaction webhooks are application webhooks; discord.py sends ephemeral
+        # follow-ups only from those (a partial webhook is "incoming" until told).
+        self._webhook.type = discord.WebhookType.application
+        self._private = bool(address.get("private"))
+        self._original_used = bool(posted)  # the original response shows part 1 already
+        self._deferred = deferred
 
     async def post(self, text: str) -> str:
-        if not self._started:
-            self._started = True
-            await self._interaction.edit_original_response(content=text, allowed_mentions=QUIET)
+        await self._until_deferred()
+        if not self._original_used:
+            await self._edit(self.ORIGINAL, text)
+            self._original_used = True
             return self.ORIGINAL
-        message = await self._interaction.followup.send(
-            text, ephemeral=self._private, allowed_mentions=QUIET, wait=True
+        message = await _call(
+            self._webhook.send(text, ephemeral=self._private, allowed_mentions=QUIET, wait=True)
         )
-        self._followups[str(message.id)] = message
         return str(message.id)
 
     async def edit(self, message_id: str, text: str) -> None:
-        if message_id == self.ORIGINAL:
-            await self._interaction.edit_original_response(content=text, allowed_mentions=QUIET)
-        else:
-            await self._followups[message_id].edit(content=text, allowed_mentions=QUIET)
+        await self._until_deferred()
+        await self._edit(message_id, text)
 
     async def delete(self, message_id: str) -> None:
-        if message_id == self.ORIGINAL:
-            await self._interaction.delete_original_response()
-        else:
-            await self._followups.pop(message_id).delete()
+        await self._until_deferred()
+        target: Any = message_id if message_id == self.ORIGINAL else int(message_id)
+        await _call(self._webhook.delete_message(target))
+
+    async def _edit(self, message_id: str, text: str) -> None:
+        # discord.py types message ids as int, but puts them in the URL as they are; that
+        # is how `@original` (the interaction's own response) is addressed.
+        target: Any = message_id if message_id == self.ORIGINAL else int(message_id)
+        await _call(self._webhook.edit_message(target, content=text, allowed_mentions=QUIET))
+
+    async def _until_deferred(self) -> None:
+        """In the process that received the interaction, the turn can start before the
+        defer (which follows the accept) has landed; webhook calls before it would fail."""
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            try:
+                await asyncio.wait_for(deferred.wait(), DEFER_WAIT)
+            except TimeoutError:
+                log.warning("Discord: the interaction was not deferred in time; answering anyway")
 
 
-class DiscordBot:
-    """`async with DiscordBot(engine=..., store=..., settings=...) as bot:` runs the client.
+class DiscordBot(ChatAdapter):
+    """`async with DiscordBot(scheduler=..., store=..., settings=..., engine=...) as bot:`.
 
     DISCORD_API_URL and DISCORD_GATEWAY_URL point discord.py elsewhere (Discord-compatible
     servers, tests); they are process-wide class attributes in discord.py, set at start.
+    The gateway never delivers a message twice, so a message that cannot be stored (the
+    database is down) is held in memory and stored when it can be. A slash command is
+    acknowledged (deferred) only once stored: if that fails, the user sees Discord's "the
+    application did not respond", which is the truth.
     """
+
+    platform = PLATFORM
 
     def __init__(
         self,
         *,
-        engine: Engine,
+        scheduler: Scheduler,
         store: SessionStore,
         settings: Settings,
+        engine: Engine,
         http: HttpServer | None = None,
+        **_: object,
     ) -> None:
+        super().__init__(scheduler=scheduler, store=store, settings=settings)
         assert settings.discord_bot_token is not None
         self._engine = engine
-        self._store = store
-        self._settings = settings
         intents = discord.Intents.default()
         intents.message_content = True  # a privileged intent: enable it in the portal
         options: dict[str, Any] = {"intents": intents, "allowed_mentions": QUIET}
@@ -153,8 +335,10 @@ class DiscordBot:
         self.tree = app_commands.CommandTree(self.client)
         self._register_commands()
         self.client.event(self.on_message)
-        self._conversations: KeyedLocks[str] = KeyedLocks()
-        self._inflight = InFlight()
+        # Messages of one channel (or thread, or DM) are accepted in the order they came.
+        self._channels: KeyedLocks[int] = KeyedLocks()
+        # Interactions accepted here whose defer has not landed yet, by token.
+        self._deferring: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -174,7 +358,7 @@ class DiscordBot:
                 "DISCORD_BOT_TOKEN: Discord refused it; copy the token from the Developer "
                 "Portal (your application > Bot > Reset Token)"
             ) from None
-        await self.tree.sync()
+        await self._sync_commands()
         self._task = asyncio.create_task(self.client.connect(reconnect=True))
         ready = asyncio.create_task(self.client.wait_until_ready())
         done, _ = await asyncio.wait(
@@ -200,15 +384,29 @@ class DiscordBot:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._inflight.finish()
+        # Accepts and refusals in progress finish first: they need the client's session.
+        await self.stop()
         await self.client.close()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
 
+    async def _sync_commands(self) -> None:
+        """Uploads the slash commands only when they changed: Discord rate-limits the upload
+        hard (a few a minute), and a process restarting in a loop would hit it."""
+        local = [command.to_dict(self.tree) for command in self.tree.get_commands()]
+        try:
+            remote = [command.to_dict() for command in await self.tree.fetch_commands()]
+        except discord.HTTPException as exc:
+            log.warning("Discord: could not read the registered commands (%s)", exc)
+            remote = []
+        if _command_shapes(local) != _command_shapes(remote):
+            await self.tree.sync()
+            log.info("Discord: slash commands updated")
+
     # --- messages -------------------------------------------------------------------------
 
     async def on_message(self, message: discord.Message) -> None:
-        with self._inflight.track():
+        with self._inflight.track():  # stopping waits for a message being stored
             await self._on_message(message)
 
     async def _on_message(self, message: discord.Message) -> None:
@@ -224,81 +422,88 @@ class DiscordBot:
         )
         if parsed is None:
             return
-        if parsed.is_direct:
-            await self._answer(parsed, channel, message, scope=None)  # a DM is one conversation
-        elif in_thread:
-            # Threads the bot started continue without a mention; others need one.
-            owned = channel.owner_id == user.id  # type: ignore[union-attr]
-            if owned or parsed.mentions_bot or parsed.replies_to_bot:
-                scope = await self._scope(parsed)
-                await self._answer(parsed, channel, message, thread_id=str(channel.id), scope=scope)
-        elif parsed.mentions_bot or parsed.replies_to_bot:
-            await self._start_thread(parsed, message)
-
-    async def _start_thread(self, parsed: DiscordMessage, message: discord.Message) -> None:
-        scope = await self._scope(parsed)
-        if scope not in (None, "thread"):
-            await self._answer(parsed, message.channel, message, scope=scope)
+        # Threads the bot started continue without a mention; elsewhere it needs one.
+        owned = in_thread and channel.owner_id == user.id  # type: ignore[union-attr]
+        if not (parsed.is_direct or parsed.mentions_bot or parsed.replies_to_bot or owned):
             return
+        # Taken before the first await: discord.py starts handlers in the order messages
+        # arrive, and the lock (fair) keeps that order through the accept.
+        async with self._channels.hold(channel.id):
+            while True:
+                try:
+                    inbound, address = await self._translate(parsed, message)
+                    break
+                except DatabaseUnavailable as exc:
+                    # The gateway never sends a message again: keep it until it is stored.
+                    log.warning("Discord: reading a channel's settings failed (%s)", exc)
+                    await asyncio.sleep(HOLD_RETRY_SECONDS)
+            await self.accept_held(inbound, address)
 
-        async def open_thread() -> discord.abc.Messageable:
-            try:
-                return await message.create_thread(name=thread_name(parsed.text))
-            except discord.HTTPException as exc:
-                # No permission to create threads: answer in the channel instead.
-                log.warning("Discord: could not start a thread (%s); answering in place", exc)
-                return message.channel
-
-        # A thread started from a message has that message's id, so the conversation's key
-        # is known before the thread exists, and follow-ups in the thread find it.
-        await self._answer(parsed, open_thread, None, thread_id=parsed.message_id, scope=scope)
-
-    async def _scope(self, parsed: DiscordMessage) -> str | None:
-        channel = parsed.parent_id or parsed.channel_id
-        key = ConversationKey(PLATFORM, parsed.guild_id, channel)
-        return (await self._store.channel(key=key)).scope
-
-    async def _answer(
-        self,
-        parsed: DiscordMessage,
-        channel: discord.abc.Messageable | Callable[[], Awaitable[discord.abc.Messageable]],
-        answering: discord.Message | None,
-        *,
-        thread_id: str | None = None,
-        scope: str | None,
-    ) -> None:
-        key = conversation_key(parsed, scope=scope, thread_id=thread_id)
+    async def _translate(
+        self, parsed: DiscordMessage, message: discord.Message
+    ) -> tuple[Inbound, dict[str, Any]]:
+        """The message as the engine sees it and where its answer goes."""
+        scope = None if parsed.is_direct else await self._scope(parsed)  # a DM: one conversation
+        starts_thread = not parsed.is_direct and not parsed.in_thread and scope in (None, "thread")
+        # A thread started from a message has that message's id, so the conversation's key is
+        # known before the thread exists (it is started at the first post, once accepted).
+        thread_id = parsed.message_id if starts_thread else None
         inbound = Inbound(
-            key=key,
+            key=conversation_key(parsed, scope=scope, thread_id=thread_id),
             event_id=event_id_for_message(parsed.message_id),
             user_id=parsed.author_id,
             user_name=parsed.author_name,
             text=parsed.text.strip() or "/help",
             is_direct=parsed.is_direct,
             mentions_bot=parsed.mentions_bot,
+            received_at=message.created_at,
         )
-        reply = self._reply(ChannelSink(channel, answering=answering))
+        if starts_thread:
+            address = channel_address(
+                channel_id=parsed.message_id,
+                guild_id=parsed.guild_id,
+                thread_parent=parsed.channel_id,
+                thread_title=thread_name(parsed.text),
+            )
+        else:
+            # In a DM, a thread, or a channel answered in place: a reply to the message.
+            address = channel_address(
+                channel_id=parsed.channel_id, guild_id=parsed.guild_id, reply_to=parsed.message_id
+            )
+        return inbound, address
 
-        async def typing() -> None:
-            if isinstance(channel, discord.abc.Messageable):
-                await channel.typing()  # shown for ten seconds, or until the first message
+    async def _scope(self, parsed: DiscordMessage) -> str | None:
+        channel = parsed.parent_id or parsed.channel_id
+        key = ConversationKey(PLATFORM, parsed.guild_id, channel)
+        return (await self._store.channel(key=key)).scope
 
-        # One conversation's messages are answered in the order they came.
-        async with self._conversations.hold(str(key)):
-            try:
-                await deliver(self._engine.handle(inbound), reply, accepted=typing)
-            except Exception:
-                log.exception("Discord: could not deliver the reply for %s", key)
-            finally:
-                await reply.aclose()
+    # --- replies --------------------------------------------------------------------------
 
-    def _reply(self, sink: ChannelSink | InteractionSink) -> StreamingReply:
+    def reply(
+        self,
+        address: dict[str, Any],
+        *,
+        posted: Sequence[str] = (),
+        on_posted: PostedCallback | None = None,
+    ) -> StreamingReply:
+        sink: ChannelSink | InteractionSink
+        if address.get("kind") == "interaction":
+            deferred = self._deferring.get(str(address["token"]))
+            sink = InteractionSink(self.client, address, posted=posted, deferred=deferred)
+            # The defer shows "thinking…" in the original response: no placeholder of ours.
+            placeholder = None
+        else:
+            sink = ChannelSink(self.client, address, posted=posted)
+            placeholder = "…"
         return StreamingReply(
             sink,
             render=safe_text,
             limit=DISCORD_LIMIT,
             interval=self._settings.discord_update_interval,
-            placeholder="…",
+            placeholder=placeholder,
+            max_attempts=None,  # the final text is retried until it lands (the scheduler bounds it)
+            existing=posted,
+            on_posted=on_posted,
         )
 
     # --- slash commands -------------------------------------------------------------------
@@ -320,7 +525,16 @@ class DiscordBot:
             persona: app_commands.Choice[str] | None = None,
             private: bool = False,
         ) -> None:
-            await self._ask(interaction, prompt, persona.value if persona else None, private)
+            # /ask keeps a conversation per asker in a channel (the thread's, inside a
+            # thread); in a DM it is the DM's conversation, like any message there.
+            key = self._interaction_key(interaction, f"user:{interaction.user.id}")
+            await self._interaction(
+                interaction,
+                key,
+                prompt,
+                private=private,
+                persona=persona.value if persona else None,
+            )
 
         for name, description in COMMANDS.items():
             self._register_core_command(name, description)
@@ -330,85 +544,103 @@ class DiscordBot:
 
             @self.tree.command(name="persona", description=description[:100])
             async def persona(interaction: discord.Interaction[Any], name: str = "") -> None:
-                await self._command(interaction, f"/persona {name}".strip())
+                key = self._interaction_key(interaction, "")
+                await self._interaction(interaction, key, f"/persona {name}".strip(), private=True)
 
             return
 
         async def command(interaction: discord.Interaction[Any]) -> None:
-            await self._command(interaction, f"/{name}")
+            key = self._interaction_key(interaction, "")
+            # Command answers stay private.
+            await self._interaction(interaction, key, f"/{name}", private=True)
 
         self.tree.command(name=name, description=description[:100])(command)
 
     def _interaction_key(
         self, interaction: discord.Interaction[Any], thread: str
     ) -> ConversationKey:
-        guild = str(interaction.guild_id or "")
+        if interaction.guild_id is None:  # a DM is one conversation, as for its messages
+            return ConversationKey(PLATFORM, "", str(interaction.channel_id or ""))
+        guild = str(interaction.guild_id)
         channel = interaction.channel
         if isinstance(channel, discord.Thread):
             return ConversationKey(PLATFORM, guild, str(channel.parent_id), str(channel.id))
         return ConversationKey(PLATFORM, guild, str(interaction.channel_id or ""), thread)
 
-    async def _ask(
+    async def _interaction(
         self,
         interaction: discord.Interaction[Any],
-        prompt: str,
-        persona: str | None,
+        key: ConversationKey,
+        text: str,
+        *,
         private: bool,
+        persona: str | None = None,
     ) -> None:
-        await interaction.response.defer(ephemeral=private, thinking=True)  # the 3-second rule
-        with self._inflight.track():
-            await self._answer_ask(interaction, prompt, persona, private)
-
-    async def _answer_ask(
-        self,
-        interaction: discord.Interaction[Any],
-        prompt: str,
-        persona: str | None,
-        private: bool,
-    ) -> None:
+        """Stores the command, then defers it (Discord wants that within 3 seconds); the
+        scheduler answers through the interaction's webhook."""
         user = interaction.user
-        # /ask keeps a conversation per asker in the channel (the thread's, inside a thread).
-        key = self._interaction_key(interaction, f"user:{user.id}")
-        if persona is not None:
-            await self._store.set_persona(key=key, persona=persona, channel=False)
         inbound = Inbound(
             key=key,
             event_id=event_id_for_interaction(str(interaction.id)),
             user_id=str(user.id),
             user_name=user.display_name,
-            text=prompt,
-            is_direct=interaction.guild_id is None,
-        )
-        reply = self._reply(InteractionSink(interaction, private=private))
-        try:
-            await deliver(self._engine.handle(inbound), reply)
-        except Exception:
-            log.exception("Discord: could not deliver the answer to /ask for %s", key)
-        finally:
-            await reply.aclose()
-
-    async def _command(self, interaction: discord.Interaction[Any], text: str) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        with self._inflight.track():
-            await self._answer_command(interaction, text)
-
-    async def _answer_command(self, interaction: discord.Interaction[Any], text: str) -> None:
-        inbound = Inbound(
-            key=self._interaction_key(interaction, ""),
-            event_id=event_id_for_interaction(str(interaction.id)),
-            user_id=str(interaction.user.id),
-            user_name=interaction.user.display_name,
             text=text,
             is_direct=interaction.guild_id is None,
+            received_at=interaction.created_at,
         )
-        answer = ""
-        async for event in self._engine.handle(inbound):
-            if isinstance(event, CommandResult | Refused | Failed | Final | Retracted):
-                answer = event.text
-        if answer:
-            await interaction.followup.send(
-                safe_text(answer)[:DISCORD_LIMIT], ephemeral=True, allowed_mentions=QUIET
-            )
+        token = interaction.token
+        deferred = self._deferring[token] = asyncio.Event()
+        try:
+            # In order with the channel's messages (a DM's /ask follows its messages).
+            async with self._channels.hold(interaction.channel_id or 0):
+                if persona is not None:
+                    await self._store.set_persona(key=key, persona=persona, channel=False)
+                await self.accept(inbound, interaction_address(interaction, private=private))
+        except (AcceptFailed, DatabaseUnavailable) as exc:
+            # Not stored, so not acknowledged: Discord tells the user the application did
+            # not respond, which is true; nothing would answer a deferred command.
+            log.error("Discord: could not store /%s: %s", _command_name(interaction), exc)
+            self._deferring.pop(token, None)
+            return
+        try:
+            await interaction.response.defer(ephemeral=private, thinking=True)
+        except discord.HTTPException as exc:
+            # Too late (over 3 seconds) or acknowledged already: the answer's webhook calls
+            # will fail and the turn ends undelivered.
+            log.warning("Discord: could not defer /%s: %s", _command_name(interaction), exc)
+        finally:
+            deferred.set()
+            self._deferring.pop(token, None)
+
+
+def _command_name(interaction: discord.Interaction[Any]) -> str:
+    command = interaction.command
+    return command.name if command is not None else "?"
+
+
+def _command_shapes(commands: Sequence[Mapping[str, Any]]) -> set[tuple[Any, ...]]:
+    """What users see of each command (name, description, options), to compare the commands
+    defined here with those registered, whatever extra fields either side carries."""
+
+    def option(data: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (
+            data["name"],
+            data.get("description") or "",
+            data.get("type"),
+            bool(data.get("required")),
+            tuple((c["name"], c["value"]) for c in data.get("choices") or ()),
+            tuple(option(o) for o in data.get("options") or ()),
+        )
+
+    return {
+        (
+            c["name"],
+            c.get("description") or "",
+            c.get("type", 1),
+            tuple(option(o) for o in c.get("options") or ()),
+        )
+        for c in commands
+    }
 
 
 def _payload(message: discord.Message) -> dict[str, Any]:
@@ -438,4 +670,7 @@ def _payload(message: discord.Message) -> dict[str, Any]:
         ],
         "mention_roles": [str(role.id) for role in message.role_mentions],
         "referenced_message": referenced,
+        "message_snapshots": [
+            {"message": {"content": snapshot.content}} for snapshot in message.message_snapshots
+        ],
     }

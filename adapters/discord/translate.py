@@ -54,7 +54,8 @@ class DiscordMessage:
         author_name: The author's display name (`global_name`), else their username.
         text: The content without the bot's mentions; other mentions are readable (`<@123>`
             → "@name", `<@&123>` → "@role", `<#123>` → "#channel") and custom emoji are
-            written `:name:`. Empty for a bare mention of the bot.
+            written `:name:`. Empty for a bare mention of the bot. A forwarded message has
+            no content of its own: its text is the forwarded message's.
         is_direct: A direct message with the bot.
         mentions_bot: The bot is among the users the message mentions, which includes a reply
             to one of the bot's messages that pings it.
@@ -117,7 +118,8 @@ def parse_message(
 
     mentioned = {str(user["id"]): user for user in payload.get("mentions") or []}
     mentions_bot = bot_id in mentioned
-    text = _clean_content(str(payload.get("content") or ""), bot_id=bot_id, mentioned=mentioned)
+    content = str(payload.get("content") or "") or _forwarded(payload)
+    text = _clean_content(content, bot_id=bot_id, mentioned=mentioned)
     if not text and not mentions_bot:
         return None
 
@@ -137,6 +139,14 @@ def parse_message(
         in_thread=thread_parent_id is not None,
         replies_to_bot=str((referenced.get("author") or {}).get("id")) == bot_id,
     )
+
+
+def _forwarded(payload: dict[str, Any]) -> str:
+    """The text of a forwarded message: Discord sends it with empty `content` and the
+    original in `message_snapshots` (one today; joined if ever several)."""
+    snapshots = payload.get("message_snapshots") or []
+    texts = [str((s.get("message") or {}).get("content") or "").strip() for s in snapshots]
+    return "\n\n".join(text for text in texts if text)
 
 
 def _clean_content(content: str, *, bot_id: str, mentioned: dict[str, dict[str, Any]]) -> str:

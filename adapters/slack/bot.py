@@ -1,31 +1,54 @@
-"""The Slack runtime: slack-bolt's AsyncApp in Socket Mode or over HTTP, driving the engine.
+"""The Slack runtime: slack-bolt's AsyncApp in Socket Mode or over HTTP, feeding the scheduler.
 
-Everything Slack-specific that is pure (payloads, keys, mrkdwn) lives in translate.py; this
-module owns the SDK objects, decides whether a message is for the bot, and turns the engine's
-reply events into a placeholder, throttled `chat.update`s and thread messages.
+Everything Slack-specific that is pure (payloads, keys, mrkdwn) lives in translate.py. This
+module owns the SDK objects, decides whether a message is for the bot, stores it (through
+`ChatAdapter.accept`) before Slack is acknowledged, and builds the replies the scheduler
+shows: a placeholder in the thread, throttled `chat.update`s and further thread messages, or,
+for `/parley`, private (ephemeral) answers through the command's `response_url`.
+
+Acknowledging only after the message is stored: Bolt normally acks an event (HTTP 200, or the
+Socket Mode envelope ack) before its listener runs. With `process_before_response=True` the
+listener runs first and Bolt answers with what it left behind, so our listeners do the short
+part of the work only (parse, a settings read, the name from a cache, one transaction) and
+an `AcceptFailed` becomes HTTP 503 / no envelope ack, which makes Slack deliver the event
+again. The scheduler does the rest, in this process or, after a crash, in another.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.adapter.socket_mode.async_internals import (
+    run_async_bolt_app,
+    send_async_response,
+)
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk.errors import SlackApiError
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from adapters.base import AcceptFailed, ChatAdapter
 from adapters.http import HttpServer
 from adapters.inflight import InFlight
-from adapters.rendering import RateLimited, StreamingReply, deliver
+from adapters.rendering import RateLimited, StreamingReply
 from adapters.slack.translate import (
     SlackMessage,
     conversation_key,
@@ -36,18 +59,12 @@ from adapters.slack.translate import (
 )
 from core.commands import ADMIN_COMMANDS, COMMANDS
 from core.config import Settings
-from core.conversation import Engine
 from core.errors import ConfigError
-from core.events import (
-    CommandResult,
-    ConversationKey,
-    Failed,
-    Final,
-    Inbound,
-    Refused,
-    Retracted,
-)
-from core.storage.base import ChannelSettings, SessionStore
+from core.events import ConversationKey, Inbound, ReplyEvent
+from core.locks import KeyedLocks
+from core.scheduler import DeliveryFailed, PostedCallback, ReplyView, Scheduler
+from core.storage.base import ChannelSettings, SessionStore, Turn
+from core.storage.retry import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +75,104 @@ MESSAGE_LIMIT = 3_900
 PLACEHOLDER = "…"
 NAME_CACHE_SECONDS = 3600.0
 NAME_CACHE_SIZE = 5000
+# users.info runs before the ack (the name is stored with the message). Slack wants the ack
+# within 3 seconds, so a lookup that takes longer than this is not waited for: the message
+# goes in under the user's id and the lookup, left running, fills the cache for the next one.
+NAME_LOOKUP_SECONDS = 1.0
+# A failed lookup (unknown user, Slack down) is not tried again for every message meanwhile.
+NAME_FAILURE_SECONDS = 60.0
 KNOWN_COMMANDS = frozenset(COMMANDS) | frozenset(ADMIN_COMMANDS)
+# Slack does not redeliver a slash command: when it cannot be stored, the user is told at once.
+COMMAND_NOT_STORED = (
+    "Sorry, I can't take that right now (my database is unavailable). Please try again in a minute."
+)
+
+# Web API errors that no retry can fix: the reply is given up on (DeliveryFailed) instead of
+# being tried again until the delivery deadline. Anything else (5xx, `internal_error`,
+# `fatal_error`, bodies that are not JSON, network errors) is retried with backoff.
+PERMANENT_ERRORS = frozenset(
+    {
+        "account_inactive",
+        "as_user_not_supported",
+        "cannot_reply_to_message",
+        "cant_delete_message",
+        "cant_update_message",
+        "channel_not_found",
+        "edit_window_closed",
+        "ekm_access_denied",
+        "invalid_arguments",
+        "invalid_auth",
+        "invalid_blocks",
+        "is_archived",
+        "message_not_found",
+        "missing_scope",
+        "msg_too_long",
+        "no_permission",
+        "no_text",
+        "not_allowed_token_type",
+        "not_authed",
+        "not_in_channel",
+        "org_login_required",
+        "restricted_action",
+        "restricted_action_non_threadable_channel",
+        "restricted_action_read_only_channel",
+        "restricted_action_thread_only_channel",
+        "team_access_not_granted",
+        "token_expired",
+        "token_revoked",
+    }
+)
 
 
 class _QuietBolt(logging.Filter):
     """Bolt reads SLACK_BOT_TOKEN from the environment itself and, since we pass a client
-    (for SLACK_API_URL), warns at every start that the token is unused: not news to anyone."""
+    (for SLACK_API_URL) and an authorize function, warns at every start that the token is
+    unused: not news to anyone."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "`token` will be unused" not in record.getMessage()
+        message = record.getMessage()
+        return "`token` will be unused" not in message and "will be ignored" not in message
 
 
 bolt_log = logging.getLogger(f"{__name__}.bolt")
 bolt_log.addFilter(_QuietBolt())
 
 
+def address_of(message: SlackMessage) -> dict[str, Any]:
+    """Where the answer to `message` goes, as stored with its turn."""
+    # In a DM the answer follows the message, unless the user wrote in a thread.
+    thread = message.thread_ts if message.in_thread or not message.is_direct else ""
+    return {"channel": message.channel, "thread_ts": thread}
+
+
+def ordering_key(payload: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The thread a raw payload (event callback or slash command) belongs to, for ordering.
+
+    Computed from the payload alone, before anything is awaited: messages of one thread are
+    accepted one at a time in the order they arrived. A DM outside threads is one
+    conversation, so it is one key. None: a payload that is not a message (nothing to order).
+    """
+    event = payload.get("event")
+    if isinstance(event, Mapping):
+        channel = str(event.get("channel") or "")
+        if not channel:
+            return None
+        thread = str(event.get("thread_ts") or "")
+        direct = event.get("channel_type") == "im" or channel.startswith("D")
+        return channel, thread or ("" if direct else str(event.get("ts") or ""))
+    if payload.get("command"):
+        return str(payload.get("channel_id") or ""), f"command:{payload.get('user_id') or ''}"
+    return None
+
+
 class SlackSink:
-    """Messages in one thread, for StreamingReply: Slack's rate limits become RateLimited."""
+    """Messages in one thread, for StreamingReply.
+
+    Errors are sorted for StreamingReply: Slack's rate limit becomes RateLimited, an error no
+    retry can fix becomes DeliveryFailed, and everything else (a 5xx with an HTML or empty
+    body, a body that is not JSON, a refused or dropped connection) propagates as it is, so
+    the final text is tried again with backoff until it lands.
+    """
 
     def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str) -> None:
         self._client = client
@@ -97,7 +195,12 @@ class SlackSink:
         await _call(self._client.chat_update, channel=self._channel, ts=message_id, text=text)
 
     async def delete(self, message_id: str) -> None:
-        await _call(self._client.chat_delete, channel=self._channel, ts=message_id)
+        try:
+            await _call(self._client.chat_delete, channel=self._channel, ts=message_id)
+        except DeliveryFailed as exc:
+            # Deleting a message that is gone already (a retry after a lost answer) is done.
+            if _api_error(exc.__cause__) != "message_not_found":
+                raise
 
 
 async def _call(method: Callable[..., Awaitable[Any]], **arguments: Any) -> Any:
@@ -105,40 +208,168 @@ async def _call(method: Callable[..., Awaitable[Any]], **arguments: Any) -> Any:
         return await method(**arguments)
     except SlackApiError as exc:
         response = exc.response
-        if response.status_code == 429 or response.get("error") == "ratelimited":
-            raise RateLimited(float(response.headers.get("Retry-After", 1))) from exc
+        error = _api_error(exc)
+        if _status(response) == 429 or error == "ratelimited":
+            raise RateLimited(_retry_after(response)) from exc
+        if error in PERMANENT_ERRORS:
+            raise DeliveryFailed(f"Slack refused the message: {error}") from exc
         raise
 
 
-class SlackBot:
-    """`async with SlackBot(engine=..., store=..., settings=...) as bot:` serves until exit.
+def _status(response: Any) -> int | None:
+    """The HTTP status of a SlackApiError's response. slack_sdk puts its own response there,
+    except for a body it could not parse as JSON, where it is aiohttp's (`status`)."""
+    status = getattr(response, "status_code", None)
+    if status is None:
+        status = getattr(response, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def _api_error(exc: BaseException | None) -> str | None:
+    """Slack's `error` code, when the response was JSON (an HTML 5xx page has none)."""
+    if not isinstance(exc, SlackApiError):
+        return None
+    data = getattr(exc.response, "data", None)
+    error = data.get("error") if isinstance(data, dict) else None
+    return str(error) if error else None
+
+
+def _retry_after(response: Any) -> float:
+    headers = getattr(response, "headers", None) or {}
+    try:
+        return max(float(headers.get("Retry-After", 1)), 0.0)
+    except (TypeError, ValueError):
+        return 1.0
+
+
+class ResponseUrlError(Exception):
+    """A response_url post failed in a way worth retrying (a 5xx)."""
+
+
+class EphemeralSink:
+    """Private answers to one `/parley` command, posted through its `response_url`.
+
+    Slack keeps a response_url for 30 minutes and 5 posts. An ephemeral message can be
+    neither edited nor deleted, so the scheduler only ever asks for the final text
+    (`FinalOnly`), posted once per part; `edit` can only post the part again (after a crash
+    between parts) and `delete` does nothing.
+    """
+
+    def __init__(self, response_url: str) -> None:
+        self._webhook = AsyncWebhookClient(response_url)
+        self._posted = 0
+
+    async def post(self, text: str) -> str:
+        await self._send(text)
+        self._posted += 1
+        return f"ephemeral:{self._posted}"
+
+    async def edit(self, message_id: str, text: str) -> None:
+        await self._send(text)
+
+    async def delete(self, message_id: str) -> None:
+        return None
+
+    async def _send(self, text: str) -> None:
+        response = await self._webhook.send(
+            text=text, response_type="ephemeral", unfurl_links=False, unfurl_media=False
+        )
+        status = response.status_code
+        if status == 429:
+            raise RateLimited(_retry_after(response))
+        if 400 <= status < 500:
+            # expired_url, used_url (5 posts), invalid payload: no retry can fix these.
+            raise DeliveryFailed(f"response_url refused the answer: {status} {response.body}")
+        if status != 200:
+            raise ResponseUrlError(f"response_url answered {status}: {response.body[:200]}")
+
+
+class FinalOnly:
+    """A ReplyView for a reply that cannot be edited (ephemeral): only the final text goes out."""
+
+    def __init__(self, reply: StreamingReply) -> None:
+        self._reply = reply
+
+    def show(self, event: ReplyEvent) -> None:
+        return None  # no placeholder, no progress: each post would stay as a separate message
+
+    async def deliver(self, markdown: str) -> None:
+        await self._reply.finish(markdown)
+
+    async def aclose(self) -> None:
+        await self._reply.aclose()
+
+
+class _OrderedSocketModeHandler(AsyncSocketModeHandler):
+    """Bolt's Socket Mode handler, holding the thread's lock from before the first await.
+
+    slack_sdk starts one task per envelope, in the order they arrived, and each reaches this
+    method without suspending; the lock is taken right here, so a thread's envelopes are
+    dispatched (and so stored) in arrival order. The ack goes out after the dispatch, and
+    only for a 200: Bolt answers 503 when the message could not be stored, and an envelope
+    without an ack is delivered again by Slack.
+    """
+
+    def __init__(
+        self,
+        app: AsyncApp,
+        app_token: str,
+        *,
+        hold: Callable[[Mapping[str, Any]], AbstractAsyncContextManager[None]],
+        inflight: InFlight,
+    ) -> None:
+        super().__init__(app, app_token)
+        self._hold = hold
+        self._inflight = inflight
+
+    async def handle(self, client: SocketModeClient, req: SocketModeRequest) -> None:  # type: ignore[override]
+        started = time.time()
+        with self._inflight.track():
+            payload = req.payload if isinstance(req.payload, Mapping) else {}
+            async with self._hold(payload):
+                response = await run_async_bolt_app(self.app, req)
+            await send_async_response(client, req, response, started)
+
+
+class SlackBot(ChatAdapter):
+    """`async with SlackBot(scheduler=..., store=..., settings=..., http=...) as bot:`.
 
     Socket Mode when SLACK_APP_TOKEN is set (no public URL needed), otherwise HTTP events at
     PARLEY_HTTP_HOST:PARLEY_HTTP_PORT/slack/events, verified with SLACK_SIGNING_SECRET.
     """
 
+    platform = PLATFORM
+
     def __init__(
         self,
         *,
-        engine: Engine,
+        scheduler: Scheduler,
         store: SessionStore,
         settings: Settings,
         http: HttpServer | None = None,
+        **_: object,
     ) -> None:
+        super().__init__(scheduler=scheduler, store=store, settings=settings)
         assert settings.slack_bot_token is not None
-        self._engine = engine
-        self._store = store
-        self._settings = settings
-        self.client = AsyncWebClient(
-            token=settings.slack_bot_token.get_secret_value(),
-            base_url=str(settings.slack_api_url),
-        )
+        self._token = settings.slack_bot_token.get_secret_value()
+        self.client = AsyncWebClient(token=self._token, base_url=str(settings.slack_api_url))
         secret = settings.slack_signing_secret
+
+        # A plain function: Bolt passes arguments by the names it finds, `self` included.
+        async def authorize(enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
+            return self._identity(enterprise_id, team_id)
+
         self.app = AsyncApp(
             client=self.client,
             signing_secret=secret.get_secret_value() if secret else None,
             # Socket Mode connections are authenticated by the app token instead.
             request_verification_enabled=secret is not None,
+            # Listeners run before Bolt answers Slack, so the ack means "stored".
+            process_before_response=True,
+            # The identity comes from our auth.test at start. Bolt's own authorization calls
+            # auth.test on the first event, and acks that event unhandled (HTTP 200) if the
+            # Web API errs at that moment: the message would be lost.
+            authorize=authorize,
             logger=bolt_log,
         )
         self.app.event("app_mention")(self._on_mention)
@@ -148,9 +379,11 @@ class SlackBot:
         self.bot_user_id = ""
         self._bot_id = ""
         self._team_id = ""
-        self._names: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._socket: AsyncSocketModeHandler | None = None
-        self._inflight = InFlight()
+        self._threads: KeyedLocks[tuple[str, str]] = KeyedLocks()
+        self._names: OrderedDict[str, tuple[str, float]] = OrderedDict()  # id -> (name, until)
+        self._lookups: dict[str, asyncio.Task[str | None]] = {}
+        self._socket: _OrderedSocketModeHandler | None = None
+        self._handlers = InFlight()  # Socket Mode envelopes being handled
         if settings.slack_app_token is None:
             assert http is not None, "HTTP events need the shared HTTP server"
             http.add_post(EVENTS_PATH, self._on_http)
@@ -162,7 +395,7 @@ class SlackBot:
             identity = await self.client.auth_test()
         except SlackApiError as exc:
             raise ConfigError(
-                f"SLACK_BOT_TOKEN: Slack refused it ({exc.response.get('error')}); copy the "
+                f"SLACK_BOT_TOKEN: Slack refused it ({_api_error(exc)}); copy the "
                 "Bot User OAuth Token from the app's OAuth & Permissions page"
             ) from None
         self.bot_user_id = str(identity["user_id"])
@@ -171,8 +404,13 @@ class SlackBot:
         app_token = self._settings.slack_app_token
         if app_token is not None:
             # apps.connections.open goes through the app's client, so SLACK_API_URL applies.
-            self._socket = AsyncSocketModeHandler(self.app, app_token.get_secret_value())
-            await self._socket.connect_async()
+            self._socket = _OrderedSocketModeHandler(
+                self.app,
+                app_token.get_secret_value(),
+                hold=self._hold,
+                inflight=self._handlers,
+            )
+            await self._socket.connect_async()  # type: ignore[no-untyped-call]
             log.info("Slack: connected in Socket Mode as %s", self.bot_user_id)
         return self
 
@@ -182,9 +420,12 @@ class SlackBot:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        await self._inflight.finish()  # the HTTP server has stopped already: nothing new
+        # The HTTP server has stopped already. Envelopes being handled get to send their ack
+        # before the socket closes; any that arrive meanwhile are stored (for the next start)
+        # or, unacknowledged, delivered again by Slack.
+        await self._handlers.finish()
         if self._socket is not None:
-            await self._socket.close_async()
+            await self._socket.close_async()  # type: ignore[no-untyped-call]
             # close_async cancels the client's tasks without waiting for them to end.
             client = self._socket.client
             tasks = [
@@ -193,42 +434,81 @@ class SlackBot:
                 client.message_receiver,
             ]
             await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
+            await self._handlers.finish()
+        await self.stop()  # background refusals
+        lookups = list(self._lookups.values())
+        for task in lookups:
+            task.cancel()
+        await asyncio.gather(*lookups, return_exceptions=True)
 
-    # --- events ---------------------------------------------------------------------------
+    def _identity(self, enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
+        return AuthorizeResult(
+            enterprise_id=enterprise_id,
+            team_id=team_id or self._team_id,
+            bot_user_id=self.bot_user_id,
+            bot_id=self._bot_id,
+            bot_token=self._token,
+        )
+
+    # --- receiving --------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _hold(self, payload: Mapping[str, Any]) -> AsyncIterator[None]:
+        """The thread's lock, for the dispatch of one payload (no lock for other payloads).
+
+        Held through the dispatch, which only parses, reads the channel's settings, finds
+        the author's name (cached; a miss waits NAME_LOOKUP_SECONDS at most) and stores the
+        message: milliseconds as a rule, so a busy thread still acks within Slack's 3 s.
+        """
+        key = ordering_key(payload)
+        if key is None:
+            yield
+            return
+        async with self._threads.hold(key):
+            yield
 
     async def _on_http(self, request: web.Request) -> web.Response:
-        """HTTP events and slash commands: Bolt verifies the signature and acks at once."""
-        response = await self.app.async_dispatch(await to_bolt_request(request))
+        """HTTP events and slash commands: Bolt verifies the signature, runs the listener,
+        and answers 200 once the message is stored (503 when it could not be)."""
+        body = await request.text()
+        # From here on nothing is awaited before the thread's lock is asked for: requests
+        # of one thread are dispatched in the order their bodies were read.
+        bolt_request = AsyncBoltRequest(
+            body=body,
+            query=request.query_string,
+            headers=request.headers,  # type: ignore[arg-type]
+        )
+        async with self._hold(_raw_payload(body, request.content_type)):
+            response = await self.app.async_dispatch(bolt_request)
         return await to_aiohttp_response(response)
 
     async def _on_mention(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         message = self._parse(event, body)
         if message is not None:
-            with self._inflight.track():
-                await self._answer(message)
+            await self._accept_message(message)
 
     async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
-        with self._inflight.track():
-            await self._on_channel_message(event, body)
-
-    async def _on_channel_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         message = self._parse(event, body)
         if message is None:
             return
         if message.is_direct:
-            await self._answer(message)
+            await self._accept_message(message)
             return
-        # A mention in a channel also arrives as app_mention, which answers it; the engine's
-        # claim (keyed on channel and ts) would stop a second answer anyway.
+        # A mention in a channel also arrives as app_mention, which answers it; the claim
+        # (keyed on channel and ts) would stop a second answer anyway.
         if message.mentions_bot or not message.in_thread:
             return
-        # In a thread the bot has answered in, no mention is needed, unless the channel says so.
-        settings = await self._store.channel(key=_channel(message))
-        if settings.require_mention:
-            return
+        # In a thread the bot has answered in, no mention is needed, unless the channel says
+        # so. The thread's lock is held: a mention that started the thread just before this
+        # message is stored already, so its conversation exists.
         thread = ConversationKey(PLATFORM, message.team, message.channel, message.thread_ts)
-        if await self._store.conversation_exists(key=thread):
-            await self._answer(message, settings)
+        try:
+            settings = await self._store.channel(key=_channel(message))
+            if settings.require_mention or not await self._store.conversation_exists(key=thread):
+                return
+        except DatabaseUnavailable as exc:
+            raise AcceptFailed(str(exc)) from exc
+        await self._accept_message(message, settings)
 
     def _parse(self, event: dict[str, Any], body: dict[str, Any]) -> SlackMessage | None:
         return parse_event(
@@ -239,14 +519,28 @@ class SlackBot:
             ignore_bots=self._settings.slack_ignore_bots,
         )
 
-    async def _answer(self, message: SlackMessage, settings: ChannelSettings | None = None) -> None:
-        if settings is None:
-            settings = await self._store.channel(key=_channel(message))
-        scope = settings.scope
-        names = {user: await self._name(user) for user in {message.user, *message.mentioned_users}}
+    async def _accept_message(
+        self, message: SlackMessage, settings: ChannelSettings | None = None
+    ) -> None:
+        """Stores the message for the scheduler to answer.
+
+        Raises:
+            AcceptFailed: the database stayed down; Slack must deliver the event again.
+        """
+        try:
+            if settings is None:
+                settings = await self._store.channel(key=_channel(message))
+            if settings.scope not in (None, "thread"):
+                # Remember the thread as the bot's, so follow-ups in it are recognized too.
+                await self._store.conversation(
+                    key=ConversationKey(PLATFORM, message.team, message.channel, message.thread_ts)
+                )
+        except DatabaseUnavailable as exc:
+            raise AcceptFailed(str(exc)) from exc
+        names = await self._names_of([message.user, *message.mentioned_users])
         text = replace_user_mentions(message.text, names).strip() or "/help"
         inbound = Inbound(
-            key=conversation_key(message, scope=scope),
+            key=conversation_key(message, scope=settings.scope),
             event_id=event_id_for(message),
             user_id=message.user,
             user_name=names[message.user],
@@ -255,69 +549,12 @@ class SlackBot:
             mentions_bot=message.mentions_bot,
             received_at=datetime.fromtimestamp(float(message.ts), UTC),
         )
-        if scope not in (None, "thread"):
-            # Remember the thread as the bot's, so follow-ups in it are recognized too.
-            await self._store.conversation(
-                key=ConversationKey(PLATFORM, message.team, message.channel, message.thread_ts)
-            )
-        # In a DM the answer follows the message, unless the user wrote in a thread.
-        thread = message.thread_ts if message.in_thread or not message.is_direct else ""
-        await self._reply(inbound, SlackSink(self.client, message.channel, thread))
-
-    async def _reply(self, inbound: Inbound, sink: SlackSink) -> None:
-        reply = StreamingReply(
-            sink,
-            render=markdown_to_mrkdwn,
-            limit=MESSAGE_LIMIT,
-            interval=self._settings.slack_update_interval,
-            placeholder=PLACEHOLDER,
-        )
-        try:
-            await deliver(self._engine.handle(inbound), reply)
-        except Exception:
-            # Slack being down or refusing a call must not take the bot down; the engine
-            # has stored the user's message and its own failures come as Failed events.
-            log.exception("Slack: could not deliver the reply for %s", inbound.key)
-        finally:
-            await reply.aclose()
-
-    async def _name(self, user: str) -> str:
-        """The user's display name, cached (users.info is rate limited, Tier 4)."""
-        cached = self._names.get(user)
-        now = time.monotonic()
-        if cached is not None and now - cached[1] < NAME_CACHE_SECONDS:
-            return cached[0]
-        try:
-            profile = (await self.client.users_info(user=user))["user"]
-            name = (
-                profile.get("profile", {}).get("display_name")
-                or profile.get("real_name")
-                or profile.get("name")
-                or user
-            )
-        except SlackApiError as exc:
-            log.warning("Slack: users.info for %s failed: %s", user, exc.response.get("error"))
-            return user
-        self._names[user] = (str(name), now)
-        self._names.move_to_end(user)
-        if len(self._names) > NAME_CACHE_SIZE:
-            self._names.popitem(last=False)
-        return str(name)
+        await self.accept(inbound, address_of(message))
 
     # --- the /parley command --------------------------------------------------------------
 
     async def _on_command(
-        self,
-        ack: Callable[..., Awaitable[None]],
-        command: dict[str, Any],
-        respond: Callable[..., Awaitable[Any]],
-    ) -> None:
-        await ack()  # within Slack's 3 seconds; the answer follows through response_url
-        with self._inflight.track():
-            await self._answer_command(command, respond)
-
-    async def _answer_command(
-        self, command: dict[str, Any], respond: Callable[..., Awaitable[Any]]
+        self, ack: Callable[..., Awaitable[None]], command: dict[str, Any]
     ) -> None:
         words = str(command.get("text") or "").strip()
         first = words.split(maxsplit=1)[0].lower() if words else "help"
@@ -325,26 +562,142 @@ class SlackBot:
         channel = str(command.get("channel_id") or "")
         user = str(command.get("user_id") or "")
         is_command = first in KNOWN_COMMANDS
+        names = await self._names_of([user])
         inbound = Inbound(
             # A command acts on the channel; a question asked with /parley gets a private
             # conversation of its own in that channel, since the answer is only for the asker.
             key=ConversationKey(PLATFORM, team, channel, "" if is_command else f"private:{user}"),
             event_id=f"command:{command.get('trigger_id') or time.time_ns()}",
             user_id=user,
-            user_name=await self._name(user),
+            user_name=names[user],
             text=f"/{words or 'help'}" if is_command else words,
             is_direct=channel.startswith("D"),
         )
-        answer = ""
-        async for event in self._engine.handle(inbound):
-            if isinstance(event, Final | CommandResult | Refused | Retracted | Failed):
-                answer = event.text
-        if answer:
-            await respond(text=markdown_to_mrkdwn(answer), response_type="ephemeral")
+        address = {"response_url": str(command.get("response_url") or ""), "channel": channel}
+        try:
+            await self.accept(inbound, address)
+        except AcceptFailed:
+            # Slack never sends a slash command again: say so now rather than fail silently.
+            await ack(text=COMMAND_NOT_STORED, response_type="ephemeral")
+            return
+        await ack()  # the answer follows through response_url
 
-    async def _on_error(self, error: Exception, body: dict[str, Any]) -> None:
+    async def _on_error(self, error: Exception, body: dict[str, Any]) -> BoltResponse | None:
+        if isinstance(error, AcceptFailed):
+            # Not acknowledged: Slack delivers the event again (HTTP: it retries after a
+            # non-2xx; Socket Mode: an envelope without an ack).
+            log.warning("Slack: event not stored, asking Slack to send it again: %s", error)
+            return BoltResponse(status=503, body="")
+        # Bolt answers 500, so Slack tries again (a few times at most); the claim makes a
+        # redelivery of anything stored meanwhile harmless.
         log.error("Slack: a listener failed: %s", error, exc_info=error)
+        return None
+
+    # --- names ----------------------------------------------------------------------------
+
+    async def _names_of(self, users: Iterable[str]) -> dict[str, str]:
+        """Display names, from the cache or users.info, waiting `NAME_LOOKUP_SECONDS` at most.
+
+        A name not found in time is the user's id for this message; the lookup goes on in
+        the background and caches the name for the next message. Users are looked up
+        concurrently, and one lookup per user at a time, however many messages ask.
+        """
+        names: dict[str, str] = {}
+        missing: dict[str, asyncio.Task[str | None]] = {}
+        now = time.monotonic()
+        for user in dict.fromkeys(users):
+            cached = self._names.get(user)
+            if cached is not None and now < cached[1]:
+                names[user] = cached[0]
+            else:
+                missing[user] = self._lookup(user)
+        if missing:
+            await asyncio.wait(missing.values(), timeout=NAME_LOOKUP_SECONDS)
+            for user, task in missing.items():
+                found = task.result() if task.done() and not task.cancelled() else None
+                names[user] = found or user
+        return names
+
+    def _lookup(self, user: str) -> asyncio.Task[str | None]:
+        task = self._lookups.get(user)
+        if task is None:
+            task = asyncio.create_task(self._look_up(user), name=f"parley-slack-name-{user}")
+            self._lookups[user] = task
+            task.add_done_callback(lambda _: self._lookups.pop(user, None))
+        return task
+
+    async def _look_up(self, user: str) -> str | None:
+        """users.info (rate limited, Tier 4), caching the answer, a failure for a while."""
+        try:
+            profile = (await self.client.users_info(user=user))["user"]
+        except Exception as exc:  # Slack down or the user unknown: the id will do
+            log.warning("Slack: users.info for %s failed: %s", user, _api_error(exc) or exc)
+            self._remember(user, user, NAME_FAILURE_SECONDS)
+            return None
+        name = str(
+            profile.get("profile", {}).get("display_name")
+            or profile.get("real_name")
+            or profile.get("name")
+            or user
+        )
+        self._remember(user, name, NAME_CACHE_SECONDS)
+        return name
+
+    def _remember(self, user: str, name: str, seconds: float) -> None:
+        self._names[user] = (name, time.monotonic() + seconds)
+        self._names.move_to_end(user)
+        if len(self._names) > NAME_CACHE_SIZE:
+            self._names.popitem(last=False)
+
+    # --- replies --------------------------------------------------------------------------
+
+    def reply(
+        self,
+        address: dict[str, Any],
+        *,
+        posted: Sequence[str] = (),
+        on_posted: PostedCallback | None = None,
+    ) -> StreamingReply:
+        if address.get("response_url"):
+            return StreamingReply(
+                EphemeralSink(str(address["response_url"])),
+                render=markdown_to_mrkdwn,
+                limit=MESSAGE_LIMIT,
+                interval=self._settings.slack_update_interval,
+                placeholder=None,
+                max_attempts=None,
+                existing=posted,
+                on_posted=on_posted,
+            )
+        return StreamingReply(
+            SlackSink(self.client, str(address["channel"]), str(address.get("thread_ts") or "")),
+            render=markdown_to_mrkdwn,
+            limit=MESSAGE_LIMIT,
+            interval=self._settings.slack_update_interval,
+            placeholder=PLACEHOLDER,
+            max_attempts=None,
+            existing=posted,
+            on_posted=on_posted,
+        )
+
+    def _view(self, turn: Turn, posted: PostedCallback) -> ReplyView:
+        if turn.address.get("response_url"):
+            # An ephemeral answer cannot be edited: no placeholder, no streaming, the end.
+            return FinalOnly(self.reply(turn.address, posted=turn.posted, on_posted=posted))
+        return super()._view(turn, posted)
 
 
 def _channel(message: SlackMessage) -> ConversationKey:
     return ConversationKey(PLATFORM, message.team, message.channel)
+
+
+def _raw_payload(body: str, content_type: str) -> Mapping[str, Any]:
+    """The payload of an HTTP request as Slack sent it, for `ordering_key` (no verification
+    here: Bolt verifies the signature inside the lock, and refuses what does not match)."""
+    if content_type == "application/x-www-form-urlencoded":
+        return dict(parse_qsl(body))
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return {}
+    return payload if isinstance(payload, dict) else {}

@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 from core.errors import ParleyError
 
-__all__ = ["DatabaseUnavailable", "is_transient", "retry_transient"]
+__all__ = ["DatabaseUnavailable", "backoff_delay", "is_transient", "retry_transient"]
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ _TRANSIENT_SQLITE_MESSAGES = (
 
 # Modules whose exceptions may wrap the real cause in `__cause__`. Anything else (our own
 # errors, an HTTP client's connection error) is not followed: it is not a database error.
-_DATABASE_MODULES = ("sqlalchemy", "asyncpg", "sqlite3", "aiosqlite")
+_DATABASE_MODULES = ("sqlalchemy", "asyncpg", "sqlite3", "aiosqlite", "psycopg", "psycopg2")
 
 _ERRNO_IN_MESSAGE = re.compile(r"\[Errno (-?\d+)\]")
 
@@ -181,6 +181,7 @@ async def retry_transient(
         Exception: Any error that is not transient, at once, unchanged.
     """
     start = clock()
+    give_up_at = start + deadline
     attempts = 0
     while True:
         attempts += 1
@@ -189,7 +190,7 @@ async def retry_transient(
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            elapsed = clock() - start
+            now = clock()
             if attempts == 1:
                 log.warning(
                     "%s: database unavailable (%s); retrying for up to %.1f s",
@@ -197,10 +198,10 @@ async def retry_transient(
                     _describe(exc),
                     deadline,
                 )
-            remaining = deadline - elapsed
+            remaining = give_up_at - now
             if remaining <= 0:
                 raise DatabaseUnavailable(
-                    what, attempts=attempts, elapsed=elapsed, last=exc
+                    what, attempts=attempts, elapsed=now - start, last=exc
                 ) from exc
             await sleep(min(backoff_delay(attempts), remaining))
             continue

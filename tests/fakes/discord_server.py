@@ -11,6 +11,10 @@
   `fail_next(method, path_prefix, ...)` scripts errors; a 429 has the JSON body, the
   `Retry-After` / `X-RateLimit-*` headers and the `Via` header that discord.py insists on
   (without `Via` it assumes a Cloudflare ban and raises `HTTPException` instead of retrying).
+  `fail_for(seconds, path_prefix, responses=[502, (503, "<html>")])` is an outage: every
+  matching request fails for a while (JSON errors, or HTML pages as a proxy sends them).
+  `add_message` and `add_thread` put in what an earlier process left (a placeholder, a
+  thread); starting a thread from a message that has one answers 400 (code 160004).
 - The gateway at `fake.gateway_url` (`ws://127.0.0.1:PORT/gateway`) for
   `discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY`: HELLO, heartbeat ACKs, IDENTIFY ->
   READY (+ GUILD_CREATE per guild), RESUME -> replay of missed dispatches + RESUMED, op 8 ->
@@ -42,7 +46,7 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -246,10 +250,13 @@ def message_create(
     thread: Mapping[str, Any] | None = None,
     reply_to: str | None = None,
     bot: bool = False,
+    forwarded: str | None = None,
 ) -> dict[str, Any]:
     """A MESSAGE_CREATE payload from a user in a guild channel (or thread: pass its id as
     `channel_id`; `thread` attaches a thread object started from this message).
-    `mentions` are user payloads, e.g. `[BOT_USER]`; put `<@1000>` in the content too."""
+    `mentions` are user payloads, e.g. `[BOT_USER]`; put `<@1000>` in the content too.
+    `forwarded`: the message forwards one with that text (Discord sends empty `content`, the
+    original in `message_snapshots` and a `message_reference` of type 1)."""
     author = user_payload(author_id, username, bot=bot)
     data: dict[str, Any] = {
         "id": message_id or next_snowflake(),
@@ -274,6 +281,27 @@ def message_create(
         data["member"] = {k: v for k, v in member_payload(author).items() if k != "user"}
     if thread is not None:
         data["thread"] = dict(thread)
+    if forwarded is not None:
+        data["message_snapshots"] = [
+            {
+                "message": {
+                    "type": 0,
+                    "content": forwarded,
+                    "embeds": [],
+                    "attachments": [],
+                    "timestamp": now_iso(),
+                    "edited_timestamp": None,
+                    "flags": 0,
+                    "mentions": [],
+                    "mention_roles": [],
+                }
+            }
+        ]
+        data["message_reference"] = {
+            "type": 1,
+            "message_id": next_snowflake(),
+            "channel_id": next_snowflake(),
+        }
     if reply_to is not None:
         data["message_reference"] = {
             "type": 0,
@@ -291,6 +319,7 @@ def dm_message_create(
     author_id: str = USER_ID,
     username: str = USERNAME,
     message_id: str | None = None,
+    forwarded: str | None = None,
 ) -> dict[str, Any]:
     """A MESSAGE_CREATE in a DM: no guild_id, so discord.py makes a `DMChannel` from the
     channel id alone (no REST call; recipient unknown until someone fetches the channel)."""
@@ -301,6 +330,7 @@ def dm_message_create(
         author_id=author_id,
         username=username,
         message_id=message_id,
+        forwarded=forwarded,
     )
 
 
@@ -400,12 +430,25 @@ class Call:
 
 @dataclass
 class Failure:
-    method: str
+    method: str  # "" matches every method
     path_prefix: str
     status: int
     retry_after: float
     is_global: bool
     body: dict[str, Any] | None
+    text: str | None = None  # a body that is not JSON (a proxy's HTML error page)
+
+
+@dataclass
+class Outage:
+    """Every matching request fails until `until` (time.monotonic()): the first ones get
+    `responses` in order, the rest the last of them."""
+
+    method: str  # "" matches every method
+    path_prefix: str
+    until: float
+    responses: list[tuple[int, str | None]]  # (status, non-JSON body or None for JSON)
+    used: int = 0
 
 
 class _Patched:
@@ -501,6 +544,8 @@ class FakeDiscord:
         self._conn: _Connection | None = None
         self._connections: list[_Connection] = []
         self._failures: deque[Failure] = deque()
+        self._outages: list[Outage] = []
+        self._observers: list[Callable[[Call], None]] = []
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
 
@@ -546,6 +591,47 @@ class FakeDiscord:
         self._failures.append(
             Failure(method.upper(), path_prefix, status, retry_after, is_global, body)
         )
+
+    def fail_for(
+        self,
+        seconds: float,
+        path_prefix: str = "",
+        *,
+        method: str = "",
+        responses: Sequence[int | tuple[int, str]] = (502,),
+    ) -> None:
+        """An outage: every request whose path starts with `path_prefix` (and whose method
+        is `method`, any if "") fails for `seconds` from now. The first failures answer
+        `responses` in order, the rest repeat the last one; an int is a JSON error
+        (`{"message": ..., "code": 0}`), a `(status, text)` pair answers `text` as
+        `text/html`, as a proxy in front of Discord does. `fail_next` failures come first."""
+        self._outages.append(
+            Outage(
+                method.upper(),
+                path_prefix,
+                time.monotonic() + seconds,
+                [(r, None) if isinstance(r, int) else (r[0], r[1]) for r in responses],
+            )
+        )
+
+    def observe(self, observer: Callable[[Call], None]) -> None:
+        """Call `observer(call)` for every REST request as it arrives, before it is answered
+        (to see what the client had done by then)."""
+        self._observers.append(observer)
+
+    def add_message(
+        self, channel_id: str, content: str, *, message_id: str | None = None
+    ) -> dict[str, Any]:
+        """A message the bot posted earlier (before a restart, say); returns its record."""
+        body = {"content": content, "allowed_mentions": {"parse": []}}
+        message = self._message_object(str(channel_id), body, message_id=message_id)
+        return self._store(str(channel_id), body, message)
+
+    def add_thread(self, thread: Mapping[str, Any]) -> None:
+        """A thread that exists already (e.g. a `thread_channel(...)` started before a
+        restart): starting it again from its message fails as on Discord."""
+        self.threads.append(dict(thread))
+        self.channels[thread["id"]] = dict(thread)
 
     # --- queries ---------------------------------------------------------------------------
     def calls_to(self, method: str, path_prefix: str = "") -> list[Call]:
@@ -864,6 +950,8 @@ class FakeDiscord:
             files=files,
         )
         self.calls.append(call)
+        for observer in self._observers:
+            observer(call)
         try:
             return self._answer(call)
         finally:
@@ -874,6 +962,15 @@ class FakeDiscord:
             if failure.method == call.method and call.path.startswith(failure.path_prefix):
                 self._failures.remove(failure)
                 return self._failure(call, failure)
+        for outage in self._outages:
+            if (
+                outage.method in ("", call.method)
+                and call.path.startswith(outage.path_prefix)
+                and time.monotonic() < outage.until
+            ):
+                status, text = outage.responses[min(outage.used, len(outage.responses) - 1)]
+                outage.used += 1
+                return self._failure(call, Failure(call.method, "", status, 0, False, None, text))
         m, p = call.method, call.path
         routes: list[tuple[str, str, Callable[..., web.Response]]] = [
             ("GET", r"/users/@me", self._get_me),
@@ -926,6 +1023,9 @@ class FakeDiscord:
                 status=429,
                 headers={"Content-Type": "application/json", **headers},
             )
+        if failure.text is not None:
+            call.status, call.response = failure.status, failure.text
+            return web.Response(text=failure.text, status=failure.status, content_type="text/html")
         data = failure.body or {"message": f"Scripted failure {failure.status}", "code": 0}
         return self._json(call, data, failure.status)
 
@@ -1155,6 +1255,10 @@ class FakeDiscord:
         return self._json(call, thread, 201)
 
     def _start_thread(self, call: Call, channel_id: str, message_id: str) -> web.Response:
+        if message_id in self.channels:
+            return self._error(
+                call, 400, "A thread has already been created for this message", 160004
+            )
         # A thread started from a message has the message's id.
         return self._new_thread(call, channel_id, message_id)
 

@@ -1,7 +1,8 @@
 """A scripted OpenAI-compatible server on 127.0.0.1, reached through the real `openai` client.
 
 Tests queue what the next requests get (text, streamed or whole; HTTP errors with
-Retry-After; delays) and then assert on `requests`, the exact JSON bodies received.
+Retry-After; delays; streams that end early or whose connection is cut) and then assert on
+`requests`, the exact JSON bodies received.
 
 `/v1/moderations` has a queue of its own (`flag`, `moderation_error`, `moderation_body`) and
 content rules (`flag_when`) checked before it; with neither, every input passes unflagged.
@@ -31,14 +32,21 @@ class Reply:
     chunk_delay: float = 0.0  # between streamed chunks
     chunk_size: int = 4  # characters per streamed chunk
     model: str | None = None
+    # Faults: no chunk with a finish_reason (nor usage) when `finish` is false; no
+    # `data: [DONE]` when `done` is false; with `cut_after=N`, the connection is closed after
+    # N text chunks, in the middle of the chunked body (the client sees a protocol error).
+    finish: bool = True
+    done: bool = True
+    cut_after: int | None = None
 
 
 @dataclass
 class Error:
     status: int
     message: str = "scripted error"
-    retry_after: float | None = None
+    retry_after: float | str | None = None  # seconds, or a string sent as is (an HTTP date)
     delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)  # more, e.g. retry-after-ms
 
 
 @dataclass
@@ -102,6 +110,8 @@ class FakeOpenAI:
         self.script.append(Reply(text, tool_calls=list(calls), **options))
 
     def error(self, status: int, **options: Any) -> None:
+        """Queue an HTTP error: `error(429, retry_after=1.5)`, `retry_after="<HTTP date>"`,
+        `headers={"retry-after-ms": "1500"}`."""
         self.script.append(Error(status, **options))
 
     def flag(
@@ -205,23 +215,29 @@ class FakeOpenAI:
         assert body.get("stream"), "Parley always streams"
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for start in range(0, len(step.text), step.chunk_size):
+        for number, start in enumerate(range(0, len(step.text), step.chunk_size)):
+            if number == step.cut_after:
+                return _cut(request, response)
             piece = step.text[start : start + step.chunk_size]
             await _send(response, _chunk(model, {"content": piece}))
             if step.chunk_delay:
                 await asyncio.sleep(step.chunk_delay)
+        if step.cut_after is not None:
+            return _cut(request, response)
         for index, (name, arguments) in enumerate(step.tool_calls):
             for delta in _tool_call_deltas(index, name, arguments, whole=step.whole):
                 await _send(response, _chunk(model, {"tool_calls": [delta]}))
         finish = "tool_calls" if step.tool_calls else "stop"
-        await _send(response, _chunk(model, {}, finish_reason=finish))
-        if step.usage and (body.get("stream_options") or {}).get("include_usage"):
+        if step.finish:
+            await _send(response, _chunk(model, {}, finish_reason=finish))
+        if step.finish and step.usage and (body.get("stream_options") or {}).get("include_usage"):
             prompt, completion = step.usage
             usage_chunk = _chunk(model, None)
             usage_chunk["choices"] = []
             usage_chunk["usage"] = _usage(prompt, completion)
             await _send(response, usage_chunk)
-        await response.write(b"data: [DONE]\n\n")
+        if step.done:
+            await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
 
@@ -272,8 +288,15 @@ def _moderation_result(answer: Moderation) -> dict[str, Any]:
     }
 
 
+def _cut(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Close the connection where the stream is: the chunked body never gets its last chunk."""
+    assert request.transport is not None
+    request.transport.close()  # what was written is flushed first
+    return response
+
+
 def _error_response(step: Error) -> web.Response:
-    headers = {}
+    headers = dict(step.headers)
     if step.retry_after is not None:
         headers["Retry-After"] = str(step.retry_after)
     return web.json_response(

@@ -5,7 +5,10 @@
 - the Web API at `fake.api_url` (`http://127.0.0.1:PORT/api/`, the trailing slash matters):
   point `AsyncWebClient(token=..., base_url=fake.api_url)` at it. Every call is recorded in
   `fake.calls`; bot messages live in `fake.messages` (ts -> message), updated and deleted as
-  Slack would. `fail_next` scripts errors (HTTP 429 with Retry-After, or `ok: false`).
+  Slack would. `fail_next` scripts errors (HTTP 429 with Retry-After, or `ok: false`);
+  `outage` scripts an unhealthy Slack: 5xx answers with JSON, HTML, plain-text or empty
+  bodies, connections dropped unanswered, and a window in which the port refuses
+  connections, for a number of calls or a time.
 - `response_url`s for slash commands (`fake.new_response_url()`), recorded in `fake.responses`.
 - Socket Mode: `apps.connections.open` answers `ws://127.0.0.1:PORT/socket`; the fake says
   `hello`, `send_envelope` pushes `events_api` / `slash_commands` envelopes and `fake.acks`
@@ -33,9 +36,9 @@ import json
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -61,12 +64,14 @@ def next_ts() -> str:
 
 @dataclass
 class Call:
-    """One Web API request as the fake received it."""
+    """One Web API request as the fake received it, and how it was answered."""
 
     method: str  # "chat.postMessage"
     args: dict[str, Any]  # query string, form fields and JSON body merged
     headers: dict[str, str]
     at: float  # time.monotonic()
+    status: int = 200  # the HTTP status answered; 0: the connection was dropped unanswered
+    ok: bool = True  # the answer said `ok: true` (the call took effect)
 
     @property
     def token(self) -> str | None:
@@ -95,6 +100,61 @@ class Failure:
     retry_after: int | None
 
 
+@dataclass
+class Fault:
+    """One step of an `outage`: how the Web API misbehaves, for `times` calls or `seconds`.
+
+    kind "status": answer HTTP `status` with `body` (None: Slack's JSON `ok: false` with
+    `error`) as `content_type`; "drop": close the connection without an answer (the call
+    is recorded, not applied); "refuse": stop listening for `seconds` (connections are
+    refused; nothing is recorded), then listen again on the same port.
+    A step with `seconds` lasts that long from the first call it answers; otherwise it
+    answers `times` calls.
+    """
+
+    kind: str = "status"
+    status: int = 502
+    body: str | None = None
+    content_type: str = "application/json"
+    error: str = "internal_error"
+    times: int = 1
+    seconds: float = 0.0
+    started: float | None = None  # set when it first answers a call
+
+
+def server_error(status: int = 502, *, times: int = 1, seconds: float = 0.0) -> Fault:
+    """A 5xx with Slack's JSON error body."""
+    return Fault(status=status, times=times, seconds=seconds)
+
+
+def html_error(status: int = 502, *, times: int = 1, seconds: float = 0.0) -> Fault:
+    """A 5xx with an HTML page, as a load balancer in front of Slack sends it."""
+    body = f"<html><head><title>{status}</title></head><body>Bad Gateway</body></html>"
+    return Fault(status=status, body=body, content_type="text/html", times=times, seconds=seconds)
+
+
+def not_json_error(status: int = 503, *, times: int = 1, seconds: float = 0.0) -> Fault:
+    """A 5xx that claims to be JSON but is not (slack_sdk fails to parse it)."""
+    return Fault(
+        status=status, body="<html>Service Unavailable</html>", times=times, seconds=seconds
+    )
+
+
+def empty_error(status: int = 503, *, times: int = 1, seconds: float = 0.0) -> Fault:
+    """A 5xx with no body at all."""
+    return Fault(status=status, body="", content_type="text/plain", times=times, seconds=seconds)
+
+
+def dropped(*, times: int = 1, seconds: float = 0.0) -> Fault:
+    """The connection closes before any answer."""
+    return Fault(kind="drop", status=0, times=times, seconds=seconds)
+
+
+def refused(seconds: float) -> Fault:
+    """The port refuses connections for `seconds` (Slack unreachable)."""
+    return Fault(kind="refuse", status=0, seconds=seconds)
+
+
 Handler = Callable[[dict[str, Any]], Mapping[str, Any]]
 
 
@@ -113,12 +173,18 @@ class FakeSlack:
         self.users: dict[str, str] = {}  # user id -> display name, for users.info
         self.channels: dict[str, dict[str, Any]] = {}  # extra fields for conversations.info
         self.text_limit: int | None = None  # longer chat.postMessage/update text: msg_too_long
-        self.responses: list[Posted] = []
+        self.responses: list[Posted] = []  # posts to response_urls that were answered 200
+        self.failed_responses: list[Posted] = []  # posts an outage answered with a fault
         self.envelopes: list[dict[str, Any]] = []  # sent over Socket Mode
         self.acks: list[dict[str, Any]] = []  # {"envelope_id": ..., "payload"?: ...}
         self.connection_count = 0  # Socket Mode connections accepted so far
+        self.refusals: list[tuple[float, float]] = []  # (start, end) of each refusal window
         self.port = 0
         self._failures: defaultdict[str, deque[Failure]] = defaultdict(deque)
+        self._faults: deque[Fault] = deque()
+        self._fault_methods: frozenset[str] | None = None
+        self._refusing: asyncio.Task[None] | None = None
+        self._site: web.TCPSite | None = None
         self._handlers: dict[str, Handler] = {}
         self._sockets: list[web.WebSocketResponse] = []
         self._response_urls = itertools.count(1)
@@ -167,6 +233,24 @@ class FakeSlack:
         if status == 429 and retry_after is None:
             retry_after = 1
         self._failures[method].append(Failure(error, status, retry_after))
+
+    def outage(self, *faults: Fault, methods: Iterable[str] | None = None) -> None:
+        """Script an unhealthy Slack: the faults apply in order to the next Web API calls (of
+        `methods`, or of every method; "response_url" names posts to response_urls), then
+        the API is healthy again. A "refuse" step
+        starts as soon as the step before it is used up (at once when it comes first).
+        `outage_over()` waits for the end. Call from the test's event loop."""
+        self._faults.extend(replace(fault) for fault in faults)
+        self._fault_methods = frozenset(methods) if methods is not None else None
+        self._maybe_refuse()
+
+    @property
+    def in_outage(self) -> bool:
+        return bool(self._faults)
+
+    async def outage_over(self, timeout: float = 30) -> None:
+        """Wait until every scripted fault was used up."""
+        await self.wait_for(lambda: not self._faults, timeout, what="the end of the outage")
 
     def handle(self, method: str, handler: Handler) -> None:
         """Answer `method` with `handler(args)` (`ok: true` is added unless it says `ok`)."""
@@ -306,10 +390,14 @@ class FakeSlack:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._site = site
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         """Close Socket Mode connections and stop; close Socket Mode handlers before this."""
+        if self._refusing is not None:
+            self._refusing.cancel()
+            await asyncio.gather(self._refusing, return_exceptions=True)
         for socket in list(self._sockets):
             await socket.close(code=aiohttp.WSCloseCode.GOING_AWAY)
         assert self._runner is not None
@@ -326,17 +414,77 @@ class FakeSlack:
         call = Call(method, args, dict(request.headers), time.monotonic())
         self.calls.append(call)
         try:
+            fault = self._take_fault(method)
+            if fault is not None:
+                call.ok, call.status = False, fault.status
+                return self._faulty_answer(request, fault)
             if self._failures[method]:
                 failure = self._failures[method].popleft()
+                call.ok, call.status = False, failure.status
                 headers = {}
                 if failure.retry_after is not None:
                     headers["Retry-After"] = str(failure.retry_after)
                 return web.json_response(
                     {"ok": False, "error": failure.error}, status=failure.status, headers=headers
                 )
-            return web.json_response(self._answer(call))
+            answer = self._answer(call)
+            call.ok = bool(answer.get("ok"))
+            return web.json_response(answer)
         finally:
             await self._notify()
+
+    @staticmethod
+    def _faulty_answer(request: web.Request, fault: Fault) -> web.Response:
+        if fault.kind == "drop":
+            assert request.transport is not None
+            request.transport.close()  # the client sees the server disconnect
+            return web.Response(status=500)  # never sent: the connection is closed
+        if fault.body is None:
+            return web.json_response({"ok": False, "error": fault.error}, status=fault.status)
+        return web.Response(status=fault.status, text=fault.body, content_type=fault.content_type)
+
+    def _take_fault(self, method: str) -> Fault | None:
+        """The fault answering this call, if an outage is on and covers the method."""
+        if self._fault_methods is not None and method not in self._fault_methods:
+            return None
+        while self._faults and self._faults[0].kind != "refuse":
+            fault = self._faults[0]
+            now = time.monotonic()
+            if fault.started is None:
+                fault.started = now
+            if fault.seconds and now - fault.started >= fault.seconds:
+                self._next_fault()
+                continue
+            if not fault.seconds:
+                fault.times -= 1
+                if fault.times <= 0:
+                    self._next_fault()
+            return fault
+        return None
+
+    def _next_fault(self) -> None:
+        self._faults.popleft()
+        self._maybe_refuse()
+
+    def _maybe_refuse(self) -> None:
+        if self._faults and self._faults[0].kind == "refuse" and self._refusing is None:
+            self._refusing = asyncio.get_running_loop().create_task(self._refuse())
+
+    async def _refuse(self) -> None:
+        """Stop listening for the head fault's seconds, then listen on the same port again."""
+        assert self._runner is not None and self._site is not None
+        fault = self._faults[0]
+        started = time.monotonic()
+        await self._site.stop()
+        try:
+            await asyncio.sleep(fault.seconds)
+        finally:
+            self._site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+            await self._site.start()
+            self.refusals.append((started, time.monotonic()))
+            self._refusing = None
+        self._next_fault()
+        await self._notify()
 
     def _answer(self, call: Call) -> dict[str, Any]:
         if call.method in self._handlers:
@@ -492,9 +640,17 @@ class FakeSlack:
     # --- response_url ----------------------------------------------------------------------
     async def _respond(self, request: web.Request) -> web.Response:
         body = await request.json() if request.can_read_body else {}
-        self.responses.append(Posted(request.path, body, dict(request.headers), time.monotonic()))
-        await self._notify()
-        return web.Response(text="ok")
+        posted = Posted(request.path, body, dict(request.headers), time.monotonic())
+        try:
+            # An outage covers response_urls too when its methods include "response_url".
+            fault = self._take_fault("response_url")
+            if fault is not None:
+                self.failed_responses.append(posted)
+                return self._faulty_answer(request, fault)
+            self.responses.append(posted)
+            return web.Response(text="ok")
+        finally:
+            await self._notify()
 
     # --- Socket Mode -----------------------------------------------------------------------
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:

@@ -12,6 +12,7 @@ import pytest
 
 from adapters.discord.bot import DiscordBot
 from core.events import ConversationKey
+from core.scheduler import Scheduler
 from tests.conftest import make_settings
 from tests.fakes.discord_server import (
     BOT_USER,
@@ -28,7 +29,7 @@ from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.platforms.running import platform_settings
 from tests.platforms.running import running as running_platform
 
-QUIET = {"parse": []}
+QUIET: dict[str, Any] = {"parse": []}
 
 
 @pytest.fixture
@@ -151,6 +152,20 @@ async def test_a_direct_message_is_answered(
         await contents_become(discord_fake, DM_CHANNEL_ID, ["Hello Alice."])
 
 
+async def test_a_forwarded_message_is_read_from_its_snapshot(
+    bot_factory: Callable[..., Any], discord_fake: FakeDiscord, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply("A reminder about Friday.")
+    async with bot_factory():
+        forward = dm_message_create("", forwarded="Release moves to Friday.")
+        await discord_fake.dispatch("MESSAGE_CREATE", forward)
+        await contents_become(discord_fake, DM_CHANNEL_ID, ["A reminder about Friday."])
+    assert fake_openai.chat_requests[0]["messages"][-1] == {
+        "role": "user",
+        "content": "Alice: Release moves to Friday.",
+    }
+
+
 async def test_model_output_never_pings(
     bot_factory: Callable[..., Any], discord_fake: FakeDiscord, fake_openai: FakeOpenAI
 ) -> None:
@@ -227,11 +242,16 @@ async def test_slash_persona_changes_the_channels_persona(
             "INTERACTION_CREATE", interaction_create("persona", {"name": "coder"})
         )
         await discord_fake.wait_for(
-            lambda: any(r["kind"] == "followup" for r in discord_fake.interaction_responses)
+            lambda: any(r["kind"] == "edit_original" for r in discord_fake.interaction_responses)
         )
-        followup = next(r for r in discord_fake.interaction_responses if r["kind"] == "followup")
-        assert "coder" in followup["body"]["content"]
-        assert followup["body"]["flags"] & 64  # ephemeral
+        # Deferred privately, then the answer replaces the "thinking…" response, which keeps
+        # it private: the same path as /ask, so a recovery can finish it by the token alone.
+        deferred, answer = discord_fake.interaction_responses
+        assert (deferred["kind"], deferred["type"]) == ("callback", 5)
+        assert deferred["body"]["data"]["flags"] & 64  # ephemeral
+        assert answer["kind"] == "edit_original" and "coder" in answer["body"]["content"]
+        assert answer["body"]["allowed_mentions"] == QUIET
+        assert answer["message"]["flags"] & 64
         channel = await runtime.store.channel(key=ConversationKey("discord", GUILD_ID, CHANNEL_ID))
         assert channel.persona == "coder"
     assert fake_openai.chat_requests == []
@@ -243,6 +263,9 @@ async def test_shard_settings_make_an_auto_sharded_client(engine_factory: Any) -
             DISCORD_BOT_TOKEN="token", DISCORD_SHARD_COUNT="4", DISCORD_SHARD_IDS="1,3"
         )
         # Built, not started: nothing is opened until login.
-        bot = DiscordBot(engine=runtime.engine, store=runtime.store, settings=settings)
+        scheduler = Scheduler(engine=runtime.engine, store=runtime.store)
+        bot = DiscordBot(
+            scheduler=scheduler, engine=runtime.engine, store=runtime.store, settings=settings
+        )
         assert isinstance(bot.client, discord.AutoShardedClient)
         assert (bot.client.shard_count, bot.client.shard_ids) == (4, [1, 3])

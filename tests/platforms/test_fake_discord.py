@@ -31,6 +31,7 @@ from tests.fakes.discord_server import (
     interaction_create,
     message_create,
     patched,
+    thread_channel,
 )
 
 TOKEN = "fake.bot.token"
@@ -317,3 +318,44 @@ async def test_dm_interaction(fake: FakeDiscord) -> None:
         await fake.wait_interaction_responses(3)
         assert bot.commands == [("ask", "dm?")]
         assert [m["content"] for m in fake.messages_in(DM_CHANNEL_ID)] == ["done", "answer"]
+
+
+async def test_an_outage_fails_every_request_for_a_while(fake: FakeDiscord) -> None:
+    async with running(fake) as bot:
+        channel = bot.client.get_partial_messageable(int(DM_CHANNEL_ID))
+        fake.fail_for(0.5, "/channels/", responses=[(503, "<html>503 Service Unavailable</html>")])
+        with pytest.raises(discord.DiscordServerError) as info:
+            await channel.send("during")
+        assert info.value.status == 503 and info.value.text == (
+            "<html>503 Service Unavailable</html>"
+        )
+        await asyncio.sleep(0.5)
+        await channel.send("after")
+        assert [m["content"] for m in fake.messages_in(DM_CHANNEL_ID)] == ["after"]
+        assert [c.status for c in fake.calls_to("POST", "/channels/")] == [503, 200]
+
+
+async def test_an_outage_answers_its_responses_in_order(fake: FakeDiscord) -> None:
+    async with running(fake) as bot:
+        channel = bot.client.get_partial_messageable(int(DM_CHANNEL_ID))
+        fake.fail_for(30, "/channels/", method="POST", responses=[403, (503, "down"), 404])
+        for expected in (discord.Forbidden, discord.DiscordServerError, discord.NotFound):
+            with pytest.raises(expected):
+                await channel.send("x")
+        with pytest.raises(discord.NotFound):  # the last one repeats
+            await channel.send("x")
+
+
+async def test_messages_and_threads_left_by_an_earlier_process(fake: FakeDiscord) -> None:
+    async with running(fake) as bot:
+        record = fake.add_message(CHANNEL_ID, "…")
+        channel = bot.client.get_partial_messageable(int(CHANNEL_ID), guild_id=int(GUILD_ID))
+        await channel.get_partial_message(int(record["id"])).edit(content="done")
+        assert fake.messages[(CHANNEL_ID, record["id"])]["versions"] == ["…", "done"]
+
+        question = message_create("start a thread")
+        fake.add_thread(thread_channel("earlier", thread_id=question["id"]))
+        with pytest.raises(discord.HTTPException) as info:
+            await channel.get_partial_message(int(question["id"])).create_thread(name="again")
+        assert (info.value.status, info.value.code) == (400, 160004)
+        assert [t["name"] for t in fake.threads] == ["earlier"]

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
@@ -21,9 +22,15 @@ from tests.fakes.slack_server import (
     FakeSlack,
     app_mention,
     dm_message,
+    dropped,
+    empty_error,
     event_callback,
+    html_error,
+    not_json_error,
     post_event,
+    refused,
     serve,
+    server_error,
     sign,
 )
 
@@ -139,6 +146,81 @@ async def test_unknown_methods_and_scripted_errors(fake: FakeSlack) -> None:
     with pytest.raises(SlackApiError) as over:
         await client.chat_update(channel="C1", ts=posted["ts"], text="y" * 4001)
     assert over.value.response["error"] == "msg_too_long"
+
+
+async def test_an_outage_fails_calls_as_an_unhealthy_slack_would(fake: FakeSlack) -> None:
+    """What slack_sdk surfaces for each fault, in order, and that the API then recovers."""
+    client = AsyncWebClient(token="xoxb-test", base_url=fake.api_url)
+    fake.outage(
+        server_error(502),
+        html_error(502),
+        not_json_error(503),
+        empty_error(503),
+        dropped(times=2),  # slack_sdk retries a dropped connection once by itself
+        refused(2.0),
+        methods={"chat.postMessage"},
+    )
+    errors: list[BaseException] = []
+    for _ in range(5):
+        with pytest.raises(Exception) as caught:
+            await client.chat_postMessage(channel="C1", text="x")
+        errors.append(caught.value)
+    json_502, html_502, not_json_503, empty_503, dropped_twice = errors
+    assert isinstance(json_502, SlackApiError) and json_502.response.status_code == 502
+    assert json_502.response["error"] == "internal_error"
+    # An HTML page: slack_sdk keeps its response, with no data to read an error from.
+    assert isinstance(html_502, SlackApiError) and html_502.response.status_code == 502
+    assert html_502.response.data == {}
+    # "JSON" that is not: the response in the error is aiohttp's, with `status`.
+    assert isinstance(not_json_503, SlackApiError)
+    assert isinstance(not_json_503.response, aiohttp.ClientResponse)
+    assert not_json_503.response.status == 503
+    assert isinstance(empty_503, SlackApiError) and empty_503.response.status_code == 503
+    assert isinstance(dropped_twice, aiohttp.ServerDisconnectedError)
+    # The port refuses connections for 2 s: a call (and slack_sdk's one retry) fails.
+    with pytest.raises(aiohttp.ClientConnectorError):
+        await client.chat_postMessage(channel="C1", text="x")
+    await fake.outage_over()
+    posted = await client.chat_postMessage(channel="C1", text="back")
+    assert posted["ok"] and fake.messages[posted["ts"]]["text"] == "back"
+    assert [(c.status, c.ok) for c in fake.calls_to("chat.postMessage")] == [
+        (502, False),
+        (502, False),
+        (503, False),
+        (503, False),
+        (0, False),
+        (0, False),
+        (200, True),
+    ]
+    [(start, end)] = fake.refusals
+    assert end - start >= 2.0
+    # Other methods were never affected.
+    assert (await client.auth_test())["ok"]
+
+
+async def test_an_outage_for_a_time_window_and_on_response_urls(fake: FakeSlack) -> None:
+    client = AsyncWebClient(token="xoxb-test", base_url=fake.api_url)
+    fake.outage(server_error(503, seconds=0.3))
+    started = time.monotonic()
+    failures = 0
+    while True:
+        try:
+            await client.auth_test()
+            break
+        except SlackApiError:
+            failures += 1
+            await asyncio.sleep(0.05)
+    assert failures >= 2 and time.monotonic() - started >= 0.3
+
+    url = fake.new_response_url()
+    fake.outage(server_error(502), methods={"response_url"})
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json={"text": "first"}) as failed:
+            assert failed.status == 502
+        async with session.post(url, json={"text": "second"}) as landed:
+            assert landed.status == 200
+    assert [p.body["text"] for p in fake.failed_responses] == ["first"]
+    assert [p.body["text"] for p in fake.responses] == ["second"]
 
 
 async def test_rate_limits_are_not_retried_unless_asked(fake: FakeSlack) -> None:

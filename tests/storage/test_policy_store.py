@@ -13,7 +13,7 @@ from core.events import ConversationKey
 from core.storage import SqlStore, UsageRecord
 from core.storage.base import AccessRule, ChannelSettings, FlagRecord, LimitCounts
 from core.storage.tables import user_requests
-from tests.storage.test_sql_store import open_store, user_message
+from tests.storage.test_sql_store import OWNER, begin, open_store
 
 KEY = ConversationKey("slack", "T1", "C1", "1700000000.000100")
 NOON = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -39,12 +39,8 @@ def flag(action: str, *, at: datetime = NOON, key: ConversationKey = KEY) -> Fla
 
 
 async def test_flags_are_stored_with_the_turn_and_listed_newest_first(store: SqlStore) -> None:
-    state, _ = await store.begin_turn(
-        key=KEY, message=user_message("hi"), flags=[flag("redact", at=NOON)]
-    )
-    await store.finish_turn(
-        conversation_id=state.id, messages=[], usage=[], flags=[flag("flag", at=NOON)]
-    )
+    _, _, turn = await begin(store, KEY, "hi", flags=[flag("redact", at=NOON)])
+    await store.finish_turn(turn=turn, owner=OWNER, reply="", flags=[flag("flag", at=NOON)])
     elsewhere = ConversationKey("slack", "T1", "C9", "")  # no conversation yet: kept anyway
     await store.record_flag(flag=flag("block", at=NOON + timedelta(hours=1), key=elsewhere))
 

@@ -1,9 +1,9 @@
-"""SqlStore on SQLite and PostgreSQL: events, turns, windows, usage, personas and turn locks."""
+"""SqlStore on SQLite and PostgreSQL: accepting, leasing and ending turns, windows, usage,
+personas."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import ColumnElement, Table, func, select, text, update
+from sqlalchemy import ColumnElement, Table, func, select, update
 
-from core.events import ConversationKey
+from core.events import ConversationKey, Inbound
 from core.storage import (
     ConversationState,
     NewMessage,
@@ -24,7 +24,8 @@ from core.storage import (
     create_database_engine,
     migrate,
 )
-from core.storage.tables import conversations, messages, processed_events, usage
+from core.storage.base import LeaseLost, Turn, TurnState
+from core.storage.tables import conversations, messages, turns, usage
 
 KEY = ConversationKey("slack", "T1", "C1", "1700000000.000100")
 
@@ -83,13 +84,66 @@ def usage_record(
     )
 
 
+OWNER = "process-1"
+_events = iter(range(1, 1_000_000))
+
+
+def inbound(text: str, key: ConversationKey = KEY, event_id: str | None = None) -> Inbound:
+    return Inbound(
+        key=key,
+        event_id=event_id or f"Ev{next(_events)}",
+        user_id="U-ada",
+        user_name="Ada",
+        text=text,
+    )
+
+
+async def accept(
+    store: SqlStore,
+    text: str,
+    key: ConversationKey = KEY,
+    *,
+    owner: str | None = OWNER,
+    event_id: str | None = None,
+    lease_until: float = 1e12,
+) -> Turn:
+    turn = await store.accept(
+        inbound=inbound(text, key, event_id),
+        address={"to": key.thread},
+        owner=owner,
+        lease_until=lease_until,
+    )
+    assert turn is not None
+    return turn
+
+
+async def begin(
+    store: SqlStore,
+    key: ConversationKey,
+    content: str,
+    *,
+    token_count: int | None = None,
+    **extra: Any,
+) -> tuple[ConversationState, int, Turn]:
+    """A turn accepted and leased to OWNER, with its user message stored. Earlier turns of the
+    conversation may be unfinished: the lease is forced (these tests are not about order)."""
+    turn = await accept(store, content, key)
+    async with store.engine.begin() as connection:
+        await connection.execute(
+            update(turns)
+            .where(turns.c.id == turn.id)
+            .values(state=TurnState.RUNNING, lease_owner=OWNER, lease_until=1e12)
+        )
+    message = user_message(content)
+    if token_count is not None:
+        message = replace(message, token_count=token_count)
+    state, message_id = await store.begin_turn(turn=turn, owner=OWNER, message=message, **extra)
+    return state, message_id, turn
+
+
 async def add_turns(store: SqlStore, key: ConversationKey, *contents: str) -> list[int]:
     """Start one turn per message, in order; return the stored messages' ids."""
-    ids = []
-    for content in contents:
-        _, message_id = await store.begin_turn(key=key, message=user_message(content))
-        ids.append(message_id)
-    return ids
+    return [(await begin(store, key, content))[1] for content in contents]
 
 
 async def window_ids(
@@ -118,36 +172,182 @@ async def backdate_newest_usage(store: SqlStore, when: datetime) -> None:
         await connection.execute(update(usage).where(usage.c.id == newest).values(created_at=when))
 
 
-# Events
+# Accepting: the claim of an event and the stored message, in one transaction
 
 
-async def test_claim_event_once_even_after_a_restart(store: SqlStore, database_url: str) -> None:
-    assert await store.claim_event(platform="slack", event_id="Ev1") is True
-    assert await store.claim_event(platform="slack", event_id="Ev1") is False
+async def test_an_event_is_accepted_once_even_after_a_restart(
+    store: SqlStore, database_url: str
+) -> None:
+    first = await accept(store, "hello", event_id="Ev1")
+    assert await store.accept(inbound=inbound("hello", event_id="Ev1"), address={}) is None
 
     async with open_store(database_url) as restarted:
-        assert await restarted.claim_event(platform="slack", event_id="Ev1") is False
-        assert await restarted.claim_event(platform="slack", event_id="Ev2") is True
+        assert await restarted.accept(inbound=inbound("x", event_id="Ev1"), address={}) is None
+        assert await restarted.accept(inbound=inbound("x", event_id="Ev2"), address={}) is not None
 
-    assert await count_rows(store, processed_events) == 2
+    assert await count_rows(store, turns) == 2
+    assert first.inbound.text == "hello" and first.address == {"to": KEY.thread}
 
 
-async def test_claim_event_is_per_platform(store: SqlStore) -> None:
-    assert await store.claim_event(platform="slack", event_id="42") is True
-    assert await store.claim_event(platform="telegram", event_id="42") is True
-    assert await store.claim_event(platform="telegram", event_id="42") is False
-    assert await store.claim_event(platform="slack", event_id="42") is False
+async def test_event_ids_are_per_platform(store: SqlStore) -> None:
+    telegram = replace(KEY, platform="telegram")
+    assert await accept(store, "a", event_id="42")
+    assert await accept(store, "b", telegram, event_id="42")
+    assert await store.accept(inbound=inbound("c", telegram, "42"), address={}) is None
+    assert await store.accept(inbound=inbound("d", KEY, "42"), address={}) is None
+
+
+async def test_the_first_turn_is_leased_at_once_and_later_ones_wait_in_order(
+    store: SqlStore,
+) -> None:
+    first = await accept(store, "one")
+    second = await accept(store, "two")
+    third = await accept(store, "three")
+    elsewhere = await accept(store, "hi", replace(KEY, thread="other"))
+    assert [t.state for t in (first, second, third, elsewhere)] == [
+        "running",
+        "pending",
+        "pending",
+        "running",
+    ]
+    assert first.conversation_id == second.conversation_id != elsewhere.conversation_id
+
+    async def claim(owner: str = "process-2") -> list[int]:
+        taken = await store.claim_turns(
+            owner=owner, now=100.0, lease_until=200.0, limit=10, platforms=["slack"]
+        )
+        return [t.id for t in taken]
+
+    assert await claim() == []  # "two" waits for "one" to be answered
+    await store.begin_turn(turn=first, owner=OWNER, message=user_message("one"))
+    await store.finish_turn(turn=first, owner=OWNER, reply="1")
+    [taken] = await store.claim_turns(
+        owner="process-2", now=100.0, lease_until=200.0, limit=10, platforms=["slack"]
+    )
+    assert (taken.id, taken.state, taken.attempts, taken.inbound) == (
+        second.id,
+        "running",
+        1,
+        second.inbound,
+    )
+    assert await claim() == []  # "three" waits for "two"
+    assert (
+        await store.claim_turns(
+            owner="p", now=100.0, lease_until=200.0, limit=10, platforms=["telegram"]
+        )
+        == []
+    )
+
+
+async def test_an_expired_lease_is_taken_over_and_the_old_owner_can_no_longer_end_it(
+    store: SqlStore,
+) -> None:
+    turn = await accept(store, "question", lease_until=50.0)
+    _, message_id = await store.begin_turn(turn=turn, owner=OWNER, message=user_message("q"))
+
+    assert (
+        await store.claim_turns(
+            owner="p2", now=49.0, lease_until=80.0, limit=5, platforms=["slack"]
+        )
+        == []
+    )
+    [again] = await store.claim_turns(
+        owner="p2", now=51.0, lease_until=80.0, limit=5, platforms=["slack"]
+    )
+    assert (again.id, again.state, again.attempts, again.message_id) == (
+        turn.id,
+        "running",
+        2,
+        message_id,
+    )
+    # The first process wakes up from a long stall: it may not store a second answer.
+    with pytest.raises(LeaseLost):
+        await store.finish_turn(
+            turn=turn, owner=OWNER, reply="late", messages=[user_message("late")]
+        )
+    with pytest.raises(LeaseLost):
+        await store.begin_turn(turn=turn, owner=OWNER, message=user_message("q"))
+    # The new owner re-runs it: the user's message is not stored twice.
+    state, same_id = await store.begin_turn(turn=again, owner="p2", message=user_message("q"))
+    assert same_id == message_id
+    await store.finish_turn(turn=again, owner="p2", reply="answer")
+    assert await count_rows(store, messages, messages.c.conversation_id == state.id) == 1
+
+
+async def test_a_stored_reply_whose_delivery_was_cut_off_is_claimed_with_its_posted_ids(
+    store: SqlStore,
+) -> None:
+    turn = await accept(store, "question", lease_until=50.0)
+    await store.record_posted(turn_id=turn.id, owner=OWNER, posted=["ts.1", "ts.2"])
+    await store.finish_turn(turn=turn, owner=OWNER, reply="the whole answer")
+
+    [again] = await store.claim_turns(
+        owner="p2", now=60.0, lease_until=90.0, limit=5, platforms=["slack"]
+    )
+    assert (again.state, again.reply, again.posted) == (
+        "replied",
+        "the whole answer",
+        ("ts.1", "ts.2"),
+    )
+    await store.finish_delivery(turn_id=again.id, owner="p2", delivered=True, now=61.0)
+    assert (
+        await store.claim_turns(
+            owner="p3", now=1e9, lease_until=1e9 + 1, limit=5, platforms=["slack"]
+        )
+        == []
+    )
+
+
+async def test_heartbeat_release_and_prune(store: SqlStore) -> None:
+    mine = await accept(store, "a", lease_until=10.0)
+    theirs = await accept(store, "b", replace(KEY, thread="t2"), owner="other", lease_until=10.0)
+    assert await store.renew_leases(owner=OWNER, lease_until=100.0) == 1
+    taken = await store.claim_turns(
+        owner="p3", now=50.0, lease_until=60.0, limit=5, platforms=["slack"]
+    )
+    assert [t.id for t in taken] == [theirs.id]  # ours was renewed
+
+    assert await store.release_leases(owner=OWNER) == 1
+    [released] = await store.claim_turns(
+        owner="p3", now=50.0, lease_until=60.0, limit=5, platforms=["slack"]
+    )
+    assert released.id == mine.id
+
+    await store.finish_turn(turn=released, owner="p3", reply="done")
+    await store.finish_delivery(turn_id=released.id, owner="p3", delivered=True, now=1000.0)
+    assert await store.prune_turns(finished_before=1000.0) == 0
+    assert await store.prune_turns(finished_before=1000.5) == 1
+    # Unfinished turns are never pruned, however old.
+    assert await store.prune_turns(finished_before=1e12) == 0
+    assert await count_rows(store, turns) == 1
+
+
+async def test_processes_claiming_at_once_each_get_different_turns(database_url: str) -> None:
+    async with open_store(database_url) as one, open_store(database_url) as two:
+        for n in range(40):
+            await accept(one, f"m{n}", replace(KEY, thread=f"t{n}"), owner=None)
+
+        async def claim(store: SqlStore, owner: str) -> list[int]:
+            taken: list[int] = []
+            while batch := await store.claim_turns(
+                owner=owner, now=1.0, lease_until=1e12, limit=3, platforms=["slack"]
+            ):
+                taken += [t.id for t in batch]
+                await asyncio.sleep(0)
+            return taken
+
+        first, second = await asyncio.gather(claim(one, "one"), claim(two, "two"))
+    assert len(first) + len(second) == 40
+    assert set(first).isdisjoint(second)
 
 
 # Conversations and messages
 
 
 async def test_begin_turn_creates_the_conversation_once(store: SqlStore) -> None:
-    first, first_id = await store.begin_turn(key=KEY, message=user_message("hello"))
-    second, second_id = await store.begin_turn(key=KEY, message=user_message("again"))
-    other, _ = await store.begin_turn(
-        key=replace(KEY, thread="other"), message=user_message("elsewhere")
-    )
+    first, first_id, _ = await begin(store, KEY, "hello")
+    second, second_id, _ = await begin(store, KEY, "again")
+    other, _, _ = await begin(store, replace(KEY, thread="other"), "elsewhere")
 
     assert first == ConversationState(
         id=first.id,
@@ -190,7 +390,7 @@ async def test_recent_messages_are_newest_first_within_bounds(store: SqlStore) -
 
 
 async def test_finish_turn_stores_the_reply_tool_messages_and_usage(store: SqlStore) -> None:
-    state, question_id = await store.begin_turn(key=KEY, message=user_message("which tea?"))
+    state, question_id, turn = await begin(store, KEY, "which tea?")
     reply = [
         NewMessage(role="assistant", content="", token_count=12, tool_calls=TOOL_CALLS),
         NewMessage(role="tool", content='{"tea": "sencha"}', token_count=5, tool_call_id="call_1"),
@@ -199,7 +399,11 @@ async def test_finish_turn_stores_the_reply_tool_messages_and_usage(store: SqlSt
     ]
 
     await store.finish_turn(
-        conversation_id=state.id, messages=reply, usage=[usage_record(100, 20, cost_usd=0.25)]
+        turn=turn,
+        owner=OWNER,
+        reply="Sencha.",
+        messages=reply,
+        usage=[usage_record(100, 20, cost_usd=0.25)],
     )
 
     stored = await store.recent_messages(
@@ -239,14 +443,14 @@ async def test_finish_turn_stores_the_reply_tool_messages_and_usage(store: SqlSt
 
 
 async def test_usage_totals_per_user_since_a_moment(store: SqlStore) -> None:
-    state, _ = await store.begin_turn(key=KEY, message=user_message("hi"))
-    other, _ = await store.begin_turn(key=replace(KEY, thread="t2"), message=user_message("yo"))
+    state, _, turn = await begin(store, KEY, "hi")
+    other, _, other_turn = await begin(store, replace(KEY, thread="t2"), "yo")
     await store.finish_turn(
-        conversation_id=state.id, messages=[], usage=[usage_record(100, 20, cost_usd=0.25)]
+        turn=turn, owner=OWNER, reply="", usage=[usage_record(100, 20, cost_usd=0.25)]
     )
     await store.record_usage(conversation_id=state.id, usage=usage_record(30, 5))
     await store.finish_turn(
-        conversation_id=other.id, messages=[], usage=[usage_record(7, 3, cost_usd=0.5)]
+        turn=other_turn, owner=OWNER, reply="", usage=[usage_record(7, 3, cost_usd=0.5)]
     )
     # Somebody else's, and the same user id on another platform: never counted for Ada.
     await store.record_usage(conversation_id=state.id, usage=usage_record(1000, 0, user_id="U-bob"))
@@ -320,93 +524,32 @@ async def test_latest_thread_is_the_newest_conversation_of_the_channel(store: Sq
 
 async def test_concurrent_turns_all_succeed(store: SqlStore) -> None:
     many_keys = [replace(KEY, thread=f"thread {n}") for n in range(50)]
-    turns = [store.begin_turn(key=key, message=user_message(key.thread)) for key in many_keys]
-    turns += [store.begin_turn(key=KEY, message=user_message(f"burst {n}")) for n in range(20)]
+    started = [begin(store, key, key.thread) for key in many_keys]
+    started += [begin(store, KEY, f"burst {n}") for n in range(20)]
 
-    results = await asyncio.gather(*turns)
+    results = await asyncio.gather(*started)
 
-    conversation_ids = [state.id for state, _ in results]
+    conversation_ids = [state.id for state, _, _ in results]
     burst_id = conversation_ids[50]
     assert len(set(conversation_ids[:50])) == 50
     assert set(conversation_ids[50:]) == {burst_id}
     assert burst_id not in conversation_ids[:50]
-    assert len({message_id for _, message_id in results}) == 70
+    assert len({message_id for _, message_id, _ in results}) == 70
     assert await count_rows(store, conversations) == 51
     assert await count_rows(store, messages) == 70
     assert await count_rows(store, messages, messages.c.conversation_id == burst_id) == 20
 
 
-HOLD_SECONDS = 0.5
-ONE_AFTER_THE_OTHER = ["first in", "first out", "second in", "second out"]
-OVERLAPPING = ["first in", "second in", "second out", "first out"]
-
-
-async def contend(
-    first: SqlStore, first_key: ConversationKey, second: SqlStore, second_key: ConversationKey
-) -> list[str]:
-    """`first` takes its turn lock; while it holds it, `second` asks for its own.
-
-    `first` keeps its lock until `second` is in, or for HOLD_SECONDS when `second` cannot get
-    in. Returns who entered and left, in order.
-    """
-    log: list[str] = []
-    first_in, second_in = asyncio.Event(), asyncio.Event()
-
-    async def take_first() -> None:
-        async with first.turn_lock(first_key):
-            log.append("first in")
-            first_in.set()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(HOLD_SECONDS):
-                    await second_in.wait()
-            log.append("first out")
-
-    async def take_second() -> None:
-        await first_in.wait()
-        async with second.turn_lock(second_key):
-            log.append("second in")
-            second_in.set()
-            log.append("second out")
-
-    await asyncio.gather(take_first(), take_second())
-    return log
-
-
-async def test_turn_lock_serialises_one_conversation(store: SqlStore) -> None:
-    assert await contend(store, KEY, store, KEY) == ONE_AFTER_THE_OTHER
-
-
-async def test_turn_lock_lets_other_conversations_run(store: SqlStore) -> None:
-    other = replace(KEY, thread="other")
-
-    assert await contend(store, KEY, store, other) == OVERLAPPING
-
-
-@pytest.mark.postgres
-async def test_turn_lock_excludes_across_processes_on_postgres(postgres_url: str) -> None:
-    other = replace(KEY, thread="other")
-    async with open_store(postgres_url) as one, open_store(postgres_url) as another:
-        assert await contend(one, KEY, another, KEY) == ONE_AFTER_THE_OTHER
-        assert await contend(another, KEY, one, KEY) == ONE_AFTER_THE_OTHER
-        assert await contend(one, KEY, another, other) == OVERLAPPING
-
-        async with one.engine.connect() as connection:
-            held = text(
-                "SELECT count(*) FROM pg_locks JOIN pg_database ON pg_database.oid = database"
-                " WHERE locktype = 'advisory' AND datname = current_database()"
-            )
-            assert (await connection.execute(held)).scalar_one() == 0
-
-
 async def test_search_messages_finds_text_in_one_conversation(store: SqlStore) -> None:
     other = replace(KEY, thread="elsewhere")
-    await add_turns(store, KEY, "The 50% discount_code is TEA", "Green TEA please", "coffee")
+    await add_turns(store, KEY, "The 50% discount_code is TEA", "Green TEA please")
+    state, _, turn = await begin(store, KEY, "coffee")
     await add_turns(store, other, "tea in another thread")
-    state = await store.conversation(key=KEY)
     await store.finish_turn(
-        conversation_id=state.id,
+        turn=turn,
+        owner=OWNER,
+        reply="",
         messages=[NewMessage(role="tool", content="tea from a tool", token_count=1)],
-        usage=[],
     )
 
     found = await store.search_messages(conversation_id=state.id, query="tea", limit=10)

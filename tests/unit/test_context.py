@@ -12,16 +12,17 @@ from core import wording
 from core.context import PAGE_SIZE, WindowCache, build_window, context_size
 from core.events import Final
 from core.storage import (
-    NewMessage,
     SqlStore,
     StoredMessage,
     create_database_engine,
     migrate,
 )
+from core.storage.tables import messages
 from core.tokens import ApproximateCounter, counter_for_model
 from tests.conftest import EngineFactory
 from tests.fakes.openai_server import FakeOpenAI
 from tests.helpers import KEY, turn
+from tests.storage.test_sql_store import begin
 
 
 class CountingStore(SqlStore):
@@ -44,16 +45,24 @@ async def store(sqlite_url: str) -> AsyncIterator[CountingStore]:
 
 
 async def add_turns(store: SqlStore, count: int, tokens: int = 10) -> int:
+    """`count` exchanges stored straight into the messages table (history, not turns)."""
     state = await store.conversation(key=KEY)
-    await store.finish_turn(
-        conversation_id=state.id,
-        messages=[
-            NewMessage(role=role, content=f"{role} {i}", token_count=tokens)
-            for i in range(count)
-            for role in ("user", "assistant")
-        ],
-        usage=[],
-    )
+    if not count:
+        return state.id
+    async with store.engine.begin() as connection:
+        await connection.execute(
+            messages.insert(),
+            [
+                {
+                    "conversation_id": state.id,
+                    "role": role,
+                    "content": f"{role} {i}",
+                    "token_count": tokens,
+                }
+                for i in range(count)
+                for role in ("user", "assistant")
+            ],
+        )
     return state.id
 
 
@@ -92,9 +101,7 @@ async def test_a_message_larger_than_the_budget_is_truncated_with_a_marker(
 ) -> None:
     counter = counter_for_model("gpt-4o")
     huge = "word " * 5_000
-    state, _ = await store.begin_turn(
-        key=KEY, message=NewMessage(role="user", content=huge, token_count=counter.count(huge) + 4)
-    )
+    state, _, _ = await begin(store, KEY, huge, token_count=counter.count(huge) + 4)
     window = await build_window(
         store, conversation_id=state.id, after_id=0, budget=300, counter=counter
     )

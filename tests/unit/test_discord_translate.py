@@ -318,6 +318,42 @@ def test_bot_mention_is_removed_with_its_spacing(content: str, text: str) -> Non
     assert parsed.text == text
 
 
+def _forward(text: str, **fields: Any) -> dict[str, Any]:
+    """A forwarded message as the gateway sends it: empty content, the original in a
+    snapshot, a message_reference of type 1 (FORWARD)."""
+    snapshot = {
+        "type": 0,
+        "content": text,
+        "embeds": [],
+        "attachments": [],
+        "timestamp": "2023-12-20T13:55:02.114000+00:00",
+        "edited_timestamp": None,
+        "flags": 0,
+        "mentions": [],
+        "mention_roles": [],
+        "components": [],
+    }
+    return _guild_message(
+        content="",
+        message_snapshots=[{"message": snapshot}],
+        message_reference={"type": 1, "channel_id": GENERAL, "message_id": "1187650000000000000"},
+        **fields,
+    )
+
+
+def test_a_forwarded_message_reads_the_forwarded_text() -> None:
+    payload = _forward(f"the **release** is <@&{ROLE}> friday", guild_id=None, channel_id=DM)
+
+    parsed = parse_message(payload, bot_id=BOT_ID)
+
+    assert parsed is not None
+    assert (parsed.text, parsed.is_direct) == ("the **release** is @role friday", True)
+
+
+def test_a_forward_of_a_message_without_text_is_ignored() -> None:
+    assert parse_message(_forward("", guild_id=None, channel_id=DM), bot_id=BOT_ID) is None
+
+
 def test_payload_as_the_runtime_builds_it() -> None:
     # The runtime rebuilds the payload from discord.py's Message: absent ids are None.
     payload: dict[str, Any] = {
@@ -331,6 +367,7 @@ def test_payload_as_the_runtime_builds_it() -> None:
         "mentions": [],
         "mention_roles": [],
         "referenced_message": None,
+        "message_snapshots": [],
     }
 
     parsed = parse_message(payload, bot_id=BOT_ID)

@@ -593,7 +593,8 @@ def test_a_command_for_another_bot_is_not_for_us_even_as_a_reply_to_us() -> None
 def test_the_event_id_is_the_chat_and_message_not_the_reusable_update_id() -> None:
     private = parsed("private text")
     update = UPDATES["private text"]
-    assert event_id_for(private) == f"{update['message']['chat']['id']}:{update['message']['message_id']}"
+    sent = update["message"]
+    assert event_id_for(private) == f"{sent['chat']['id']}:{sent['message_id']}"
     # The same message delivered under another update id (ids restart after a week) is the
     # same claim; another message in the chat is not.
     again = parse_update({**update, "update_id": 5}, bot_id=BOT_ID, bot_username=BOT_USERNAME)

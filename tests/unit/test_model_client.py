@@ -1,0 +1,225 @@
+"""OpenAIModelClient through the real openai client against the scripted model server:
+streams that stop early, and Retry-Afters too long to wait for."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from core import wording
+from core.config import load_settings
+from core.errors import ConfigError, ModelError, ModelFailure
+from core.events import Delta, Failed
+from core.llm import (
+    ModelChunk,
+    ModelRequest,
+    OpenAIModelClient,
+    TextChunk,
+    ToolCallChunk,
+    UsageChunk,
+    retry_after_seconds,
+)
+from core.storage.tables import messages
+from tests.conftest import EngineFactory
+from tests.fakes.openai_server import FakeOpenAI
+from tests.helpers import turn
+
+REQUEST = ModelRequest(
+    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=64
+)
+ANSWER = "The quick brown fox jumps over the lazy dog."
+
+
+@asynccontextmanager
+async def model_client(
+    fake: FakeOpenAI, *, max_retries: int = 2, **options: Any
+) -> AsyncIterator[OpenAIModelClient]:
+    client = OpenAIModelClient(
+        api_key="sk-test",
+        base_url=fake.base_url,
+        timeout=10.0,
+        max_retries=max_retries,
+        **options,
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def collect(
+    client: OpenAIModelClient, request: ModelRequest = REQUEST
+) -> tuple[list[ModelChunk], ModelError | None]:
+    """The chunks the client yielded, and the ModelError that ended them (if any)."""
+    chunks: list[ModelChunk] = []
+    try:
+        async for chunk in client.stream(request):
+            chunks.append(chunk)
+    except ModelError as exc:
+        return chunks, exc
+    return chunks, None
+
+
+def text_of(chunks: list[ModelChunk]) -> str:
+    return "".join(c.text for c in chunks if isinstance(c, TextChunk))
+
+
+# --- streams -------------------------------------------------------------------------------
+
+
+async def test_a_complete_stream_yields_text_then_usage(fake_openai: FakeOpenAI) -> None:
+    fake_openai.reply(ANSWER, usage=(12, 9))
+    async with model_client(fake_openai) as client:
+        chunks, error = await collect(client)
+    assert error is None
+    assert text_of(chunks) == ANSWER
+    assert len(chunks) > 2  # it streamed
+    assert chunks[-1] == UsageChunk(prompt_tokens=12, completion_tokens=9, model="gpt-4o-mini")
+
+
+async def test_a_complete_stream_of_tool_calls_still_works(fake_openai: FakeOpenAI) -> None:
+    fake_openai.call(("calculate", '{"expression": "6*7"}'))
+    async with model_client(fake_openai) as client:
+        chunks, error = await collect(client)
+    assert error is None
+    calls = [c for c in chunks if isinstance(c, ToolCallChunk)]
+    assert calls[0].name == "calculate"
+    assert "".join(c.arguments for c in calls) == '{"expression": "6*7"}'
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param({"finish": False}, id="no-finish-reason-then-DONE"),
+        pytest.param({"finish": False, "done": False}, id="no-finish-reason-no-DONE"),
+        pytest.param({"cut_after": 3}, id="connection-cut"),
+    ],
+)
+async def test_a_stream_that_stops_early_is_interrupted_after_its_text(
+    fake_openai: FakeOpenAI, fault: dict[str, Any]
+) -> None:
+    fake_openai.reply(ANSWER, chunk_size=4, **fault)
+    fake_openai.reply("from the fallback")  # must not be asked: text was already shown
+    async with model_client(fake_openai, fallback_model="gpt-4.1-mini") as client:
+        chunks, error = await collect(client)
+    assert error is not None and error.kind is ModelFailure.INTERRUPTED
+    expected = ANSWER[:12] if "cut_after" in fault else ANSWER
+    assert text_of(chunks) == expected
+    assert not any(isinstance(c, UsageChunk) for c in chunks)
+    assert len(fake_openai.chat_requests) == 1
+
+
+async def test_a_stream_cut_before_any_text_goes_to_the_fallback(
+    fake_openai: FakeOpenAI,
+) -> None:
+    fake_openai.reply(ANSWER, cut_after=0)
+    fake_openai.reply("from the fallback")
+    async with model_client(fake_openai, fallback_model="gpt-4.1-mini") as client:
+        chunks, error = await collect(client)
+    assert error is None
+    assert text_of(chunks) == "from the fallback"
+    assert [r["model"] for r in fake_openai.chat_requests] == ["gpt-4o-mini", "gpt-4.1-mini"]
+
+
+async def test_the_user_is_told_the_answer_was_cut_off_and_no_reply_is_stored(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply(ANSWER, chunk_size=4, cut_after=3)
+    async with engine_factory() as runtime:
+        events = await turn(runtime.engine, "tell me about foxes")
+        async with runtime.store.engine.connect() as connection:  # type: ignore[attr-defined]
+            rows = (await connection.execute(select(messages.c.role))).scalars().all()
+    assert "".join(e.text for e in events if isinstance(e, Delta)) == ANSWER[:12]
+    failed = events[-1]
+    assert failed == Failed(
+        text=wording.MODEL_FAILURE[ModelFailure.INTERRUPTED], reason="interrupted"
+    )
+    assert isinstance(failed, Failed) and failed.partial == ANSWER[:12]
+    assert rows == ["user"]
+
+
+# --- Retry-After ---------------------------------------------------------------------------
+
+
+async def test_a_retry_after_within_the_maximum_is_waited_for(fake_openai: FakeOpenAI) -> None:
+    fake_openai.error(429, retry_after=1)
+    fake_openai.reply(ANSWER)
+    async with model_client(fake_openai, max_retry_after=5.0) as client:
+        started = time.monotonic()
+        chunks, error = await collect(client)
+        elapsed = time.monotonic() - started
+    assert error is None and text_of(chunks) == ANSWER
+    assert len(fake_openai.chat_requests) == 2
+    assert elapsed >= 0.9  # it did wait as asked
+
+
+def in_two_minutes() -> str:
+    return email.utils.formatdate(time.time() + 120, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("status", "options"),
+    [
+        pytest.param(429, {"retry_after": 120}, id="429-seconds"),
+        pytest.param(429, {"retry_after": 30}, id="429-within-the-SDK-limit"),
+        pytest.param(429, {"headers": {"retry-after-ms": "120000"}}, id="429-ms"),
+        pytest.param(429, {"retry_after": "date"}, id="429-http-date"),
+        pytest.param(503, {"retry_after": 120}, id="503-seconds"),
+    ],
+)
+async def test_a_retry_after_beyond_the_maximum_fails_at_once(
+    fake_openai: FakeOpenAI, status: int, options: dict[str, Any]
+) -> None:
+    if options.get("retry_after") == "date":
+        options = {"retry_after": in_two_minutes()}
+    fake_openai.error(status, **options)
+    fake_openai.reply("too late")
+    async with model_client(fake_openai, max_retries=2, max_retry_after=5.0) as client:
+        started = time.monotonic()
+        chunks, error = await collect(client)
+        elapsed = time.monotonic() - started
+    assert chunks == []
+    assert error is not None and error.kind is ModelFailure.RATE_LIMITED
+    assert elapsed < 3
+    assert len(fake_openai.chat_requests) == 1
+
+
+async def test_a_retry_after_beyond_the_maximum_goes_to_the_fallback_at_once(
+    fake_openai: FakeOpenAI,
+) -> None:
+    fake_openai.error(429, retry_after=120)
+    fake_openai.reply("from the fallback", usage=(8, 3))
+    async with model_client(
+        fake_openai, max_retries=2, max_retry_after=5.0, fallback_model="gpt-4.1-mini"
+    ) as client:
+        started = time.monotonic()
+        chunks, error = await collect(client)
+        elapsed = time.monotonic() - started
+    assert error is None and text_of(chunks) == "from the fallback"
+    assert chunks[-1] == UsageChunk(8, 3, "gpt-4.1-mini")
+    assert [r["model"] for r in fake_openai.chat_requests] == ["gpt-4o-mini", "gpt-4.1-mini"]
+    assert elapsed < 3
+
+
+def test_retry_after_is_read_as_the_sdk_reads_it() -> None:
+    assert retry_after_seconds({}) is None
+    assert retry_after_seconds({"retry-after": "1.5"}) == 1.5
+    assert retry_after_seconds({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert retry_after_seconds({"retry-after": "soon"}) is None
+    from_date = retry_after_seconds({"retry-after": in_two_minutes()})
+    assert from_date is not None and 115 < from_date <= 120
+
+
+def test_the_maximum_retry_after_is_a_validated_setting() -> None:
+    assert load_settings(_env_file=None).model_max_retry_after == 20.0
+    settings = load_settings(_env_file=None, PARLEY_MODEL_MAX_RETRY_AFTER="2.5")
+    assert settings.model_max_retry_after == 2.5
+    for bad in ("-1", "600", "soon"):
+        with pytest.raises(ConfigError, match="PARLEY_MODEL_MAX_RETRY_AFTER"):
+            load_settings(_env_file=None, PARLEY_MODEL_MAX_RETRY_AFTER=bad)
