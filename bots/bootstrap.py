@@ -274,6 +274,7 @@ async def build_engine(
                 timeout=settings.model_timeout,
                 max_retries=settings.model_retries,
                 fallback_model=settings.fallback_model,
+                max_retry_after=settings.model_max_retry_after,
             )
             stack.push_async_callback(client.close)
             model = client

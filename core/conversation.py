@@ -168,6 +168,8 @@ class Engine:
         """
         try:
             allowed = self._access is None or await self._access.allows(inbound)
+        except DatabaseUnavailable:
+            raise  # not a decision about the user: let the platform redeliver
         except Exception:
             log.exception("checking access for %s failed", inbound.key)
             return Refused(text=wording.UNEXPECTED_FAILURE, reason="internal")

@@ -429,16 +429,8 @@ async def test_an_envelope_is_not_acknowledged_while_the_database_is_down(
 
 
 async def test_a_slash_command_that_cannot_be_stored_says_so_at_once(
-    slack: FakeSlack, fake_openai: FakeOpenAI, database: Database, request: pytest.FixtureRequest
+    slack: FakeSlack, fake_openai: FakeOpenAI, database: Database
 ) -> None:
-    if database.backend == "postgresql":
-        # With PostgreSQL unreachable, the access check inside Engine.accept is the first
-        # statement of a slash command; Engine.accept turns its DatabaseUnavailable into
-        # Refused(UNEXPECTED_FAILURE), so the command is acked (and answered "something went
-        # wrong") instead of raising. Needs `except DatabaseUnavailable: raise` there.
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="core: Engine.accept swallows the outage")
-        )
     settings = slack_settings(slack, fake_openai, database.url, **fast(PARLEY_DB_RETRY_SECONDS=0.5))
     async with running(settings) as bot:
         async with unavailable(database):
