@@ -278,5 +278,5 @@ async def test_a_failing_access_lookup_is_a_short_failure_not_a_crash(
             events = await turn(runtime.engine, "hi")
     finally:
         await store.close()
-    assert events == [Failed(text=wording.UNEXPECTED_FAILURE, reason="internal")]
+    assert events == [Refused(text=wording.UNEXPECTED_FAILURE, reason="internal")]
     assert fake_openai.chat_requests == []
