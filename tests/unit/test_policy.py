@@ -264,7 +264,6 @@ def test_waits_are_described_rounded_up(seconds: float, words: str) -> None:
 async def test_a_failing_access_lookup_is_a_short_failure_not_a_crash(
     engine_factory: EngineFactory, fake_openai: FakeOpenAI, sqlite_url: str
 ) -> None:
-    from core.events import Failed
     from core.storage import SqlStore, create_database_engine, migrate
 
     class BrokenRules(SqlStore):
