@@ -222,18 +222,16 @@ class SqlStore:
         return await self._run(work)
 
     async def renew_leases(self, *, owner: str, lease_until: float) -> int:
+        return await self._set_leases(owner, lease_until)
+
+    async def release_leases(self, *, owner: str) -> int:
+        return await self._set_leases(owner, 0.0)  # expired: anyone takes them at once
+
+    async def _set_leases(self, owner: str, lease_until: float) -> int:
         statement = (
             update(turns)
             .where(turns.c.lease_owner == owner, turns.c.state.in_(TurnState.LEASED))
             .values(lease_until=lease_until)
-        )
-        return await self._run(lambda c: c.execute(statement).rowcount)
-
-    async def release_leases(self, *, owner: str) -> int:
-        statement = (
-            update(turns)
-            .where(turns.c.lease_owner == owner, turns.c.state.in_(TurnState.LEASED))
-            .values(lease_until=0.0)
         )
         return await self._run(lambda c: c.execute(statement).rowcount)
 
