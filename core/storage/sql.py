@@ -265,28 +265,9 @@ class SqlStore:
         )
         return await self._run(lambda c: c.execute(statement).rowcount)
 
-    def _conversation_id(self, connection: Connection, key: ConversationKey) -> int:
-        return int(
-            connection.execute(
-                self._insert(conversations)
-                .values(
-                    platform=key.platform,
-                    workspace=key.workspace,
-                    channel=key.channel,
-                    thread=key.thread,
-                )
-                .on_conflict_do_update(
-                    index_elements=["platform", "workspace", "channel", "thread"],
-                    set_={"updated_at": func.now()},
-                )
-                .returning(conversations.c.id)
-            ).scalar_one()
-        )
-
-    def _upsert_conversation(
-        self, connection: Connection, key: ConversationKey
-    ) -> ConversationState:
-        row = connection.execute(
+    def _conversation_upsert(self, key: ConversationKey) -> Any:
+        """Insert the conversation, or touch it (which locks its row until commit)."""
+        return (
             self._insert(conversations)
             .values(
                 platform=key.platform,
@@ -298,6 +279,21 @@ class SqlStore:
                 index_elements=["platform", "workspace", "channel", "thread"],
                 set_={"updated_at": func.now()},
             )
+        )
+
+    def _conversation_id(self, connection: Connection, key: ConversationKey) -> int:
+        return int(
+            connection.execute(
+                self._conversation_upsert(key)
+                .returning(conversations.c.id)
+            ).scalar_one()
+        )
+
+    def _upsert_conversation(
+        self, connection: Connection, key: ConversationKey
+    ) -> ConversationState:
+        row = connection.execute(
+            self._conversation_upsert(key)
             .returning(
                 conversations.c.id,
                 conversations.c.persona,
