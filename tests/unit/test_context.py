@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from core import wording
 from core.context import PAGE_SIZE, WindowCache, build_window, context_size
@@ -17,7 +18,8 @@ from core.storage import (
     create_database_engine,
     migrate,
 )
-from core.storage.tables import messages
+from core.storage.base import TurnState
+from core.storage.tables import messages, turns
 from core.tokens import ApproximateCounter, counter_for_model
 from tests.conftest import EngineFactory
 from tests.fakes.openai_server import FakeOpenAI
@@ -206,3 +208,33 @@ async def test_the_cache_follows_other_writers_resets_and_budget_changes(
             assert cached == fresh, f"step {step}"
     finally:
         await other.close()
+
+
+async def test_a_failing_summary_leaves_the_delivered_answer_as_it_was(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI
+) -> None:
+    async with engine_factory(
+        PARLEY_CONTEXT_TOKENS=1600,
+        PARLEY_SUMMARIES=True,
+        PARLEY_PERSONA="editor",
+        PARLEY_MODEL_RETRIES=0,
+    ) as runtime:
+        for i in range(3):
+            fake_openai.reply(f"answer {i} " + "blah " * 100)
+        fake_openai.error(500)  # the summary request after turn 2
+        events = [await turn(runtime.engine, f"question {i} " + "blah " * 100) for i in range(3)]
+        async with runtime.store.engine.connect() as connection:  # type: ignore[attr-defined]
+            rows = (
+                await connection.execute(select(turns.c.state, turns.c.reply).order_by(turns.c.id))
+            ).all()
+        fake_openai.reply("the next answer")
+        await turn(runtime.engine, "and now?")
+
+    assert fake_openai.chat_requests[3]["messages"][0]["content"].startswith(
+        "You maintain the running"
+    )  # the summary was asked for, and failed
+    assert isinstance(events[2][-1], Final)
+    assert events[2][-1].text == "answer 2 " + "blah " * 100
+    assert rows[2] == (TurnState.DELIVERED, "answer 2 " + "blah " * 100)
+    # No summary was stored: the next turn's system prompt carries none.
+    assert wording.SUMMARY_PREFIX not in fake_openai.chat_requests[-1]["messages"][0]["content"]

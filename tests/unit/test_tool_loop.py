@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from core import wording
-from core.events import Delta, Final, ToolFinished, ToolStarted
-from core.storage.tables import channel_settings, messages
+from core.events import Delta, Failed, Final, ToolFinished, ToolStarted
+from core.storage.tables import channel_settings, messages, usage
 from core.tokens import counter_for_model, message_tokens
 from core.tools import DATA_NOTICE
 from tests.conftest import EngineFactory
@@ -297,3 +297,44 @@ async def test_tool_results_are_shortened_to_fit_the_context(
         <= 3000 - 1024
     )
     assert len(result) > 1000  # it used the room it had
+
+
+async def test_a_model_failure_after_a_tool_step_keeps_the_exchange_and_its_usage(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.call(("calculate", '{"expression": "6 * 7"}'), usage=(30, 4))
+    fake_openai.reply("It is", usage=(50, 2), cut_after=1)  # the connection drops mid-answer
+    fake_openai.reply("Still here.")
+    async with engine_factory(PARLEY_MODEL_RETRIES=0) as runtime:
+        events = await turn(runtime.engine, "what is 6*7?")
+        rows = await stored(runtime)
+        async with runtime.store.engine.connect() as connection:  # type: ignore[attr-defined]
+            spent = (
+                await connection.execute(
+                    select(
+                        usage.c.prompt_tokens, usage.c.completion_tokens, usage.c.estimated
+                    ).order_by(usage.c.id)
+                )
+            ).all()
+        await turn(runtime.engine, "and now?")
+
+    failed = events[-1]
+    assert isinstance(failed, Failed) and failed.reason == "interrupted"
+    assert failed.partial == "It i"  # what the user saw is marked cut off, not stored
+    # The tool exchange is kept (the model paid for it); the cut-off text is not.
+    assert [(r["role"], r["tool_call_id"]) for r in rows] == [
+        ("user", None),
+        ("assistant", None),
+        ("tool", "call_0_calculate"),
+    ]
+    # Both model calls are paid for: the tool step as reported, the cut one estimated.
+    assert spent[0] == (30, 4, False)
+    assert spent[1][2] is True and spent[1][1] == 2  # "It i" is two o200k tokens
+    assert len(spent) == 2
+    # The next turn's context holds the kept exchange, whole and in order.
+    assert [m["role"] for m in fake_openai.chat_requests[-1]["messages"][1:]] == [
+        "user",
+        "assistant",
+        "tool",
+        "user",
+    ]
