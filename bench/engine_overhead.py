@@ -111,16 +111,32 @@ class InstantModel:
 
 
 class StageTimer:
-    """Wraps a store's turn methods on the instance, summing the wall time spent in each."""
+    """Wraps a store's turn methods on the instance, summing the wall time spent in each, and
+    counts its transactions (each one round trip to the store's thread or a BEGIN/COMMIT on
+    PostgreSQL)."""
 
-    STAGES = ("claim_event", "turn_lock", "admit", "begin_turn", "recent_messages", "finish_turn")
+    STAGES = (
+        "accept",
+        "claim_turns",
+        "admit",
+        "begin_turn",
+        "recent_messages",
+        "finish_turn",
+        "finish_delivery",
+    )
 
     def __init__(self, store: SqlStore) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: Counter[str] = Counter()
-        for name in ("claim_event", "begin_turn", "recent_messages", "finish_turn"):
+        for name in self.STAGES:
             setattr(store, name, self._timed(name, getattr(store, name)))
-        store.turn_lock = self._timed_lock(store.turn_lock)  # type: ignore[method-assign,assignment]
+        run = store._run
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls["transactions"] += 1
+            return await run(*args, **kwargs)
+
+        store._run = counted  # type: ignore[method-assign]
 
     def _timed(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         async def timed(*args: Any, **kwargs: Any) -> Any:
@@ -130,23 +146,6 @@ class StageTimer:
             finally:
                 self.seconds[name] += perf_counter() - start
                 self.calls[name] += 1
-
-        return timed
-
-    def _timed_lock(
-        self, lock: Callable[[ConversationKey], AbstractAsyncContextManager[None]]
-    ) -> Callable[[ConversationKey], AbstractAsyncContextManager[None]]:
-        @asynccontextmanager
-        async def timed(key: ConversationKey) -> AsyncIterator[None]:
-            start = perf_counter()
-            async with lock(key):  # taking the lock and releasing it count; holding it does not
-                self.seconds["turn_lock"] += perf_counter() - start
-                self.calls["turn_lock"] += 1
-                try:
-                    yield
-                finally:
-                    start = perf_counter()
-            self.seconds["turn_lock"] += perf_counter() - start
 
         return timed
 
@@ -282,6 +281,7 @@ class Phase:
     model_ms: float = 0.0  # the model's own wall time, subtracted (all turns together)
     stages_ms: dict[str, float] = field(default_factory=dict)  # per turn, with --breakdown
     pages: float = 0.0  # recent_messages calls per turn, with --breakdown
+    transactions: float = 0.0  # the store's transactions per turn, with --breakdown
 
     def p(self, q: int) -> float:
         return percentile(self.overhead_ms, q)
@@ -400,6 +400,7 @@ async def sequential_phase(
                 name: timer.seconds[name] * 1000 / args.turns for name in StageTimer.STAGES
             }
             phase.pages = timer.calls["recent_messages"] / args.turns
+            phase.transactions = timer.calls["transactions"] / args.turns
     return phase
 
 
@@ -535,18 +536,28 @@ def print_sequential(phases: Sequence[Phase]) -> None:
 
 
 def print_breakdown(phases: Sequence[Phase]) -> None:
-    names = ("claim", "lock", "begin", "window reads", "finish", "rest")
-    header = f"{'database':<9} {'history':>8} " + " ".join(f"{n:>12}" for n in names)
+    names = ("accept", "claim", "admit", "begin", "window reads", "finish", "delivered", "rest")
+    header = (
+        f"{'database':<9} {'history':>8} " + " ".join(f"{n:>12}" for n in names) + "  tx/turn"
+    )
     print("\nWhere a turn's wall time goes (mean ms per turn; 'rest' is the engine's own code)")
     print(header)
     print("-" * len(header))
+    window = StageTimer.STAGES.index("recent_messages")
     for phase in phases:
         stages = [phase.stages_ms[name] for name in StageTimer.STAGES]
         rest = statistics.fmean(phase.overhead_ms) - sum(stages)
         cells = [f"{ms:>12.2f}" for ms in stages]
-        cells[3] = f"{stages[3]:>6.2f} ({phase.pages:>3.0f})"
-        print(f"{phase.database:<9} {phase.history:>8,} " + " ".join(cells) + f" {rest:>12.2f}")
-    print("('window reads': recent_messages calls, with their number per turn in brackets)")
+        cells[window] = f"{stages[window]:>6.2f} ({phase.pages:>3.0f})"
+        print(
+            f"{phase.database:<9} {phase.history:>8,} "
+            + " ".join(cells)
+            + f" {rest:>12.2f} {phase.transactions:>8.1f}"
+        )
+    print(
+        "('window reads': recent_messages calls, with their number per turn in brackets;"
+        " tx/turn: the store's transactions per turn)"
+    )
 
 
 def print_concurrent(results: Sequence[Concurrent]) -> None:

@@ -303,7 +303,7 @@ async def build_engine(
             ),
             tools=tools,
             access=access_control(settings, store),
-            limiter=RateLimiter(store=store, limits=limits),
+            limiter=RateLimiter(limits=limits),
             moderation=moderation_chain(settings, stack),
             prices=PriceTable(settings.prices),
             clock=clock or (lambda: datetime.now(UTC)),

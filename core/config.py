@@ -120,9 +120,7 @@ class Settings(BaseSettings):
     slack_bot_token: SecretStr | None = Field(None, alias="SLACK_BOT_TOKEN")
     slack_app_token: SecretStr | None = Field(None, alias="SLACK_APP_TOKEN")
     slack_signing_secret: SecretStr | None = Field(None, alias="SLACK_SIGNING_SECRET")
-    slack_api_url: AnyHttpUrl = Field(
-        AnyHttpUrl("https://slack.com/api/"), alias="SLACK_API_URL"
-    )
+    slack_api_url: AnyHttpUrl = Field(AnyHttpUrl("https://slack.com/api/"), alias="SLACK_API_URL")
     slack_update_interval: PositiveFloat = Field(1.0, alias="PARLEY_SLACK_UPDATE_INTERVAL")
     slack_ignore_bots: bool = Field(True, alias="PARLEY_SLACK_IGNORE_BOTS")
 

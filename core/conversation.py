@@ -47,6 +47,7 @@ from core.policy import AccessControl, RateLimiter
 from core.pricing import PriceTable
 from core.storage.base import (
     ConversationState,
+    Delivery,
     FlagRecord,
     LeaseLost,
     NewMessage,
@@ -156,12 +157,16 @@ class Engine:
         *,
         owner: str | None = None,
         lease_until: float = 0.0,
+        done: Sequence[Delivery] = (),
     ) -> Turn | Refused | None:
-        """Step 1 of a message: check access, then claim the event and store the message.
+        """Step 1 of a message: check access, then claim the event, check the rate limit and
+        budget, and store the message.
 
         One transaction; once it returns a Turn the message is durable and the adapter may
         acknowledge the platform. None means a redelivery (nothing to do), Refused a user the
-        access lists keep out (nothing is stored; show them `text`).
+        access lists keep out (nothing is stored; show them `text`). A message over a limit
+        is a Turn too, whose `reply` is the refusal: it is delivered in its place in order.
+        `done`: finished deliveries of `owner` to store in the same transaction.
 
         Raises:
             DatabaseUnavailable: the database stayed unreachable; let the platform redeliver.
@@ -178,8 +183,16 @@ class Engine:
                 "refused %s/%s: not on the access lists", inbound.key.platform, inbound.user_id
             )
             return Refused(text=wording.ACCESS_DENIED, reason="access")
+        admission = None
+        if self._limiter is not None and parse_command(inbound.text) is None:
+            admission = self._limiter.admission(self._clock())  # commands cost no model call
         turn = await self._store.accept(
-            inbound=inbound, address=address, owner=owner, lease_until=lease_until
+            inbound=inbound,
+            address=address,
+            owner=owner,
+            lease_until=lease_until,
+            admission=admission,
+            done=done,
         )
         if turn is None:
             log.info(
@@ -210,6 +223,11 @@ class Engine:
                 failed = Failed(text=wording.UNEXPECTED_FAILURE, reason="crashed")
                 await self._store.finish_turn(turn=turn, owner=owner, reply=failed.text)
                 yield failed
+                return
+            if turn.reply is not None:  # refused at the door (see accept)
+                refused = Refused(text=turn.reply, reason="limit")
+                await self._store.finish_turn(turn=turn, owner=owner, reply=refused.text)
+                yield refused
                 return
             command = parse_command(inbound.text)
             if command is not None:
@@ -266,8 +284,8 @@ class Engine:
                 )
             async for event in self.run(turn, self.owner):
                 yield event
-            await self._store.finish_delivery(
-                turn_id=turn.id, owner=self.owner, delivered=True, now=time.time()
+            await self._store.finish_deliveries(
+                owner=self.owner, done=[Delivery(turn.id, delivered=True, at=time.time())]
             )
         await self.after(turn)
 
@@ -288,22 +306,13 @@ class Engine:
         """Drops the follow-up work of a turn that will not be delivered here."""
         self._follow_ups.pop(turn.id, None)
 
-    async def _turn(
-        self, turn: Turn, owner: str, progress: _Progress
-    ) -> AsyncIterator[ReplyEvent]:
+    async def _turn(self, turn: Turn, owner: str, progress: _Progress) -> AsyncIterator[ReplyEvent]:
         inbound = turn.inbound
 
         async def end(event: ReplyEvent, **stored: Any) -> ReplyEvent:
-            await self._store.finish_turn(
-                turn=turn, owner=owner, reply=shown_text(event), **stored
-            )
+            await self._store.finish_turn(turn=turn, owner=owner, reply=shown_text(event), **stored)
             return event
 
-        if self._limiter is not None:
-            refused = await self._limiter.admit(inbound, self._clock())
-            if refused is not None:
-                yield await end(refused)
-                return
         text, input_flags = inbound.text, []
         if self._moderation is not None:
             try:

@@ -139,7 +139,13 @@ class Failed:
 ReplyEvent = (
     Accepted
     | Delta
-    | ToolStarted | ToolFinished | Final | CommandResult | Refused | Retracted | Failed
+    | ToolStarted
+    | ToolFinished
+    | Final
+    | CommandResult
+    | Refused
+    | Retracted
+    | Failed
 )
 
 

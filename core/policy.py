@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from core import wording
-from core.events import Inbound, Refused
-from core.storage.base import AccessRule, ChannelSettings, LimitCounts, SessionStore
+from core.events import Inbound
+from core.storage.base import AccessRule, Admission, ChannelSettings, LimitCounts, SessionStore
 
 KINDS = ("user", "channel", "workspace")
 
@@ -124,39 +124,27 @@ class Limits:
 class RateLimiter:
     """Admits a user's request or says, politely, when they can try again."""
 
-    def __init__(self, *, store: SessionStore, limits: Limits) -> None:
-        self._store = store
+    def __init__(self, *, limits: Limits) -> None:
         self.limits = limits
 
-    async def admit(self, inbound: Inbound, now: datetime) -> Refused | None:
-        """None when the request may go to the model (and is counted); else the refusal."""
+    def admission(self, now: datetime) -> Admission:
+        """The check of one message arriving `now`, for the store to run as it accepts it."""
+        return Admission(now=now, refuse=lambda counts: self.refusal(counts, now))
 
-        def decide(counts: LimitCounts) -> bool:
-            return _over(self.limits.for_channel(counts.channel), counts) is None
-
-        counts = await self._store.admit(
-            key=inbound.key, user_id=inbound.user_id, now=now, decide=decide
-        )
+    def refusal(self, counts: LimitCounts, now: datetime) -> str | None:
+        """What to tell the user when these counts are over a limit; None when they are not."""
         limits = self.limits.for_channel(counts.channel)
         over = _over(limits, counts)
         if over == "rate":
             assert counts.oldest_request is not None
             wait = counts.oldest_request + timedelta(minutes=1) - now
-            return Refused(
-                text=wording.RATE_LIMITED.format(
-                    limit=limits.requests_per_minute, wait=describe_wait(wait)
-                ),
-                reason="rate_limited",
+            return wording.RATE_LIMITED.format(
+                limit=limits.requests_per_minute, wait=describe_wait(wait)
             )
         if over == "budget":
             midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
             wait = midnight + timedelta(days=1) - now
-            return Refused(
-                text=wording.BUDGET_USED.format(
-                    limit=limits.tokens_per_day, wait=describe_wait(wait)
-                ),
-                reason="budget",
-            )
+            return wording.BUDGET_USED.format(limit=limits.tokens_per_day, wait=describe_wait(wait))
         return None
 
 

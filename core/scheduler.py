@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from core.conversation import Engine
 from core.events import Accepted, Inbound, Refused, ReplyEvent, shown_text
-from core.storage.base import LeaseLost, SessionStore, Turn, TurnState
+from core.storage.base import Delivery, LeaseLost, SessionStore, Turn, TurnState
 from core.storage.retry import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ class Scheduler:
         self._handoff: dict[int, Turn] = {}  # a leased turn for a conversation's worker
         self._waiting: set[int] = set()  # conversations with turns accepted here, pending
         self._tasks: list[asyncio.Task[None]] = []
+        self._done: dict[int, Delivery] = {}  # finished deliveries not stored yet, by turn
         self._last_prune = 0.0
         self._stopping = False
 
@@ -129,6 +130,7 @@ class Scheduler:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
         try:
+            await self._flush_done()
             released = await self._store.release_leases(owner=self.owner)
         except Exception as exc:  # the leases then expire on their own
             log.warning("stopping: could not release leases: %s", exc)
@@ -146,9 +148,11 @@ class Scheduler:
         """
         # While stopping, a message is stored unleased: the next process takes it at once.
         owner = None if self._stopping else self.owner
+        done = list(self._done.values()) if owner else []
         result = await self._engine.accept(
-            inbound, address, owner=owner, lease_until=self._clock() + self._lease
+            inbound, address, owner=owner, lease_until=self._clock() + self._lease, done=done
         )
+        self._stored(done)
         if isinstance(result, Turn):
             if result.state == TurnState.RUNNING:
                 self._start(result)
@@ -213,9 +217,8 @@ class Scheduler:
                 assert turn.reply is not None
                 text = turn.reply
             delivered = await self._deliver(turn, view, text)
-            await self._store.finish_delivery(
-                turn_id=turn.id, owner=self.owner, delivered=delivered, now=self._clock()
-            )
+            # Stored with this process's next transaction (a claim, an accept, or the poll's).
+            self._done[turn.id] = Delivery(turn.id, delivered=delivered, at=self._clock())
             await self._engine.after(turn)
         except LeaseLost:
             log.info("turn %s was taken over by another process", turn.id)
@@ -244,7 +247,8 @@ class Scheduler:
 
     async def _claim(self, *, limit: int, conversation_id: int | None = None) -> Sequence[Turn]:
         now = self._clock()
-        return await self._store.claim_turns(
+        done = list(self._done.values())
+        claimed = await self._store.claim_turns(
             owner=self.owner,
             now=now,
             lease_until=now + self._lease,
@@ -252,7 +256,20 @@ class Scheduler:
             platforms=list(self._outlets),
             conversation_id=conversation_id,
             exclude=[] if conversation_id is not None else list(self._workers),
+            done=done,
         )
+        self._stored(done)
+        return claimed
+
+    async def _flush_done(self) -> None:
+        done = list(self._done.values())
+        if done:
+            await self._store.finish_deliveries(owner=self.owner, done=done)
+            self._stored(done)
+
+    def _stored(self, done: Sequence[Delivery]) -> None:
+        for delivery in done:
+            self._done.pop(delivery.turn_id, None)
 
     async def _heartbeat(self) -> None:
         """One statement renews every lease this process holds, however many turns run."""
@@ -277,6 +294,7 @@ class Scheduler:
                     for turn in await self._claim(limit=min(free, 32)):
                         log.info("taking over turn %s (%s)", turn.id, turn.state)
                         self._start(turn)
+                await self._flush_done()
                 await self._prune()
             except Exception as exc:
                 log.warning("looking for due turns failed: %s", exc)

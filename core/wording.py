@@ -62,9 +62,7 @@ RATE_LIMITED = (
     "You're sending messages faster than I can take them (the limit is {limit} a minute). "
     "Please try again {wait}."
 )
-BUDGET_USED = (
-    "You've used today's budget of {limit:,} tokens. It renews at midnight UTC, {wait}."
-)
+BUDGET_USED = "You've used today's budget of {limit:,} tokens. It renews at midnight UTC, {wait}."
 INPUT_BLOCKED = (
     "I can't help with that message: it was stopped by this workspace's content policy. "
     "It was not sent to the model."

@@ -44,7 +44,8 @@ class Turn:
         attempts: How many times a process took this turn (a crash loop stops at a limit).
         message_id: The user's message in `messages`, once stored (a re-run does not store it
             twice).
-        reply: The text the user is shown in the end, once the turn has run.
+        reply: The text the user is shown in the end, once the turn has run; set from the
+            start when admission refused the message at the door (rate limit, budget).
         posted: The platform ids of the messages that show (part of) the reply so far.
     """
 
@@ -57,6 +58,26 @@ class Turn:
     message_id: int | None = None
     reply: str | None = None
     posted: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How a turn's delivery ended. A process stores these in batches, with its next
+    transaction: a crash before that only means the reply is delivered again (an edit to the
+    same text), so a separate commit per turn would buy nothing."""
+
+    turn_id: int
+    delivered: bool  # False: given up on (refused for good, or past the deadline)
+    at: float  # epoch seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The rate limit and budget check of a message, made in the transaction that accepts
+    it, so a message is counted once however often its turn is run."""
+
+    now: datetime
+    refuse: Callable[[LimitCounts], str | None]  # the refusal's text; None admits (counted)
 
 
 class LeaseLost(Exception):
@@ -190,11 +211,15 @@ class SessionStore(Protocol):
         address: dict[str, Any],
         owner: str | None = None,
         lease_until: float = 0.0,
+        admission: Admission | None = None,
+        done: Sequence[Delivery] = (),
     ) -> Turn | None:
         """Claim the event and store the message, in one transaction; None for a redelivery.
 
         With `owner`, the turn is leased to it at once when no earlier turn of the
-        conversation is unfinished (state RUNNING), saving the scheduler a claim.
+        conversation is unfinished (state RUNNING), saving the scheduler a claim. With
+        `admission`, the message is checked against the limits (a refusal becomes the turn's
+        `reply`). `done`: `owner`'s finished deliveries, stored first (see `Delivery`).
         """
         ...
 
@@ -208,11 +233,12 @@ class SessionStore(Protocol):
         platforms: Sequence[str],
         conversation_id: int | None = None,
         exclude: Sequence[int] = (),
+        done: Sequence[Delivery] = (),
     ) -> Sequence[Turn]:
         """Lease up to `limit` turns that are due: the first unfinished turn of a conversation,
         pending or with an expired lease, and replies whose delivery lease expired, on the
         given platforms. Safe across processes (each turn goes to one owner). `exclude`:
-        conversations to skip."""
+        conversations to skip. `done`: `owner`'s finished deliveries, stored first."""
         ...
 
     async def renew_leases(self, *, owner: str, lease_until: float) -> int:
@@ -227,10 +253,8 @@ class SessionStore(Protocol):
         """Remember which platform messages show the reply, so a recovery edits them."""
         ...
 
-    async def finish_delivery(
-        self, *, turn_id: int, owner: str, delivered: bool, now: float
-    ) -> None:
-        """The reply landed (or was given up on): the turn is finished."""
+    async def finish_deliveries(self, *, owner: str, done: Sequence[Delivery]) -> None:
+        """Replies that landed (or were given up on): their turns are finished."""
         ...
 
     async def prune_turns(self, *, finished_before: float) -> int:

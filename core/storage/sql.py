@@ -43,8 +43,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core.events import ConversationKey, Inbound
 from core.storage.base import (
     AccessRule,
+    Admission,
     ChannelSettings,
     ConversationState,
+    Delivery,
     FlagRecord,
     LeaseLost,
     LimitCounts,
@@ -113,11 +115,15 @@ class SqlStore:
         address: dict[str, Any],
         owner: str | None = None,
         lease_until: float = 0.0,
+        admission: Admission | None = None,
+        done: Sequence[Delivery] = (),
     ) -> Turn | None:
         key = inbound.key
         t = turns.c
 
         def work(connection: Connection) -> Turn | None:
+            if done and owner is not None:
+                self._finish_deliveries(connection, owner, done)
             # Upserting the conversation locks its row (PostgreSQL) until commit, so two
             # processes accepting messages of one conversation take turns: ids follow arrival
             # order and the "is it first?" check below sees every earlier turn.
@@ -149,7 +155,18 @@ class SqlStore:
                 .returning(t.id)
             ).scalar()
             if turn_id is None:
-                return None
+                return None  # a redelivery: not counted again
+            refusal: str | None = None
+            if admission is not None:
+
+                def decide(counts: LimitCounts) -> bool:
+                    nonlocal refusal
+                    refusal = admission.refuse(counts)
+                    return refusal is None
+
+                self._admit(connection, key, inbound.user_id, admission.now, decide)
+                if refusal is not None:
+                    connection.execute(update(turns).where(t.id == turn_id).values(reply=refusal))
             return Turn(
                 id=turn_id,
                 conversation_id=conversation_id,
@@ -157,6 +174,7 @@ class SqlStore:
                 address=address,
                 state=TurnState.RUNNING if leased else TurnState.PENDING,
                 attempts=1 if leased else 0,
+                reply=refusal,
             )
 
         return await self._run(work)
@@ -171,6 +189,7 @@ class SqlStore:
         platforms: Sequence[str],
         conversation_id: int | None = None,
         exclude: Sequence[int] = (),
+        done: Sequence[Delivery] = (),
     ) -> Sequence[Turn]:
         t = turns.c
         earlier = turns.alias("earlier")
@@ -198,6 +217,8 @@ class SqlStore:
         )
 
         def work(connection: Connection) -> list[Turn]:
+            if done:
+                self._finish_deliveries(connection, owner, done)
             ids = list(connection.execute(chosen).scalars())
             if not ids:
                 return []
@@ -243,20 +264,26 @@ class SqlStore:
         )
         await self._run(lambda c: c.execute(statement))
 
-    async def finish_delivery(
-        self, *, turn_id: int, owner: str, delivered: bool, now: float
-    ) -> None:
-        statement = (
+    async def finish_deliveries(self, *, owner: str, done: Sequence[Delivery]) -> None:
+        if done:
+            await self._run(lambda c: self._finish_deliveries(c, owner, done))
+
+    @staticmethod
+    def _finish_deliveries(connection: Connection, owner: str, done: Sequence[Delivery]) -> None:
+        t = turns.c
+        states = {
+            d.turn_id: TurnState.DELIVERED if d.delivered else TurnState.UNDELIVERED for d in done
+        }
+        connection.execute(
             update(turns)
-            .where(turns.c.id == turn_id, turns.c.lease_owner == owner)
+            .where(t.id.in_(list(states)), t.lease_owner == owner)
             .values(
-                state=TurnState.DELIVERED if delivered else TurnState.UNDELIVERED,
+                state=case(states, value=t.id),
+                finished_at=case({d.turn_id: d.at for d in done}, value=t.id),
                 lease_owner=None,
                 lease_until=None,
-                finished_at=now,
             )
         )
-        await self._run(lambda c: c.execute(statement))
 
     async def prune_turns(self, *, finished_before: float) -> int:
         statement = delete(turns).where(
@@ -284,8 +311,7 @@ class SqlStore:
     def _conversation_id(self, connection: Connection, key: ConversationKey) -> int:
         return int(
             connection.execute(
-                self._conversation_upsert(key)
-                .returning(conversations.c.id)
+                self._conversation_upsert(key).returning(conversations.c.id)
             ).scalar_one()
         )
 
@@ -293,8 +319,7 @@ class SqlStore:
         self, connection: Connection, key: ConversationKey
     ) -> ConversationState:
         row = connection.execute(
-            self._conversation_upsert(key)
-            .returning(
+            self._conversation_upsert(key).returning(
                 conversations.c.id,
                 conversations.c.persona,
                 conversations.c.window_start_id,
@@ -584,6 +609,16 @@ class SqlStore:
         now: datetime,
         decide: Callable[[LimitCounts], bool],
     ) -> LimitCounts:
+        return await self._run(lambda c: self._admit(c, key, user_id, now, decide))
+
+    def _admit(
+        self,
+        connection: Connection,
+        key: ConversationKey,
+        user_id: str,
+        now: datetime,
+        decide: Callable[[LimitCounts], bool],
+    ) -> LimitCounts:
         now = _utc(now)
         minute_ago = now - timedelta(minutes=1)
         midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -597,36 +632,31 @@ class SqlStore:
             .where(u.platform == key.platform, u.user_id == user_id, u.created_at >= midnight)
             .scalar_subquery(),
         )
-        channel = select(*_CHANNEL_COLUMNS).where(_channel_is(key))
-
-        def work(connection: Connection) -> LimitCounts:
-            if self._postgres:
-                # Two processes admitting the same user's requests take turns, so both see
-                # each other's rows and a burst cannot slip past the limit.
-                connection.execute(
-                    select(func.pg_advisory_xact_lock(_advisory_id(key.platform, user_id)))
-                )
-            requests, oldest, tokens = connection.execute(counts).one()
-            row = connection.execute(channel).first()
-            result = LimitCounts(
-                requests=int(requests),
-                oldest_request=_aware(oldest) if oldest is not None else None,
-                tokens_today=int(tokens),
-                channel=ChannelSettings(*row) if row else ChannelSettings(),
+        if self._postgres:
+            # Two processes admitting the same user's requests take turns, so both see
+            # each other's rows and a burst cannot slip past the limit.
+            connection.execute(
+                select(func.pg_advisory_xact_lock(_advisory_id(key.platform, user_id)))
             )
-            if decide(result):
-                prune = delete(user_requests).where(mine, r.created_at <= minute_ago)
-                record = user_requests.insert().values(
-                    platform=key.platform, user_id=user_id, created_at=now
-                )
-                if self._postgres:  # one round trip: PostgreSQL runs a DELETE in a WITH
-                    connection.execute(record.add_cte(prune.cte("pruned")))
-                else:
-                    connection.execute(prune)
-                    connection.execute(record)
-            return result
-
-        return await self._run(work)
+        requests, oldest, tokens = connection.execute(counts).one()
+        row = connection.execute(select(*_CHANNEL_COLUMNS).where(_channel_is(key))).first()
+        result = LimitCounts(
+            requests=int(requests),
+            oldest_request=_aware(oldest) if oldest is not None else None,
+            tokens_today=int(tokens),
+            channel=ChannelSettings(*row) if row else ChannelSettings(),
+        )
+        if decide(result):
+            prune = delete(user_requests).where(mine, r.created_at <= minute_ago)
+            record = user_requests.insert().values(
+                platform=key.platform, user_id=user_id, created_at=now
+            )
+            if self._postgres:  # one round trip: PostgreSQL runs a DELETE in a WITH
+                connection.execute(record.add_cte(prune.cte("pruned")))
+            else:
+                connection.execute(prune)
+                connection.execute(record)
+        return result
 
     async def conversation_exists(self, *, key: ConversationKey) -> bool:
         statement = select(conversations.c.id).where(

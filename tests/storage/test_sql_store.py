@@ -24,8 +24,8 @@ from core.storage import (
     create_database_engine,
     migrate,
 )
-from core.storage.base import LeaseLost, Turn, TurnState
-from core.storage.tables import conversations, messages, turns, usage
+from core.storage.base import Admission, Delivery, LeaseLost, LimitCounts, Turn, TurnState
+from core.storage.tables import conversations, messages, turns, usage, user_requests
 
 KEY = ConversationKey("slack", "T1", "C1", "1700000000.000100")
 
@@ -160,6 +160,12 @@ async def window_ids(
     return [message.id for message in found]
 
 
+async def turn_state(store: SqlStore, turn_id: int) -> str:
+    async with store.engine.connect() as connection:
+        query = select(turns.c.state).where(turns.c.id == turn_id)
+        return str((await connection.execute(query)).scalar_one())
+
+
 async def count_rows(store: SqlStore, table: Table, *conditions: ColumnElement[bool]) -> int:
     statement = select(func.count()).select_from(table).where(*conditions)
     async with store.engine.connect() as connection:
@@ -289,13 +295,78 @@ async def test_a_stored_reply_whose_delivery_was_cut_off_is_claimed_with_its_pos
         "the whole answer",
         ("ts.1", "ts.2"),
     )
-    await store.finish_delivery(turn_id=again.id, owner="p2", delivered=True, now=61.0)
+    await store.finish_deliveries(owner="p2", done=[Delivery(again.id, delivered=True, at=61.0)])
     assert (
         await store.claim_turns(
             owner="p3", now=1e9, lease_until=1e9 + 1, limit=5, platforms=["slack"]
         )
         == []
     )
+
+
+async def test_finished_deliveries_ride_on_the_next_accept_or_claim(store: SqlStore) -> None:
+    async def answered(text: str, key: ConversationKey, done: list[Delivery]) -> Turn:
+        turn = await store.accept(
+            inbound=inbound(text, key, None),
+            address={},
+            owner=OWNER,
+            lease_until=1e12,
+            done=done,
+        )
+        assert turn is not None and turn.state == "running"
+        await store.finish_turn(turn=turn, owner=OWNER, reply=f"re: {text}")
+        return turn
+
+    first = await answered("one", KEY, [])
+    second = await answered("two", replace(KEY, thread="t2"), [Delivery(first.id, True, 5.0)])
+    third = await answered("three", replace(KEY, thread="t3"), [])
+    await store.claim_turns(
+        owner=OWNER,
+        now=6.0,
+        lease_until=9.0,
+        limit=1,
+        platforms=["slack"],
+        done=[Delivery(second.id, False, 6.0), Delivery(third.id, True, 7.0)],
+    )
+    async with store.engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                select(turns.c.state, turns.c.finished_at, turns.c.lease_owner).order_by(turns.c.id)
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [
+        ("delivered", 5.0, None),
+        ("undelivered", 6.0, None),
+        ("delivered", 7.0, None),
+    ]
+    # Another process's deliveries are not ours to finish.
+    fourth = await answered("four", replace(KEY, thread="t4"), [])
+    await store.finish_deliveries(owner="someone-else", done=[Delivery(fourth.id, True, 8.0)])
+    assert await turn_state(store, fourth.id) == "replied"
+
+
+async def test_admission_is_decided_as_the_message_is_accepted_and_counted_once(
+    store: SqlStore,
+) -> None:
+    seen: list[int] = []
+
+    def refuse_the_third(counts: LimitCounts) -> str | None:
+        seen.append(counts.requests)
+        return "slow down" if counts.requests >= 2 else None
+
+    admission = Admission(now=datetime(2026, 12, 6, 12, tzinfo=UTC), refuse=refuse_the_third)
+    accepted = [
+        await store.accept(
+            inbound=inbound(text, KEY, f"ev-{text}"), address={}, admission=admission
+        )
+        for text in ("a", "b", "c", "a")  # the last one is a redelivery
+    ]
+    assert accepted[3] is None and seen == [0, 1, 2]  # a redelivery is not counted
+    assert [t.reply for t in accepted if t] == [None, None, "slow down"]
+    async with store.engine.connect() as connection:
+        stored = (await connection.execute(select(turns.c.reply).order_by(turns.c.id))).all()
+    assert [row.reply for row in stored] == [None, None, "slow down"]
+    assert await count_rows(store, user_requests) == 2  # the refused message is not counted
 
 
 async def test_heartbeat_release_and_prune(store: SqlStore) -> None:
@@ -314,7 +385,9 @@ async def test_heartbeat_release_and_prune(store: SqlStore) -> None:
     assert released.id == mine.id
 
     await store.finish_turn(turn=released, owner="p3", reply="done")
-    await store.finish_delivery(turn_id=released.id, owner="p3", delivered=True, now=1000.0)
+    await store.finish_deliveries(
+        owner="p3", done=[Delivery(released.id, delivered=True, at=1000.0)]
+    )
     assert await store.prune_turns(finished_before=1000.0) == 0
     assert await store.prune_turns(finished_before=1000.5) == 1
     # Unfinished turns are never pruned, however old.

@@ -158,7 +158,7 @@ async def test_the_rate_limit_refuses_then_recovers_and_commands_do_not_count(
         assert refused == [
             Refused(
                 text=wording.RATE_LIMITED.format(limit=2, wait="in 35 seconds"),
-                reason="rate_limited",
+                reason="limit",
             )
         ]
         fake_openai.reply("yours")
@@ -185,7 +185,7 @@ async def test_the_daily_budget_refuses_until_midnight_utc(
         refused = await turn(engine, "more")
         assert refused == [
             Refused(
-                text=wording.BUDGET_USED.format(limit=100, wait="in 12 hours"), reason="budget"
+                text=wording.BUDGET_USED.format(limit=100, wait="in 12 hours"), reason="limit"
             )
         ]
         assert len(fake_openai.chat_requests) == 2
