@@ -1,6 +1,6 @@
 """The engine's own cost per turn, with a model that answers at once.
 
-Runs turns through `Engine.handle` against a real store (a SQLite file, PostgreSQL) and an
+Runs turns through the scheduler (as the chat platforms do) against a real store (a SQLite file, PostgreSQL) and an
 in-process model whose own time is measured and subtracted, so what is left is the engine:
 claiming the event, the turn lock, storing the message, building the window, token counting,
 storing the reply and its usage. Every turn adds its two messages, as in real use, and the
@@ -38,9 +38,11 @@ from sqlalchemy import func, select, text
 from bots.bootstrap import build_engine
 from core.config import Settings
 from core.conversation import Engine
-from core.events import ConversationKey, Final, Inbound
+from core.events import Accepted, ConversationKey, Final, Inbound, ReplyEvent
 from core.llm import ModelChunk, ModelRequest, TextChunk, UsageChunk
+from core.scheduler import PostedCallback, ReplyView, Scheduler
 from core.storage import SqlStore
+from core.storage.base import Turn
 from core.storage.tables import messages as message_rows
 from core.tokens import counter_for_model, message_tokens
 from tests.fakes.databases import throwaway_postgres_database
@@ -118,11 +120,11 @@ class StageTimer:
     STAGES = (
         "accept",
         "claim_turns",
-        "admit",
         "begin_turn",
         "recent_messages",
+        "record_posted",
         "finish_turn",
-        "finish_delivery",
+        "finish_deliveries",
     )
 
     def __init__(self, store: SqlStore) -> None:
@@ -246,12 +248,47 @@ def make_inbound(key: ConversationKey, pool: TextPool, rng: random.Random) -> In
     )
 
 
-async def run_turn(engine: Engine, inbound: Inbound) -> bool:
-    """One turn, every event consumed; True when it ended with a stored reply."""
-    last = None
-    async for event in engine.handle(inbound):
-        last = event
-    return isinstance(last, Final)
+class Pipeline:
+    """A platform message's path without the platform: `Scheduler.accept` (what an adapter
+    calls before it acknowledges), the scheduler's worker running the turn, and a reply view
+    that posts a placeholder (its id stored, as every platform's is) and delivers at once."""
+
+    def __init__(self, engine: Engine, store: SqlStore) -> None:
+        self.scheduler = Scheduler(engine=engine, store=store)
+        self.scheduler.add_outlet("bench", self._view)
+        self._answers: dict[str, asyncio.Future[bool]] = {}
+
+    def _view(self, turn: Turn, posted: PostedCallback) -> ReplyView:
+        return _InstantView(self._answers.pop(turn.inbound.event_id), posted)
+
+    async def turn(self, inbound: Inbound) -> bool:
+        """One message accepted and answered; True when it ended with a stored reply."""
+        answered = asyncio.get_running_loop().create_future()
+        self._answers[inbound.event_id] = answered
+        await self.scheduler.accept(inbound, {"bench": True})
+        return await answered
+
+
+class _InstantView:
+    def __init__(self, answered: asyncio.Future[bool], posted: PostedCallback) -> None:
+        self._answered = answered
+        self._posted = posted
+        self._placeholder: asyncio.Task[None] | None = None
+        self._last: ReplyEvent | None = None
+
+    def show(self, event: ReplyEvent) -> None:
+        if isinstance(event, Accepted):
+            self._placeholder = asyncio.create_task(self._posted(["placeholder"]))
+        self._last = event
+
+    async def deliver(self, markdown: str) -> None:
+        if self._placeholder is not None:
+            await self._placeholder
+        self._answered.set_result(isinstance(self._last, Final))
+
+    async def aclose(self) -> None:
+        if not self._answered.done():  # the turn stopped before delivery (a lost lease)
+            self._answered.set_result(False)
 
 
 class FailureLog(logging.Handler):
@@ -338,7 +375,7 @@ def yardstick_ms() -> float:
 @asynccontextmanager
 async def open_runtime(
     url: str, args: argparse.Namespace, model: InstantModel
-) -> AsyncIterator[tuple[Engine, SqlStore]]:
+) -> AsyncIterator[tuple[Pipeline, SqlStore]]:
     """The engine as the bots wire it (bootstrap, migrations), on `url` and the instant model."""
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None,
@@ -351,7 +388,9 @@ async def open_runtime(
     )
     async with build_engine(settings, model=model) as runtime:
         assert isinstance(runtime.store, SqlStore)
-        yield runtime.engine, runtime.store
+        pipeline = Pipeline(runtime.engine, runtime.store)
+        async with pipeline.scheduler:
+            yield pipeline, runtime.store
 
 
 async def sequential_phase(
@@ -369,10 +408,10 @@ async def sequential_phase(
     phase = Phase(database, seeded)
 
     async def turn(inbound: Inbound) -> None:
-        if not await run_turn(engine, inbound):
+        if not await pipeline.turn(inbound):
             raise RuntimeError(f"a turn failed on {database}: {failures.first}")
 
-    async with open_runtime(url, args, model) as (engine, store):
+    async with open_runtime(url, args, model) as (pipeline, store):
         await seed_history(store, key, seeded, pool, rng)
         await analyze(store)
         # Warm-up first, untimed: the engine's window cache, SQLAlchemy's statement cache and
@@ -410,6 +449,7 @@ async def concurrent_phase(
     seeded: int,
     args: argparse.Namespace,
     pool: TextPool,
+    profiler: Profiler,
     failures: FailureLog,
 ) -> Concurrent:
     model = InstantModel()
@@ -417,19 +457,20 @@ async def concurrent_phase(
     keys = [ConversationKey("bench", "team", f"room-{n}", "") for n in range(args.concurrency)]
     result = Concurrent(database, seeded, args.concurrency)
 
-    async with open_runtime(url, args, model) as (engine, store):
+    async with open_runtime(url, args, model) as (pipeline, store):
         for key in keys:
             await seed_history(store, key, seeded, pool, rng)
         await analyze(store)
 
         async def timed_turn(inbound: Inbound) -> tuple[bool, float]:
             start = perf_counter()
-            completed = await run_turn(engine, inbound)
+            completed = await pipeline.turn(inbound)
             return completed, (perf_counter() - start) * 1000
 
         for round_number in range(1 + args.rounds):  # the first round warms up
             if round_number == 1:
                 result.history = await stored_messages(store) // len(keys)
+                await profiler.start(store)
             inbounds = [make_inbound(key, pool, rng) for key in keys]
             gc.collect()
             failures.first = ""
@@ -445,6 +486,7 @@ async def concurrent_phase(
                 result.wall_s += wall - (model.wall - model_wall)
                 result.cpu_s += cpu - (model.cpu - model_cpu)
                 result.latency_ms.extend(ms for ok, ms in outcomes if ok)
+        await profiler.stop()
     return result
 
 
@@ -453,7 +495,8 @@ async def concurrent_phase(
 
 
 class Profiler:
-    """Profiles the timed sequential turns of one phase with cProfile or pyinstrument.
+    """Profiles the timed turns of one phase (sequential or concurrent) with cProfile or
+    pyinstrument.
 
     A profiler sees one thread, so there are two on SQLite: the event loop's and the store's
     own thread, where the SQL runs (the loop shows that time as waiting, `epoll.poll`). On
@@ -536,10 +579,8 @@ def print_sequential(phases: Sequence[Phase]) -> None:
 
 
 def print_breakdown(phases: Sequence[Phase]) -> None:
-    names = ("accept", "claim", "admit", "begin", "window reads", "finish", "delivered", "rest")
-    header = (
-        f"{'database':<9} {'history':>8} " + " ".join(f"{n:>12}" for n in names) + "  tx/turn"
-    )
+    names = ("accept", "claim", "begin", "window reads", "posted", "finish", "delivered", "rest")
+    header = f"{'database':<9} {'history':>8} " + " ".join(f"{n:>12}" for n in names) + "  tx/turn"
     print("\nWhere a turn's wall time goes (mean ms per turn; 'rest' is the engine's own code)")
     print(header)
     print("-" * len(header))
@@ -669,7 +710,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--profile",
         choices=("none", "cprofile", "pyinstrument"),
         default="none",
-        help="profile the timed sequential turns of each size (slows them down)",
+        help="profile the timed turns of each phase (slows them down)",
     )
     parser.add_argument("--profile-top", type=int, default=30)
     return parser.parse_args(argv)
@@ -708,7 +749,8 @@ async def main(args: argparse.Namespace) -> None:
             )
         for seeded in args.concurrent_history if args.concurrency > 0 else []:
             async with database(kind) as url:
-                result = await concurrent_phase(kind, url, seeded, args, pool, failures)
+                result = await concurrent_phase(kind, url, seeded, args, pool, profiler, failures)
+                profiler.report(f"{kind}, {args.concurrency} chats at once", result.messages)
             results.append(result)
             log.warning(
                 "%s, %d chats x %s messages: %.1f msg/s, %d failed",

@@ -7,6 +7,8 @@ a time, each delivered before the next starts; conversations run concurrently, a
 process keeps alive, so no database connection is held while the model streams, and any
 process takes over a turn whose lease expired (its process died): a turn that had not ended
 is run again, a reply already stored is delivered again, editing the messages it had posted.
+That a reply landed is stored with the process's next transaction (an accept, a claim, or the
+poll's, within a second), not one of its own: a crash in between costs one repeated edit.
 """
 
 from __future__ import annotations
@@ -148,11 +150,16 @@ class Scheduler:
         """
         # While stopping, a message is stored unleased: the next process takes it at once.
         owner = None if self._stopping else self.owner
-        done = list(self._done.values()) if owner else []
-        result = await self._engine.accept(
-            inbound, address, owner=owner, lease_until=self._clock() + self._lease, done=done
-        )
-        self._stored(done)
+        done = self._take_done() if owner else []
+        try:
+            result = await self._engine.accept(
+                inbound, address, owner=owner, lease_until=self._clock() + self._lease, done=done
+            )
+        except BaseException:
+            self._put_back(done)
+            raise
+        if isinstance(result, Refused):
+            self._put_back(done)  # refused at the door: nothing was written
         if isinstance(result, Turn):
             if result.state == TurnState.RUNNING:
                 self._start(result)
@@ -247,29 +254,41 @@ class Scheduler:
 
     async def _claim(self, *, limit: int, conversation_id: int | None = None) -> Sequence[Turn]:
         now = self._clock()
-        done = list(self._done.values())
-        claimed = await self._store.claim_turns(
-            owner=self.owner,
-            now=now,
-            lease_until=now + self._lease,
-            limit=limit,
-            platforms=list(self._outlets),
-            conversation_id=conversation_id,
-            exclude=[] if conversation_id is not None else list(self._workers),
-            done=done,
-        )
-        self._stored(done)
-        return claimed
+        done = self._take_done()
+        try:
+            return await self._store.claim_turns(
+                owner=self.owner,
+                now=now,
+                lease_until=now + self._lease,
+                limit=limit,
+                platforms=list(self._outlets),
+                conversation_id=conversation_id,
+                exclude=[] if conversation_id is not None else list(self._workers),
+                done=done,
+            )
+        except BaseException:
+            self._put_back(done)
+            raise
 
     async def _flush_done(self) -> None:
-        done = list(self._done.values())
-        if done:
+        done = self._take_done()
+        try:
             await self._store.finish_deliveries(owner=self.owner, done=done)
-            self._stored(done)
+        except BaseException:
+            self._put_back(done)
+            raise
 
-    def _stored(self, done: Sequence[Delivery]) -> None:
+    def _take_done(self) -> list[Delivery]:
+        """The finished deliveries, for one transaction to store. Taken, not copied:
+        transactions running at once each store different ones."""
+        done = list(self._done.values())
+        self._done.clear()
+        return done
+
+    def _put_back(self, done: Sequence[Delivery]) -> None:
+        """Deliveries a transaction did not store, for the next one."""
         for delivery in done:
-            self._done.pop(delivery.turn_id, None)
+            self._done.setdefault(delivery.turn_id, delivery)
 
     async def _heartbeat(self) -> None:
         """One statement renews every lease this process holds, however many turns run."""

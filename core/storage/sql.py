@@ -60,13 +60,13 @@ from core.storage.base import (
 )
 from core.storage.database import configure_sqlite
 from core.storage.retry import retry_transient
+from core.storage.statements import CHANNEL_COLUMNS, HotStatements
 from core.storage.tables import (
     access_rules,
     channel_settings,
     conversations,
     moderation_flags,
     turns,
-    user_requests,
 )
 from core.storage.tables import messages as message_rows
 from core.storage.tables import usage as usage_rows
@@ -83,6 +83,7 @@ class SqlStore:
         self._retry_seconds = retry_seconds
         self._postgres = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if self._postgres else sqlite.insert
+        self._hot = HotStatements.build(self._insert, self._postgres)
         self._sqlite = (
             None if self._postgres else _SqliteThread(engine.url.set(drivername="sqlite"))
         )
@@ -119,7 +120,12 @@ class SqlStore:
         done: Sequence[Delivery] = (),
     ) -> Turn | None:
         key = inbound.key
-        t = turns.c
+        key_values = {
+            "platform": key.platform,
+            "workspace": key.workspace,
+            "channel": key.channel,
+            "thread": key.thread,
+        }
 
         def work(connection: Connection) -> Turn | None:
             if done and owner is not None:
@@ -127,32 +133,29 @@ class SqlStore:
             # Upserting the conversation locks its row (PostgreSQL) until commit, so two
             # processes accepting messages of one conversation take turns: ids follow arrival
             # order and the "is it first?" check below sees every earlier turn.
-            conversation_id = self._conversation_id(connection, key)
+            hot = self._hot
+            conversation_id = int(connection.execute(hot.conversation_id, key_values).scalar_one())
             waiting = connection.execute(
-                select(t.id)
-                .where(t.conversation_id == conversation_id, t.state.in_(TurnState.UNFINISHED))
-                .limit(1)
+                hot.unfinished_turn, {"conversation_id": conversation_id}
             ).first()
             leased = owner is not None and waiting is None
             turn_id = connection.execute(
-                self._insert(turns)
-                .values(
-                    platform=key.platform,
-                    event_id=inbound.event_id,
-                    conversation_id=conversation_id,
-                    user_id=inbound.user_id,
-                    user_name=inbound.user_name,
-                    text=inbound.text,
-                    is_direct=inbound.is_direct,
-                    mentions_bot=inbound.mentions_bot,
-                    address=address,
-                    state=TurnState.RUNNING if leased else TurnState.PENDING,
-                    lease_owner=owner if leased else None,
-                    lease_until=lease_until if leased else None,
-                    attempts=1 if leased else 0,
-                )
-                .on_conflict_do_nothing(index_elements=["platform", "event_id"])
-                .returning(t.id)
+                hot.insert_turn,
+                {
+                    "platform": key.platform,
+                    "event_id": inbound.event_id,
+                    "conversation_id": conversation_id,
+                    "user_id": inbound.user_id,
+                    "user_name": inbound.user_name,
+                    "text": inbound.text,
+                    "is_direct": inbound.is_direct,
+                    "mentions_bot": inbound.mentions_bot,
+                    "address": address,
+                    "state": TurnState.RUNNING if leased else TurnState.PENDING,
+                    "lease_owner": owner if leased else None,
+                    "lease_until": lease_until if leased else None,
+                    "attempts": 1 if leased else 0,
+                },
             ).scalar()
             if turn_id is None:
                 return None  # a redelivery: not counted again
@@ -166,7 +169,7 @@ class SqlStore:
 
                 self._admit(connection, key, inbound.user_id, admission.now, decide)
                 if refusal is not None:
-                    connection.execute(update(turns).where(t.id == turn_id).values(reply=refusal))
+                    connection.execute(hot.set_refusal, {"p_turn_id": turn_id, "p_reply": refusal})
             return Turn(
                 id=turn_id,
                 conversation_id=conversation_id,
@@ -257,32 +260,27 @@ class SqlStore:
         return await self._run(lambda c: c.execute(statement).rowcount)
 
     async def record_posted(self, *, turn_id: int, owner: str, posted: Sequence[str]) -> None:
-        statement = (
-            update(turns)
-            .where(turns.c.id == turn_id, turns.c.lease_owner == owner)
-            .values(posted=list(posted))
-        )
-        await self._run(lambda c: c.execute(statement))
+        values = {"p_turn_id": turn_id, "p_owner": owner, "p_posted": list(posted)}
+        await self._run(lambda c: c.execute(self._hot.record_posted, values))
 
     async def finish_deliveries(self, *, owner: str, done: Sequence[Delivery]) -> None:
         if done:
             await self._run(lambda c: self._finish_deliveries(c, owner, done))
 
-    @staticmethod
-    def _finish_deliveries(connection: Connection, owner: str, done: Sequence[Delivery]) -> None:
-        t = turns.c
-        states = {
-            d.turn_id: TurnState.DELIVERED if d.delivered else TurnState.UNDELIVERED for d in done
-        }
+    def _finish_deliveries(
+        self, connection: Connection, owner: str, done: Sequence[Delivery]
+    ) -> None:
         connection.execute(
-            update(turns)
-            .where(t.id.in_(list(states)), t.lease_owner == owner)
-            .values(
-                state=case(states, value=t.id),
-                finished_at=case({d.turn_id: d.at for d in done}, value=t.id),
-                lease_owner=None,
-                lease_until=None,
-            )
+            self._hot.finish_delivery,
+            [
+                {
+                    "p_turn_id": d.turn_id,
+                    "p_owner": owner,
+                    "p_state": TurnState.DELIVERED if d.delivered else TurnState.UNDELIVERED,
+                    "p_at": d.at,
+                }
+                for d in done
+            ],
         )
 
     async def prune_turns(self, *, finished_before: float) -> int:
@@ -306,13 +304,6 @@ class SqlStore:
                 index_elements=["platform", "workspace", "channel", "thread"],
                 set_={"updated_at": func.now()},
             )
-        )
-
-    def _conversation_id(self, connection: Connection, key: ConversationKey) -> int:
-        return int(
-            connection.execute(
-                self._conversation_upsert(key).returning(conversations.c.id)
-            ).scalar_one()
         )
 
     def _upsert_conversation(
@@ -620,26 +611,24 @@ class SqlStore:
         decide: Callable[[LimitCounts], bool],
     ) -> LimitCounts:
         now = _utc(now)
+        hot = self._hot
+        mine = {"p_platform": key.platform, "p_user_id": user_id}
         minute_ago = now - timedelta(minutes=1)
         midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        r, u = user_requests.c, usage_rows.c
-        mine = and_(r.platform == key.platform, r.user_id == user_id)
-        # Everything the decision needs in one statement: one round trip.
-        counts = select(
-            select(func.count()).where(mine, r.created_at > minute_ago).scalar_subquery(),
-            select(func.min(r.created_at)).where(mine, r.created_at > minute_ago).scalar_subquery(),
-            select(func.coalesce(func.sum(u.prompt_tokens + u.completion_tokens), 0))
-            .where(u.platform == key.platform, u.user_id == user_id, u.created_at >= midnight)
-            .scalar_subquery(),
-        )
         if self._postgres:
             # Two processes admitting the same user's requests take turns, so both see
             # each other's rows and a burst cannot slip past the limit.
             connection.execute(
                 select(func.pg_advisory_xact_lock(_advisory_id(key.platform, user_id)))
             )
-        requests, oldest, tokens = connection.execute(counts).one()
-        row = connection.execute(select(*_CHANNEL_COLUMNS).where(_channel_is(key))).first()
+        # Everything the decision needs in one statement: one round trip.
+        requests, oldest, tokens = connection.execute(
+            hot.limit_counts, {**mine, "minute_ago": minute_ago, "midnight": midnight}
+        ).one()
+        row = connection.execute(
+            hot.channel,
+            {"platform": key.platform, "workspace": key.workspace, "channel": key.channel},
+        ).first()
         result = LimitCounts(
             requests=int(requests),
             oldest_request=_aware(oldest) if oldest is not None else None,
@@ -647,15 +636,12 @@ class SqlStore:
             channel=ChannelSettings(*row) if row else ChannelSettings(),
         )
         if decide(result):
-            prune = delete(user_requests).where(mine, r.created_at <= minute_ago)
-            record = user_requests.insert().values(
-                platform=key.platform, user_id=user_id, created_at=now
-            )
-            if self._postgres:  # one round trip: PostgreSQL runs a DELETE in a WITH
-                connection.execute(record.add_cte(prune.cte("pruned")))
+            record = {"platform": key.platform, "user_id": user_id, "created_at": now}
+            if self._postgres:
+                connection.execute(hot.record_request, {**record, **mine, "minute_ago": minute_ago})
             else:
-                connection.execute(prune)
-                connection.execute(record)
+                connection.execute(hot.prune_requests, {**mine, "minute_ago": minute_ago})
+                connection.execute(hot.record_request, record)
         return result
 
     async def conversation_exists(self, *, key: ConversationKey) -> bool:
@@ -669,7 +655,7 @@ class SqlStore:
         return found is not None
 
     async def channel(self, *, key: ConversationKey) -> ChannelSettings:
-        statement = select(*_CHANNEL_COLUMNS).where(_channel_is(key))
+        statement = select(*CHANNEL_COLUMNS).where(_channel_is(key))
         row = await self._run(lambda c: c.execute(statement).first(), write=False)
         return ChannelSettings(*row) if row else ChannelSettings()
 
@@ -721,7 +707,6 @@ class SqlStore:
 
 
 _CHANNEL_FIELDS = {f.name for f in fields(ChannelSettings)}
-_CHANNEL_COLUMNS = tuple(channel_settings.c[f.name] for f in fields(ChannelSettings))
 
 
 def _channel_is(key: ConversationKey) -> Any:

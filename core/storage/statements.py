@@ -1,0 +1,113 @@
+"""The statements every message runs, built once with bind parameters.
+
+Building a SQLAlchemy statement (coercing every value, making its bind parameters) costs more
+than SQLite takes to run it: accepting a message went from 3.7 to ~1 ms of the store thread's
+time when its statements were built once (bench/README.md). Values go in as parameters;
+names are prefixed `p_` where they would clash with a column an UPDATE sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sqlalchemy import Delete, Insert, Select, Update, and_, bindparam, delete, func, select, update
+
+from core.storage.base import ChannelSettings, TurnState
+from core.storage.tables import (
+    channel_settings,
+    conversations,
+    turns,
+    user_requests,
+)
+from core.storage.tables import (
+    usage as usage_rows,
+)
+
+CHANNEL_COLUMNS = tuple(channel_settings.c[f.name] for f in fields(ChannelSettings))
+
+
+@dataclass(frozen=True)
+class HotStatements:
+    conversation_id: Insert  # platform, workspace, channel, thread -> the id (row locked)
+    unfinished_turn: Select[Any]  # conversation_id -> a row when a turn there is unfinished
+    insert_turn: Insert  # the turn's columns -> the id, or none for a known event
+    set_refusal: Update  # p_turn_id, p_reply
+    limit_counts: Select[Any]  # p_platform, p_user_id, minute_ago, midnight
+    channel: Select[Any]  # platform, workspace, channel -> CHANNEL_COLUMNS
+    # platform, user_id, created_at; on PostgreSQL also p_platform, p_user_id, minute_ago:
+    # it prunes the user's old requests in the same statement.
+    record_request: Insert
+    prune_requests: Delete  # p_platform, p_user_id, minute_ago (SQLite)
+    finish_delivery: Update  # p_turn_id, p_owner, p_state, p_at (executemany)
+    record_posted: Update  # p_turn_id, p_owner, p_posted
+
+    @classmethod
+    def build(cls, insert: Callable[[Any], Any], postgres: bool) -> HotStatements:
+        """`insert`: the dialect's insert (for ON CONFLICT)."""
+        c, t, r, u = conversations.c, turns.c, user_requests.c, usage_rows.c
+        key_columns = ("platform", "workspace", "channel", "thread")
+        # INSERTs take their values as parameters named after the columns.
+        conversation_id = (
+            insert(conversations)
+            .on_conflict_do_update(
+                index_elements=list(key_columns), set_={"updated_at": func.now()}
+            )
+            .returning(c.id)
+        )
+        insert_turn = (
+            insert(turns)
+            .on_conflict_do_nothing(index_elements=["platform", "event_id"])
+            .returning(t.id)
+        )
+        mine = and_(r.platform == bindparam("p_platform"), r.user_id == bindparam("p_user_id"))
+        recent = and_(mine, r.created_at > bindparam("minute_ago"))
+        limit_counts = select(
+            select(func.count()).where(recent).scalar_subquery(),
+            select(func.min(r.created_at)).where(recent).scalar_subquery(),
+            select(func.coalesce(func.sum(u.prompt_tokens + u.completion_tokens), 0))
+            .where(
+                u.platform == bindparam("p_platform"),
+                u.user_id == bindparam("p_user_id"),
+                u.created_at >= bindparam("midnight"),
+            )
+            .scalar_subquery(),
+        )
+        prune_requests = delete(user_requests).where(mine, r.created_at <= bindparam("minute_ago"))
+        record_request = user_requests.insert()
+        if postgres:  # one round trip: PostgreSQL runs a DELETE in a WITH
+            record_request = record_request.add_cte(prune_requests.cte("pruned"))
+        mine_turn = and_(t.id == bindparam("p_turn_id"), t.lease_owner == bindparam("p_owner"))
+        return cls(
+            conversation_id=conversation_id,
+            unfinished_turn=select(t.id)
+            .where(
+                t.conversation_id == bindparam("conversation_id"),
+                t.state.in_(TurnState.UNFINISHED),
+            )
+            .limit(1),
+            insert_turn=insert_turn,
+            set_refusal=update(turns)
+            .where(t.id == bindparam("p_turn_id"))
+            .values(reply=bindparam("p_reply")),
+            limit_counts=limit_counts,
+            channel=select(*CHANNEL_COLUMNS).where(
+                channel_settings.c.platform == bindparam("platform"),
+                channel_settings.c.workspace == bindparam("workspace"),
+                channel_settings.c.channel == bindparam("channel"),
+            ),
+            record_request=record_request,
+            prune_requests=prune_requests,
+            finish_delivery=update(turns)
+            .where(mine_turn)
+            .values(
+                state=bindparam("p_state"),
+                finished_at=bindparam("p_at"),
+                lease_owner=None,
+                lease_until=None,
+            ),
+            record_posted=update(turns)
+            .where(mine_turn)
+            .values(posted=bindparam("p_posted", type_=t.posted.type)),
+        )
