@@ -14,7 +14,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from adapters.inflight import InFlight
-from adapters.rendering import StreamingReply, TurnReply, show_once
+from adapters.rendering import (
+    FinalOnly,
+    MessageSink,
+    Rendering,
+    StreamingReply,
+    TurnReply,
+    show_once,
+)
 from core.config import Settings
 from core.events import Inbound, Refused
 from core.scheduler import PostedCallback, ReplyView, Scheduler
@@ -33,7 +40,7 @@ class AcceptFailed(Exception):
 
 
 class ChatAdapter:
-    """The shared half of an adapter. Subclasses set `platform` and implement `reply`."""
+    """The shared half of an adapter. Subclasses set `platform` and implement `sink`."""
 
     platform = ""
 
@@ -47,16 +54,15 @@ class ChatAdapter:
 
     # --- for subclasses -------------------------------------------------------------------
 
-    def reply(
-        self,
-        address: dict[str, Any],
-        *,
-        posted: Sequence[str] = (),
-        on_posted: PostedCallback | None = None,
-    ) -> StreamingReply:
-        """The StreamingReply for an address (built with `max_attempts=None`, so the final
-        text is retried until it lands). `posted`: ids of messages already showing it."""
+    def sink(self, address: dict[str, Any], posted: Sequence[str]) -> tuple[MessageSink, Rendering]:
+        """Where a reply to `address` goes, and how it is shown there. `posted`: ids of the
+        messages already showing it (a reply delivered again after a crash)."""
         raise NotImplementedError
+
+    def streams(self, address: dict[str, Any]) -> bool:
+        """False where a reply cannot be edited (an ephemeral answer): then only the final
+        text is sent, with no placeholder and no progress."""
+        return True
 
     def typing(self, address: dict[str, Any]) -> Callable[[], Awaitable[None]] | None:
         """What to show while the model thinks, until the first words (Telegram: typing…)."""
@@ -115,8 +121,32 @@ class ChatAdapter:
 
     # --- the scheduler's side -------------------------------------------------------------
 
+    def reply(
+        self,
+        address: dict[str, Any],
+        *,
+        posted: Sequence[str] = (),
+        on_posted: PostedCallback | None = None,
+    ) -> StreamingReply:
+        """The StreamingReply for an address; its final text is retried until it lands (the
+        scheduler bounds how long)."""
+        sink, rendering = self.sink(address, posted)
+        return StreamingReply(
+            sink,
+            render=rendering.render,
+            limit=rendering.limit,
+            measure=rendering.measure,
+            interval=rendering.interval,
+            placeholder=rendering.placeholder,
+            max_attempts=None,
+            existing=posted,
+            on_posted=on_posted,
+        )
+
     def _view(self, turn: Turn, posted: PostedCallback) -> ReplyView:
         reply = self.reply(turn.address, posted=turn.posted, on_posted=posted)
+        if not self.streams(turn.address):
+            return FinalOnly(reply)
         return TurnReply(reply, accepted=self.typing(turn.address))
 
     async def _refuse(self, address: dict[str, Any], text: str) -> None:

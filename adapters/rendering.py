@@ -10,6 +10,7 @@ when it outgrows one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -21,7 +22,7 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from core.events import Accepted, Delta, ReplyEvent, ToolFinished, ToolStarted
-from core.scheduler import DeliveryFailed
+from core.scheduler import DeliveryFailed, MessageGone
 
 logger = logging.getLogger(__name__)
 
@@ -427,7 +428,9 @@ class StreamingReply:
             if i == len(self._shown) or self._shown[i] != text:
                 await self._show(i, text, attempts=self._max_attempts)
         while len(self._ids) > len(parts):
-            await self._call(partial(self._sink.delete, self._ids[-1]), self._max_attempts)
+            # Gone already (deleted by someone, or by a call whose answer was lost): done.
+            with contextlib.suppress(MessageGone):
+                await self._call(partial(self._sink.delete, self._ids[-1]), self._max_attempts)
             del self._ids[-1], self._shown[-1]
         return list(self._ids)
 
@@ -495,13 +498,25 @@ class StreamingReply:
     async def _show(self, index: int, text: str, *, attempts: int | None) -> None:
         if index == len(self._ids):
             await self._call(partial(self._post, text, text), attempts)
-        else:
+            return
+        try:
             await self._call(partial(self._sink.edit, self._ids[index], text), attempts)
-            self._shown[index] = text
+        except MessageGone:
+            # Someone deleted it (the placeholder, say): the answer must still be seen, so it
+            # is posted anew, after whatever came in the meantime.
+            logger.info("A message of the reply was deleted; posting it again")
+            await self._call(partial(self._post, text, text, index=index), attempts)
+            return
+        self._shown[index] = text
 
-    async def _post(self, rendered: str, shown: str) -> None:
-        self._ids.append(await self._sink.post(rendered))
-        self._shown.append(shown)
+    async def _post(self, rendered: str, shown: str, *, index: int | None = None) -> None:
+        """Posts a message, as the next one of the reply or in place of message `index`."""
+        posted = await self._sink.post(rendered)
+        if index is None:
+            self._ids.append(posted)
+            self._shown.append(shown)
+        else:
+            self._ids[index], self._shown[index] = posted, shown
         if self._on_posted is not None:
             try:
                 await self._on_posted(list(self._ids))
@@ -541,6 +556,33 @@ class StreamingReply:
             markdown, self._limit, measure=lambda p: self._measure(self._render(p))
         )
         return [self._render(part) for part in parts]
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """How a platform shows replies: its markup, message size, edit pace and placeholder."""
+
+    render: Callable[[str], str]  # Markdown -> the platform's markup
+    limit: int  # per message, as `measure` counts
+    interval: float  # seconds between edits while the text streams
+    placeholder: str | None = "…"  # posted when the turn starts; None: wait for text
+    measure: Callable[[str], int] = len
+
+
+class FinalOnly:
+    """A reply that cannot be edited (an ephemeral answer): only the final text goes out."""
+
+    def __init__(self, reply: StreamingReply) -> None:
+        self._reply = reply
+
+    def show(self, event: ReplyEvent) -> None:
+        return None  # no placeholder, no progress: each post would stay as a separate message
+
+    async def deliver(self, markdown: str) -> None:
+        await self._reply.finish(markdown)
+
+    async def aclose(self) -> None:
+        await self._reply.aclose()
 
 
 class TurnReply:

@@ -32,6 +32,11 @@ class DeliveryFailed(Exception):
     """The platform refused the reply for good (a deleted channel, a blocked bot)."""
 
 
+class MessageGone(DeliveryFailed):
+    """A message of the reply is gone (someone deleted it): edits to it cannot land, a new
+    message can."""
+
+
 class ReplyView(Protocol):
     """One turn's reply on its platform, built by the adapter from the turn's address."""
 

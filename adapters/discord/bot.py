@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -37,14 +38,14 @@ from adapters.discord.translate import (
     thread_name,
 )
 from adapters.http import HttpServer
-from adapters.rendering import RateLimited, StreamingReply
+from adapters.rendering import MessageSink, RateLimited, Rendering
 from core.commands import COMMANDS
 from core.config import Settings
 from core.conversation import Engine
 from core.errors import ConfigError
 from core.events import ConversationKey, Inbound
 from core.locks import KeyedLocks
-from core.scheduler import DeliveryFailed, PostedCallback, Scheduler
+from core.scheduler import DeliveryFailed, MessageGone, Scheduler
 from core.storage.base import SessionStore
 from core.storage.retry import DatabaseUnavailable
 
@@ -62,6 +63,8 @@ READY_TIMEOUT = 60.0
 THREAD_EXISTS = 160004
 # A 429 that says nothing about when to come back (Cloudflare's): wait this long.
 DEFAULT_RETRY_AFTER = 5.0
+# Discord's JSON error code for a message that does not exist (deleted).
+UNKNOWN_MESSAGE = 10008
 # A reply to an interaction waits at most this long for the interaction's defer to land
 # (webhook calls before it fail); Discord's own 3-second rule bounds it anyway.
 DEFER_WAIT = 3.0
@@ -131,6 +134,8 @@ def _classified(exc: discord.HTTPException) -> Exception:
         except ValueError:
             retry_after = DEFAULT_RETRY_AFTER
         return RateLimited(retry_after)
+    if exc.code == UNKNOWN_MESSAGE:
+        return MessageGone(f"Discord answered {exc.status} ({exc.code}): {exc.text}")
     if 400 <= exc.status < 500:
         # Forbidden (no permission, the bot was removed), NotFound (a deleted channel or
         # message, an expired interaction token) and other client errors: retrying the same
@@ -479,32 +484,16 @@ class DiscordBot(ChatAdapter):
 
     # --- replies --------------------------------------------------------------------------
 
-    def reply(
-        self,
-        address: dict[str, Any],
-        *,
-        posted: Sequence[str] = (),
-        on_posted: PostedCallback | None = None,
-    ) -> StreamingReply:
-        sink: ChannelSink | InteractionSink
+    def sink(self, address: dict[str, Any], posted: Sequence[str]) -> tuple[MessageSink, Rendering]:
+        rendering = Rendering(
+            render=safe_text, limit=DISCORD_LIMIT, interval=self._settings.discord_update_interval
+        )
         if address.get("kind") == "interaction":
             deferred = self._deferring.get(str(address["token"]))
             sink = InteractionSink(self.client, address, posted=posted, deferred=deferred)
             # The defer shows "thinking…" in the original response: no placeholder of ours.
-            placeholder = None
-        else:
-            sink = ChannelSink(self.client, address, posted=posted)
-            placeholder = "…"
-        return StreamingReply(
-            sink,
-            render=safe_text,
-            limit=DISCORD_LIMIT,
-            interval=self._settings.discord_update_interval,
-            placeholder=placeholder,
-            max_attempts=None,  # the final text is retried until it lands (the scheduler bounds it)
-            existing=posted,
-            on_posted=on_posted,
-        )
+            return sink, replace(rendering, placeholder=None)
+        return ChannelSink(self.client, address, posted=posted), rendering
 
     # --- slash commands -------------------------------------------------------------------
 

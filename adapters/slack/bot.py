@@ -23,6 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -48,7 +49,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from adapters.base import AcceptFailed, ChatAdapter
 from adapters.http import HttpServer
 from adapters.inflight import InFlight
-from adapters.rendering import RateLimited, StreamingReply
+from adapters.rendering import MessageSink, RateLimited, Rendering
 from adapters.slack.translate import (
     SlackMessage,
     conversation_key,
@@ -60,10 +61,10 @@ from adapters.slack.translate import (
 from core.commands import ADMIN_COMMANDS, COMMANDS
 from core.config import Settings
 from core.errors import ConfigError
-from core.events import ConversationKey, Inbound, ReplyEvent
+from core.events import ConversationKey, Inbound
 from core.locks import KeyedLocks
-from core.scheduler import DeliveryFailed, PostedCallback, ReplyView, Scheduler
-from core.storage.base import ChannelSettings, SessionStore, Turn
+from core.scheduler import DeliveryFailed, MessageGone, Scheduler
+from core.storage.base import ChannelSettings, SessionStore
 from core.storage.retry import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,6 @@ PERMANENT_ERRORS = frozenset(
         "invalid_auth",
         "invalid_blocks",
         "is_archived",
-        "message_not_found",
         "missing_scope",
         "msg_too_long",
         "no_permission",
@@ -195,12 +195,7 @@ class SlackSink:
         await _call(self._client.chat_update, channel=self._channel, ts=message_id, text=text)
 
     async def delete(self, message_id: str) -> None:
-        try:
-            await _call(self._client.chat_delete, channel=self._channel, ts=message_id)
-        except DeliveryFailed as exc:
-            # Deleting a message that is gone already (a retry after a lost answer) is done.
-            if _api_error(exc.__cause__) != "message_not_found":
-                raise
+        await _call(self._client.chat_delete, channel=self._channel, ts=message_id)
 
 
 async def _call(method: Callable[..., Awaitable[Any]], **arguments: Any) -> Any:
@@ -211,6 +206,8 @@ async def _call(method: Callable[..., Awaitable[Any]], **arguments: Any) -> Any:
         error = _api_error(exc)
         if _status(response) == 429 or error == "ratelimited":
             raise RateLimited(_retry_after(response)) from exc
+        if error == "message_not_found":
+            raise MessageGone(error) from exc
         if error in PERMANENT_ERRORS:
             raise DeliveryFailed(f"Slack refused the message: {error}") from exc
         raise
@@ -282,22 +279,6 @@ class EphemeralSink:
             raise DeliveryFailed(f"response_url refused the answer: {status} {response.body}")
         if status != 200:
             raise ResponseUrlError(f"response_url answered {status}: {response.body[:200]}")
-
-
-class FinalOnly:
-    """A ReplyView for a reply that cannot be edited (ephemeral): only the final text goes out."""
-
-    def __init__(self, reply: StreamingReply) -> None:
-        self._reply = reply
-
-    def show(self, event: ReplyEvent) -> None:
-        return None  # no placeholder, no progress: each post would stay as a separate message
-
-    async def deliver(self, markdown: str) -> None:
-        await self._reply.finish(markdown)
-
-    async def aclose(self) -> None:
-        await self._reply.aclose()
 
 
 class _OrderedSocketModeHandler(AsyncSocketModeHandler):
@@ -651,40 +632,20 @@ class SlackBot(ChatAdapter):
 
     # --- replies --------------------------------------------------------------------------
 
-    def reply(
-        self,
-        address: dict[str, Any],
-        *,
-        posted: Sequence[str] = (),
-        on_posted: PostedCallback | None = None,
-    ) -> StreamingReply:
-        if address.get("response_url"):
-            return StreamingReply(
-                EphemeralSink(str(address["response_url"])),
-                render=markdown_to_mrkdwn,
-                limit=MESSAGE_LIMIT,
-                interval=self._settings.slack_update_interval,
-                placeholder=None,
-                max_attempts=None,
-                existing=posted,
-                on_posted=on_posted,
-            )
-        return StreamingReply(
-            SlackSink(self.client, str(address["channel"]), str(address.get("thread_ts") or "")),
+    def sink(self, address: dict[str, Any], posted: Sequence[str]) -> tuple[MessageSink, Rendering]:
+        rendering = Rendering(
             render=markdown_to_mrkdwn,
             limit=MESSAGE_LIMIT,
             interval=self._settings.slack_update_interval,
             placeholder=PLACEHOLDER,
-            max_attempts=None,
-            existing=posted,
-            on_posted=on_posted,
         )
+        if address.get("response_url"):
+            return EphemeralSink(str(address["response_url"])), replace(rendering, placeholder=None)
+        channel, thread = str(address["channel"]), str(address.get("thread_ts") or "")
+        return SlackSink(self.client, channel, thread), rendering
 
-    def _view(self, turn: Turn, posted: PostedCallback) -> ReplyView:
-        if turn.address.get("response_url"):
-            # An ephemeral answer cannot be edited: no placeholder, no streaming, the end.
-            return FinalOnly(self.reply(turn.address, posted=turn.posted, on_posted=posted))
-        return super()._view(turn, posted)
+    def streams(self, address: dict[str, Any]) -> bool:
+        return not address.get("response_url")  # an ephemeral answer cannot be edited
 
 
 def _channel(message: SlackMessage) -> ConversationKey:

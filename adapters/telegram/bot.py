@@ -24,7 +24,7 @@ from telegram.ext import Application, ContextTypes, TypeHandler
 
 from adapters.base import HOLD_RETRY_SECONDS, AcceptFailed, ChatAdapter
 from adapters.http import HttpServer
-from adapters.rendering import RateLimited, StreamingReply
+from adapters.rendering import MessageSink, RateLimited, Rendering
 from adapters.telegram.translate import (
     TELEGRAM_LIMIT,
     TelegramMessage,
@@ -41,7 +41,7 @@ from core.config import Settings
 from core.errors import ConfigError
 from core.events import ConversationKey, Inbound
 from core.locks import KeyedLocks
-from core.scheduler import DeliveryFailed, PostedCallback, Scheduler
+from core.scheduler import DeliveryFailed, MessageGone, Scheduler
 from core.storage.base import SessionStore
 from core.storage.retry import DatabaseUnavailable
 
@@ -109,7 +109,7 @@ class TelegramSink:
                 text,
             )
         except BadRequest as exc:
-            if "not modified" not in exc.message:
+            if not _says(exc, "not modified"):
                 raise
 
     async def delete(self, message_id: str) -> None:
@@ -119,7 +119,7 @@ class TelegramSink:
         try:
             return await self._call(send(html, ParseMode.HTML))
         except BadRequest as exc:
-            if "can't parse entities" not in exc.message:
+            if not _says(exc, "can't parse entities"):
                 raise
             # Our HTML should always parse; if Telegram disagrees, the words still arrive.
             log.warning("Telegram rejected the HTML (%s); sending plain text", exc.message)
@@ -134,9 +134,18 @@ class TelegramSink:
         except Forbidden as exc:  # the bot was blocked or removed: no retry will help
             raise DeliveryFailed(exc.message) from exc
         except BadRequest as exc:
-            if "can't parse entities" in exc.message or "not modified" in exc.message:
+            if _says(exc, "can't parse entities", "not modified"):
                 raise  # handled by the callers
+            if _says(exc, "message to edit not found", "message to delete not found"):
+                raise MessageGone(exc.message) from exc
             raise DeliveryFailed(exc.message) from exc
+
+
+def _says(exc: TelegramError, *phrases: str) -> bool:
+    """Whether Telegram's error description holds one of `phrases`. python-telegram-bot
+    capitalizes descriptions ("Bad Request: can't parse…" becomes "Can't parse…")."""
+    description = exc.message.lower()
+    return any(phrase in description for phrase in phrases)
 
 
 def _seconds(exc: RetryAfter) -> float:
@@ -298,25 +307,17 @@ class TelegramBot(ChatAdapter):
 
     # --- replies --------------------------------------------------------------------------
 
-    def reply(
-        self,
-        address: dict[str, Any],
-        *,
-        posted: Sequence[str] = (),
-        on_posted: PostedCallback | None = None,
-    ) -> StreamingReply:
-        return StreamingReply(
-            # A reply that has messages already does not quote the question again.
-            TelegramSink(self.application.bot, address, quote=not posted),
+    def sink(self, address: dict[str, Any], posted: Sequence[str]) -> tuple[MessageSink, Rendering]:
+        # A reply that has messages already does not quote the question again.
+        sink = TelegramSink(self.application.bot, address, quote=not posted)
+        rendering = Rendering(
             render=markdown_to_html,
             limit=TELEGRAM_LIMIT,
             measure=rendered_length,
             interval=self._settings.telegram_update_interval,
             placeholder=None,
-            max_attempts=None,
-            existing=posted,
-            on_posted=on_posted,
         )
+        return sink, rendering
 
     def typing(self, address: dict[str, Any]) -> Callable[[], Awaitable[None]]:
         async def typing() -> None:

@@ -146,6 +146,27 @@ async def test_a_failed_placeholder_does_not_stop_the_answer(
         assert await bot.count(messages) == 2  # the question and the answer
 
 
+async def test_a_placeholder_deleted_by_someone_is_replaced_by_a_new_message(
+    slack: FakeSlack, fake_openai: FakeOpenAI, sqlite_url: str
+) -> None:
+    answer = "Still answered after the placeholder was deleted."
+    fake_openai.reply(answer, delay=1.0)
+    async with running(slack_settings(slack, fake_openai, sqlite_url, **fast())) as bot:
+        ts = next_ts()
+        await bot.deliver(app_mention("<@UBOT> hello", ts=ts))
+        await slack.wait_for(lambda: thread_texts(slack, ts) == ["…"], what="the placeholder")
+        [placeholder] = slack.messages_in(CHANNEL, ts)
+        slack.deleted[placeholder["ts"]] = slack.messages.pop(placeholder["ts"])  # a person
+        await slack.wait_for(lambda: thread_texts(slack, ts) == [answer], what="the answer")
+        await states_become(bot, ["delivered"])
+        async with bot.runtime.store.engine.connect() as connection:  # type: ignore[attr-defined]
+            posted = (await connection.execute(select(turns.c.posted))).scalar_one()
+    [message] = slack.messages_in(CHANNEL, ts)
+    assert posted == [message["ts"]] != [placeholder["ts"]]  # a recovery would edit the new one
+    failed = [c for c in slack.calls_to("chat.update") if not c.ok]
+    assert [c.args["ts"] for c in failed] == [placeholder["ts"]]  # tried once, then posted
+
+
 async def test_an_error_no_retry_can_fix_ends_the_turn_undelivered_at_once(
     slack: FakeSlack, fake_openai: FakeOpenAI, sqlite_url: str
 ) -> None:

@@ -13,7 +13,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.rendering import RateLimited
 from adapters.slack.bot import EphemeralSink, ResponseUrlError, SlackSink, ordering_key
-from core.scheduler import DeliveryFailed
+from core.scheduler import DeliveryFailed, MessageGone
 from tests.fakes.slack_server import (
     FakeSlack,
     Fault,
@@ -49,8 +49,13 @@ async def test_posts_and_edits_land_in_the_thread(fake: FakeSlack, sink: SlackSi
     [post] = fake.calls_to("chat.postMessage")
     assert post.args["unfurl_links"] is False and post.args["unfurl_media"] is False
     await sink.delete(ts)
-    await sink.delete(ts)  # gone already (a retry after a lost answer): done, not an error
     assert ts in fake.deleted
+    # Gone (deleted by someone, or a retry after a lost answer): StreamingReply counts a
+    # delete as done and posts the text of an edit anew.
+    with pytest.raises(MessageGone):
+        await sink.delete(ts)
+    with pytest.raises(MessageGone):
+        await sink.edit(ts, "third")
 
 
 async def test_rate_limits_become_rate_limited(fake: FakeSlack, sink: SlackSink) -> None:

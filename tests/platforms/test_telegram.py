@@ -332,3 +332,39 @@ async def test_a_group_can_have_one_conversation_per_member(
     assert [m["content"] for m in fake_openai.chat_requests[1]["messages"][1:]] == [
         "Bob: who am I?"
     ]
+
+
+async def test_html_telegram_refuses_is_sent_again_as_plain_text(
+    bot_factory: Callable[..., Any], telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply("Some **bold** words.")
+    # As the Bot API words it; python-telegram-bot capitalizes it ("Can't parse entities").
+    telegram.fail_next(
+        "sendMessage",
+        status=400,
+        description="Bad Request: can't parse entities: unsupported start tag at byte 5",
+    )
+    async with bot_factory():
+        telegram.push(private_message("go"))
+        await texts_become(telegram, 1, ["Some bold words."])
+    failed, sent = telegram.calls_to("sendMessage")
+    assert (failed.args.get("parse_mode"), sent.args.get("parse_mode")) == ("HTML", None)
+    assert sent.args["text"] == "Some bold words."
+
+
+async def test_a_reply_deleted_while_it_streams_is_posted_again(
+    bot_factory: Callable[..., Any], telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    answer = "A reply someone deleted halfway, which still arrives whole."
+    fake_openai.reply(answer, chunk_delay=0.1)
+    async with bot_factory():
+        telegram.push(private_message("go"))
+        await telegram.wait_for(lambda: telegram.messages_in(1), what="the first part")
+        [first] = telegram.messages_in(1)
+        key = (1, first["message_id"])
+        telegram.deleted[key] = telegram.messages.pop(key)  # the user deleted it
+        await texts_become(telegram, 1, [answer])
+    [message] = telegram.messages_in(1)
+    assert message["message_id"] != first["message_id"]
+    gone = [c for c in telegram.calls_to("editMessageText") if not c.ok]
+    assert gone and {c.int_arg("message_id") for c in gone} == {first["message_id"]}
