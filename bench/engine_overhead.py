@@ -1,8 +1,9 @@
 """The engine's own cost per turn, with a model that answers at once.
 
-Runs turns through the scheduler (as the chat platforms do) against a real store (a SQLite file, PostgreSQL) and an
-in-process model whose own time is measured and subtracted, so what is left is the engine:
-claiming the event, the turn lock, storing the message, building the window, token counting,
+Runs turns through the scheduler (as the chat platforms do: accept, lease, run, deliver)
+against a real store (a SQLite file, PostgreSQL) and an in-process model whose own time is
+measured and subtracted, so what is left is Parley's: accepting the message (with
+admission), storing it, building the window, token counting, recording the placeholder,
 storing the reply and its usage. Every turn adds its two messages, as in real use, and the
 warm-up turns run first, so the engine's window cache is warm as in a running bot. See
 bench/README.md for what the figures mean.
