@@ -380,6 +380,7 @@ class StreamingReply:
         self._wake = asyncio.Event()
         self._calling = asyncio.Lock()  # held by the background task during a platform call
         self._task: asyncio.Task[None] | None = None
+        self._refused: DeliveryFailed | None = None  # for good, while streaming
 
     @property
     def message_ids(self) -> list[str]:
@@ -423,6 +424,8 @@ class StreamingReply:
             Exception: What the sink raised last for a call that did not go through.
         """
         await self._stop()
+        if self._refused is not None:
+            raise self._refused
         parts = self._rendered_parts(markdown)
         for i, text in enumerate(parts):
             if i == len(self._shown) or self._shown[i] != text:
@@ -462,30 +465,40 @@ class StreamingReply:
             await self.aclose()
 
     async def _stream(self, *, placeholder: bool = False) -> None:
-        """One call per turn, each for the newest text, until there is nothing left to show."""
-        if placeholder and self._placeholder is not None and not self._ids:
-            try:
-                async with self._calling:
-                    await self._call(
-                        partial(self._post, self._placeholder, self._placeholder), attempts=1
-                    )
-            except Exception:
-                logger.warning("Posting the placeholder failed; carrying on", exc_info=True)
-        while True:
-            await self._wake.wait()
-            await self._wait_for_turn()
-            self._wake.clear()  # from here on, the text read below is the newest
-            try:
-                async with self._calling:
-                    more = await self._show_next(self._latest)
-            except RateLimited:
-                more = True  # the next turn comes when the platform said
-            except Exception:
-                # Best effort: the next update, or finish(), tries again.
-                logger.warning("A streaming edit failed; carrying on", exc_info=True)
-                more = False
-            if more:
-                self._wake.set()
+        """One call per turn, each for the newest text, until there is nothing left to show.
+        A refusal for good (a blocked bot, a deleted chat) ends it: no later call can land,
+        and `finish` raises it instead of calling again."""
+        try:
+            if placeholder and self._placeholder is not None and not self._ids:
+                try:
+                    async with self._calling:
+                        await self._call(
+                            partial(self._post, self._placeholder, self._placeholder), attempts=1
+                        )
+                except (DeliveryFailed, asyncio.CancelledError):
+                    raise
+                except Exception:
+                    logger.warning("Posting the placeholder failed; carrying on", exc_info=True)
+            while True:
+                await self._wake.wait()
+                await self._wait_for_turn()
+                self._wake.clear()  # from here on, the text read below is the newest
+                try:
+                    async with self._calling:
+                        more = await self._show_next(self._latest)
+                except RateLimited:
+                    more = True  # the next turn comes when the platform said
+                except (DeliveryFailed, asyncio.CancelledError):
+                    raise
+                except Exception:
+                    # Best effort: the next update, or finish(), tries again.
+                    logger.warning("A streaming edit failed; carrying on", exc_info=True)
+                    more = False
+                if more:
+                    self._wake.set()
+        except DeliveryFailed as exc:
+            logger.warning("The platform refused the reply (%s); not streaming it", exc)
+            self._refused = exc
 
     async def _show_next(self, markdown: str) -> bool:
         """Makes the first call the text needs; False when everything is shown already."""

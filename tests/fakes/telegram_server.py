@@ -21,6 +21,15 @@ keeps scalars as the strings that arrived and parses JSON objects/arrays (`reply
   "message is not modified", all as 400 `BadRequest`s.
 - `fail_next(method, status=429, retry_after=1)` scripts errors (429 becomes `RetryAfter`);
   `flood_interval` makes sends/edits to one chat faster than that answer 429 by themselves.
+- `outage(*faults, methods=None)` scripts an unhealthy Bot API, for a number of calls or a
+  time: `server_error(502)` (Telegram's JSON error body; PTB raises `NetworkError`),
+  `not_json_error(503)` (an HTML page from the proxy in front of the API; PTB fails to parse
+  it and raises `NetworkError`), `dropped()` (the connection closes unanswered, nothing is
+  applied) and `refused(seconds)` (the port stops listening and open keep-alive connections
+  are closed, so every request fails to connect; then it listens again on the same port).
+  `outage_over()` waits for the end; `refusals` records each refusal window.
+- `block(chat_id)`: the user blocked the bot; sends, edits, deletes and chat actions to that
+  chat answer 403 "Forbidden: bot was blocked by the user" (PTB raises `Forbidden`).
 
 Module-level builders (`private_message`, `group_message`, `edited_message`) make updates as
 Telegram sends them (entities with UTF-16 offsets, forum topics, reply chains);
@@ -43,8 +52,8 @@ import re
 import socket
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -123,6 +132,7 @@ class Call:
     at: float  # time.monotonic()
     token: str = ""
     response: Any = None  # the `result` answered, or the error body {"ok": false, ...}
+    status: int = 200  # the HTTP status answered; 0: the connection was dropped unanswered
 
     def int_arg(self, name: str) -> int | None:
         """A numeric parameter as an int (`call.int_arg("chat_id")`), None when absent."""
@@ -139,6 +149,56 @@ class Failure:
     status: int
     description: str
     parameters: dict[str, Any] | None
+
+
+@dataclass
+class Fault:
+    """One step of an `outage`: how the Bot API misbehaves, for `times` calls or `seconds`.
+
+    kind "status": answer HTTP `status` with `body` (None: Telegram's JSON error body) as
+    `content_type`; "drop": close the connection without an answer (the call is recorded,
+    not applied); "refuse": stop listening for `seconds` and close the open connections
+    (connections are refused; nothing is recorded), then listen again on the same port.
+    A step with `seconds` lasts that long from the first call it answers; otherwise it
+    answers `times` calls.
+    """
+
+    kind: str = "status"
+    status: int = 502
+    body: str | None = None
+    content_type: str = "application/json"
+    times: int = 1
+    seconds: float = 0.0
+    started: float | None = None  # set when it first answers a call
+
+
+def server_error(status: int = 502, *, times: int = 1, seconds: float = 0.0) -> Fault:
+    """A 5xx with Telegram's JSON error body (`{"ok": false, "error_code": ..., ...}`)."""
+    return Fault(status=status, times=times, seconds=seconds)
+
+
+def not_json_error(status: int = 503, *, times: int = 1, seconds: float = 0.0) -> Fault:
+    """A 5xx whose body is an HTML page, as the proxy in front of the Bot API sends it."""
+    body = (
+        f"<html>\r\n<head><title>{status} Service Temporarily Unavailable</title></head>\r\n"
+        f"<body>\r\n<center><h1>{status} Service Temporarily Unavailable</h1></center>\r\n"
+        "<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    )
+    return Fault(status=status, body=body, content_type="text/html", times=times, seconds=seconds)
+
+
+def dropped(*, times: int = 1, seconds: float = 0.0) -> Fault:
+    """The connection closes before any answer; the request is not applied."""
+    return Fault(kind="drop", status=0, times=times, seconds=seconds)
+
+
+def refused(seconds: float) -> Fault:
+    """The port refuses connections for `seconds` (the Bot API unreachable)."""
+    return Fault(kind="refuse", status=0, seconds=seconds)
+
+
+# Methods that act on a chat, refused with 403 in a chat that blocked the bot.
+_CHAT_METHODS = {"sendmessage", "editmessagetext", "deletemessage", "sendchataction"}
 
 
 @dataclass
@@ -190,7 +250,13 @@ class FakeTelegram:
         self.files: dict[str, bytes] = {}  # file_path -> content, served under base_file_url
         self.allowed_updates: list[str] | None = None
         self.flood_interval: float | None = None  # min seconds between sends/edits per chat
+        self.blocked: set[int] = set()  # chats whose user blocked the bot (see `block`)
+        self.refusals: list[tuple[float, float]] = []  # (start, end) of each refusal window
         self.port = 0
+        self._faults: deque[Fault] = deque()
+        self._fault_methods: frozenset[str] | None = None
+        self._refusing: asyncio.Task[None] | None = None
+        self._site: web.TCPSite | None = None
         self._pending: list[_Pending] = []
         self._next_update_id = 1
         self._failures: defaultdict[str, deque[Failure]] = defaultdict(deque)
@@ -242,6 +308,31 @@ class FakeTelegram:
     def handle(self, method: str, handler: Handler) -> None:
         """Answer `method` with `handler(args)` as the `result` (raise `ApiError` to fail)."""
         self._handlers[method.lower()] = handler
+
+    def outage(self, *faults: Fault, methods: Iterable[str] | None = None) -> None:
+        """Script an unhealthy Bot API: the faults apply in order to the next calls (of
+        `methods`, case-insensitive, or of every method, getUpdates included), then the API
+        is healthy again. A "refuse" step starts as soon as the step before it is used up (at
+        once when it comes first). `outage_over()` waits for the end. Call from the test's
+        event loop."""
+        self._faults.extend(replace(fault) for fault in faults)
+        self._fault_methods = (
+            frozenset(method.lower() for method in methods) if methods is not None else None
+        )
+        self._maybe_refuse()
+
+    @property
+    def in_outage(self) -> bool:
+        return bool(self._faults)
+
+    async def outage_over(self, timeout: float = 30) -> None:
+        """Wait until every scripted fault was used up."""
+        await self.wait_for(lambda: not self._faults, timeout, what="the end of the outage")
+
+    def block(self, chat_id: int) -> None:
+        """The user of `chat_id` blocked the bot: sends, edits, deletes and chat actions there
+        answer 403 "Forbidden: bot was blocked by the user" from now on."""
+        self.blocked.add(int(chat_id))
 
     def push(self, update: Mapping[str, Any], *, update_id: int | None = None) -> int:
         """Queue an update for getUpdates (waking a held poll); returns its update_id.
@@ -333,12 +424,16 @@ class FakeTelegram:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._site = site
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         """Release held polls (they answer `[]`) and stop; stop the Application first."""
         self._closing = True
         self._notify()
+        if self._refusing is not None:
+            self._refusing.cancel()
+            await asyncio.gather(self._refusing, return_exceptions=True)
         assert self._runner is not None
         await self._runner.cleanup()
 
@@ -365,10 +460,80 @@ class FakeTelegram:
         )
         self.calls.append(call)
         self._notify()
+        fault = self._take_fault(method)
+        if fault is not None:
+            response = self._faulty_answer(call, request, fault)
+            self._notify()
+            return response
         status, body = await self._answer(call, request)
         call.response = body.get("result") if body.get("ok") else body
+        call.status = status
         self._notify()
         return web.json_response(body, status=status)
+
+    # --- outages ---------------------------------------------------------------------------
+    @staticmethod
+    def _faulty_answer(call: Call, request: web.Request, fault: Fault) -> web.Response:
+        call.status = fault.status
+        if fault.kind == "drop":
+            call.response = {"ok": False, "dropped": True}
+            assert request.transport is not None
+            request.transport.close()  # the client sees the server disconnect
+            return web.Response(status=500)  # never sent: the connection is closed
+        if fault.body is None:
+            body = _error_body(fault.status, _DESCRIPTIONS.get(fault.status, "Error"))
+            call.response = body
+            return web.json_response(body, status=fault.status)
+        call.response = {"ok": False, "body": fault.body}
+        return web.Response(status=fault.status, text=fault.body, content_type=fault.content_type)
+
+    def _take_fault(self, method: str) -> Fault | None:
+        """The fault answering this call, if an outage is on and covers the method."""
+        if self._fault_methods is not None and method.lower() not in self._fault_methods:
+            return None
+        while self._faults and self._faults[0].kind != "refuse":
+            fault = self._faults[0]
+            now = time.monotonic()
+            if fault.started is None:
+                fault.started = now
+            if fault.seconds and now - fault.started >= fault.seconds:
+                self._next_fault()
+                continue
+            if not fault.seconds:
+                fault.times -= 1
+                if fault.times <= 0:
+                    self._next_fault()
+            return fault
+        return None
+
+    def _next_fault(self) -> None:
+        self._faults.popleft()
+        self._maybe_refuse()
+        self._notify()
+
+    def _maybe_refuse(self) -> None:
+        if self._faults and self._faults[0].kind == "refuse" and self._refusing is None:
+            self._refusing = asyncio.get_running_loop().create_task(self._refuse())
+
+    async def _refuse(self) -> None:
+        """Stop listening for the head fault's seconds, with every open connection closed
+        (httpx keeps them alive, and the Bot API being unreachable closes them too), then
+        listen on the same port again."""
+        assert self._runner is not None and self._site is not None
+        assert self._runner.server is not None
+        fault = self._faults[0]
+        started = time.monotonic()
+        await self._site.stop()
+        for connection in self._runner.server.connections:
+            connection.force_close()
+        try:
+            await asyncio.sleep(fault.seconds)
+        finally:
+            self._site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+            await self._site.start()
+            self.refusals.append((started, time.monotonic()))
+            self._refusing = None
+        self._next_fault()
 
     async def _answer(self, call: Call, request: web.Request) -> tuple[int, dict[str, Any]]:
         name = call.method.lower()
@@ -378,6 +543,10 @@ class FakeTelegram:
             if self._failures[name]:
                 failure = self._failures[name].popleft()
                 raise ApiError(failure.status, failure.description, failure.parameters)
+            if name in _CHAT_METHODS and self.blocked:
+                chat = str(call.args.get("chat_id", ""))
+                if re.fullmatch(r"-?\d+", chat) and int(chat) in self.blocked:
+                    raise ApiError(403, _DESCRIPTIONS[403])
             if name in self._handlers:
                 result = self._handlers[name](call.args)
             elif name == "getupdates":
@@ -1357,17 +1526,22 @@ __all__ = [
     "ApiError",
     "Call",
     "FakeTelegram",
+    "Fault",
     "ParseError",
     "auto_entities",
+    "dropped",
     "edited_message",
     "free_port",
     "group_message",
     "next_message_id",
+    "not_json_error",
     "parse_html",
     "parse_markdown",
     "parse_markdown_v2",
     "post_update",
     "private_message",
+    "refused",
+    "server_error",
     "user",
     "utf16_len",
 ]

@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 from telegram import BotCommand, MessageEntity, Update
-from telegram.error import BadRequest, Conflict, EndPointNotFound, InvalidToken, RetryAfter
+from telegram.error import (
+    BadRequest,
+    Conflict,
+    EndPointNotFound,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+)
 from telegram.ext import Application, ContextTypes, MessageHandler, filters
 from telegram.warnings import PTBDeprecationWarning
 
@@ -19,11 +27,15 @@ from tests.fakes.telegram_server import (
     BOT_ID,
     GROUP_CHAT_ID,
     FakeTelegram,
+    dropped,
     edited_message,
     free_port,
     group_message,
+    not_json_error,
     post_update,
     private_message,
+    refused,
+    server_error,
 )
 
 TOKEN = "123:ABC"
@@ -356,3 +368,95 @@ async def test_set_my_commands(fake: FakeTelegram) -> None:
         assert tuple(await app.bot.get_my_commands()) == tuple(commands)
         with pytest.raises(BadRequest):
             await app.bot.set_my_commands([BotCommand("Bad-Name", "x")])
+
+
+# --- (d) outages: 5xx, bodies that are not JSON, dropped and refused connections -----------
+
+
+async def test_outage_steps_apply_in_order_to_the_methods_named(fake: FakeTelegram) -> None:
+    async with build(fake) as app:
+        fake.outage(
+            server_error(502),
+            not_json_error(503),
+            dropped(),
+            methods={"sendMessage"},
+        )
+        assert fake.in_outage
+        await app.bot.send_chat_action(1, "typing")  # not covered by this outage
+        with pytest.raises(NetworkError, match="Bad Gateway"):
+            await app.bot.send_message(1, "one")
+        # PTB cannot parse the proxy's HTML page; the status decides: a NetworkError.
+        with pytest.raises(NetworkError, match=r"Service Unavailable \(503\)\. Parsing"):
+            await app.bot.send_message(1, "two")
+        with pytest.raises(NetworkError):  # httpx: the server closed without an answer
+            await app.bot.send_message(1, "three")
+        assert not fake.in_outage
+        await fake.outage_over(timeout=1)
+        sent = await app.bot.send_message(1, "four")
+
+    sends = fake.calls_to("sendMessage")
+    assert [(c.args["text"], c.status, c.ok) for c in sends] == [
+        ("one", 502, False),
+        ("two", 503, False),
+        ("three", 0, False),
+        ("four", 200, True),
+    ]
+    assert sends[0].response == {"ok": False, "error_code": 502, "description": "Bad Gateway"}
+    assert sends[1].response["body"].startswith("<html>")
+    assert fake.texts_in(1) == ["four"]  # nothing that failed was applied
+    assert sent.message_id == fake.messages_in(1)[0]["message_id"]
+    assert fake.calls_to("sendChatAction")[0].status == 200
+
+
+async def test_a_timed_fault_lasts_its_seconds_from_the_first_call(fake: FakeTelegram) -> None:
+    async with build(fake) as app:
+        fake.outage(server_error(500, seconds=0.6))
+        failed = 0
+        started = time.monotonic()
+        while True:
+            try:
+                await app.bot.send_message(1, "hello")
+                break
+            except NetworkError:
+                failed += 1
+                await asyncio.sleep(0.1)
+        assert failed >= 3
+        assert time.monotonic() - started >= 0.6
+        assert not fake.in_outage
+    codes = [c.status for c in fake.calls_to("sendMessage")]
+    assert codes == [500] * failed + [200]
+
+
+async def test_a_refused_port_fails_every_request_until_it_listens_again(
+    fake: FakeTelegram,
+) -> None:
+    async with build(fake) as app:
+        # A keep-alive connection is open now: the refusal closes it too.
+        await app.bot.send_message(1, "before")
+        fake.outage(refused(0.8))
+        await asyncio.sleep(0)  # the refusal starts on the fake's next turn of the loop
+        with pytest.raises(NetworkError):
+            await app.bot.send_message(1, "during")
+        await fake.outage_over(timeout=5)
+        await app.bot.send_message(1, "after")
+    [(start, end)] = fake.refusals
+    assert end - start >= 0.8
+    # A refused request never reaches the fake: nothing recorded, nothing applied.
+    assert [c.args["text"] for c in fake.calls_to("sendMessage")] == ["before", "after"]
+    assert fake.texts_in(1) == ["before", "after"]
+
+
+async def test_a_blocked_chat_answers_403_and_others_do_not(fake: FakeTelegram) -> None:
+    async with build(fake) as app:
+        sent = await app.bot.send_message(7, "before the block")
+        fake.block(7)
+        with pytest.raises(Forbidden, match="bot was blocked by the user"):
+            await app.bot.send_message(7, "hello?")
+        with pytest.raises(Forbidden):
+            await app.bot.edit_message_text("edited", chat_id=7, message_id=sent.message_id)
+        with pytest.raises(Forbidden):
+            await app.bot.send_chat_action(7, "typing")
+        await app.bot.send_message(8, "another chat")
+    assert fake.texts_in(7) == ["before the block"]
+    assert fake.texts_in(8) == ["another chat"]
+    assert [c.status for c in fake.calls if c.args.get("chat_id") == "7"] == [200, 403, 403, 403]
