@@ -184,9 +184,7 @@ async def test_the_daily_budget_refuses_until_midnight_utc(
 
         refused = await turn(engine, "more")
         assert refused == [
-            Refused(
-                text=wording.BUDGET_USED.format(limit=100, wait="in 12 hours"), reason="limit"
-            )
+            Refused(text=wording.BUDGET_USED.format(limit=100, wait="in 12 hours"), reason="limit")
         ]
         assert len(fake_openai.chat_requests) == 2
         report = texts(await turn(engine, "/usage"))[0]
