@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     Engine,
-    Insert,
     and_,
     case,
     create_engine,
@@ -60,7 +59,7 @@ from core.storage.base import (
 )
 from core.storage.database import configure_sqlite
 from core.storage.retry import retry_transient
-from core.storage.statements import CHANNEL_COLUMNS, HotStatements
+from core.storage.statements import CHANNEL_COLUMNS, NO_LIMIT_ID, STORED_COLUMNS, HotStatements
 from core.storage.tables import (
     access_rules,
     channel_settings,
@@ -120,12 +119,7 @@ class SqlStore:
         done: Sequence[Delivery] = (),
     ) -> Turn | None:
         key = inbound.key
-        key_values = {
-            "platform": key.platform,
-            "workspace": key.workspace,
-            "channel": key.channel,
-            "thread": key.thread,
-        }
+        key_values = _key_values(key)
 
         def work(connection: Connection) -> Turn | None:
             if done and owner is not None:
@@ -309,31 +303,18 @@ class SqlStore:
     def _upsert_conversation(
         self, connection: Connection, key: ConversationKey
     ) -> ConversationState:
-        row = connection.execute(
-            self._conversation_upsert(key).returning(
-                conversations.c.id,
-                conversations.c.persona,
-                conversations.c.window_start_id,
-                conversations.c.summary,
-                conversations.c.summary_through_id,
-            )
-        ).one()
-        channel = connection.execute(
-            select(
-                channel_settings.c.persona,
-                channel_settings.c.tools,
-                channel_settings.c.buffer_output,
-            ).where(_channel_is(key))
-        ).first()
+        row = connection.execute(self._hot.conversation_state, _key_values(key)).one()
+        channel = connection.execute(self._hot.channel, _key_values(key)).first()
+        settings = ChannelSettings(*channel) if channel else ChannelSettings()
         return ConversationState(
             id=row.id,
             persona=row.persona,
-            channel_persona=channel.persona if channel else None,
+            channel_persona=settings.persona,
             window_start_id=row.window_start_id,
             summary=row.summary,
             summary_through_id=row.summary_through_id,
-            channel_tools=channel.tools if channel else None,
-            channel_buffer_output=channel.buffer_output if channel else None,
+            channel_tools=settings.tools,
+            channel_buffer_output=settings.buffer_output,
         )
 
     async def begin_turn(
@@ -346,10 +327,9 @@ class SqlStore:
         flags: Sequence[FlagRecord] = (),
     ) -> tuple[ConversationState, int]:
         def work(connection: Connection) -> tuple[ConversationState, int]:
+            hot = self._hot
             stored = connection.execute(
-                select(turns.c.message_id)
-                .where(turns.c.id == turn.id, turns.c.lease_owner == owner)
-                .with_for_update()
+                hot.leased_message, {"p_turn_id": turn.id, "p_owner": owner}
             ).first()
             if stored is None:
                 raise LeaseLost(f"turn {turn.id} was taken over")
@@ -360,13 +340,9 @@ class SqlStore:
             if count_tokens is not None:
                 values["token_count"] = count_tokens(state)
             message_id = connection.execute(
-                message_rows.insert()
-                .values(conversation_id=state.id, **values)
-                .returning(message_rows.c.id)
+                hot.insert_message, {"conversation_id": state.id, **values}
             ).scalar_one()
-            connection.execute(
-                update(turns).where(turns.c.id == turn.id).values(message_id=message_id)
-            )
+            connection.execute(hot.set_message, {"p_turn_id": turn.id, "p_message_id": message_id})
             _insert_flags(connection, state.id, flags)
             return state, message_id
 
@@ -378,18 +354,14 @@ class SqlStore:
     async def recent_messages(
         self, *, conversation_id: int, after_id: int, before_id: int | None, limit: int
     ) -> Sequence[StoredMessage]:
-        condition = and_(
-            message_rows.c.conversation_id == conversation_id, message_rows.c.id > after_id
-        )
-        if before_id is not None:
-            condition = and_(condition, message_rows.c.id < before_id)
-        statement = (
-            select(*_STORED_COLUMNS)
-            .where(condition)
-            .order_by(message_rows.c.id.desc())
-            .limit(limit)
-        )
-        rows = await self._run(lambda c: c.execute(statement).all(), write=False)
+        values = {
+            "conversation_id": conversation_id,
+            "after_id": after_id,
+            "before_id": NO_LIMIT_ID if before_id is None else before_id,
+            "limit": limit,
+        }
+        statement = self._hot.recent_messages
+        rows = await self._run(lambda c: c.execute(statement, values).all(), write=False)
         return [StoredMessage(*row) for row in rows]
 
     async def finish_turn(
@@ -408,13 +380,7 @@ class SqlStore:
             # Only the lease holder may end the turn: a process whose lease expired while it
             # worked (a long stall) must not store a second answer beside its successor's.
             ended = connection.execute(
-                update(turns)
-                .where(
-                    turns.c.id == turn.id,
-                    turns.c.lease_owner == owner,
-                    turns.c.state == TurnState.RUNNING,
-                )
-                .values(state=TurnState.REPLIED, reply=reply)
+                self._hot.end_turn, {"p_turn_id": turn.id, "p_owner": owner, "p_reply": reply}
             ).rowcount
             if not ended:
                 raise LeaseLost(f"turn {turn.id} was taken over")
@@ -423,8 +389,10 @@ class SqlStore:
                     message_rows.insert(),
                     [{"conversation_id": conversation_id, **_message_values(m)} for m in messages],
                 )
-            for record in usage:
-                connection.execute(_usage_insert(conversation_id, record))
+            if usage:
+                connection.execute(
+                    usage_rows.insert(), [_usage_values(conversation_id, r) for r in usage]
+                )
             _insert_flags(connection, conversation_id, flags)
 
         await self._run(work)
@@ -433,7 +401,7 @@ class SqlStore:
         self, *, conversation_id: int, query: str, limit: int
     ) -> Sequence[StoredMessage]:
         statement = (
-            select(*_STORED_COLUMNS)
+            select(*STORED_COLUMNS)
             .where(
                 message_rows.c.conversation_id == conversation_id,
                 message_rows.c.role.in_(("user", "assistant")),
@@ -446,7 +414,8 @@ class SqlStore:
         return [StoredMessage(*row) for row in rows]
 
     async def record_usage(self, *, conversation_id: int, usage: UsageRecord) -> None:
-        await self._run(lambda c: c.execute(_usage_insert(conversation_id, usage)))
+        values = _usage_values(conversation_id, usage)
+        await self._run(lambda c: c.execute(usage_rows.insert(), values))
 
     # --- commands and the rest --------------------------------------------------------------
 
@@ -753,17 +722,6 @@ def _flag_values(flag: FlagRecord) -> dict[str, Any]:
     }
 
 
-_STORED_COLUMNS = (
-    message_rows.c.id,
-    message_rows.c.role,
-    message_rows.c.content,
-    message_rows.c.token_count,
-    message_rows.c.author_name,
-    message_rows.c.tool_calls,
-    message_rows.c.tool_call_id,
-)
-
-
 _TURN_COLUMNS = (
     turns.c.id,
     turns.c.conversation_id,
@@ -820,19 +778,29 @@ def _message_values(message: NewMessage) -> dict[str, Any]:
     }
 
 
-def _usage_insert(conversation_id: int, record: UsageRecord) -> Insert:
+def _key_values(key: ConversationKey) -> dict[str, str]:
+    return {
+        "platform": key.platform,
+        "workspace": key.workspace,
+        "channel": key.channel,
+        "thread": key.thread,
+    }
+
+
+def _usage_values(conversation_id: int, record: UsageRecord) -> dict[str, Any]:
+    # One turn's records are all stamped by the engine, or none is: one executemany.
     stamped = {} if record.at is None else {"created_at": _utc(record.at)}
-    return usage_rows.insert().values(
+    return {
         **stamped,
-        conversation_id=conversation_id,
-        platform=record.platform,
-        user_id=record.user_id,
-        model=record.model,
-        prompt_tokens=record.prompt_tokens,
-        completion_tokens=record.completion_tokens,
-        estimated=record.estimated,
-        cost_usd=record.cost_usd,
-    )
+        "conversation_id": conversation_id,
+        "platform": record.platform,
+        "user_id": record.user_id,
+        "model": record.model,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "estimated": record.estimated,
+        "cost_usd": record.cost_usd,
+    }
 
 
 def _advisory_id(*parts: str) -> int:

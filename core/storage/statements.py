@@ -22,10 +22,24 @@ from core.storage.tables import (
     user_requests,
 )
 from core.storage.tables import (
+    messages as message_rows,
+)
+from core.storage.tables import (
     usage as usage_rows,
 )
 
 CHANNEL_COLUMNS = tuple(channel_settings.c[f.name] for f in fields(ChannelSettings))
+STORED_COLUMNS = (
+    message_rows.c.id,
+    message_rows.c.role,
+    message_rows.c.content,
+    message_rows.c.token_count,
+    message_rows.c.author_name,
+    message_rows.c.tool_calls,
+    message_rows.c.tool_call_id,
+)
+# A bound no message id reaches: "no upper bound" without a second statement.
+NO_LIMIT_ID = 2**62
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,12 @@ class HotStatements:
     prune_requests: Delete  # p_platform, p_user_id, minute_ago (SQLite)
     finish_delivery: Update  # p_turn_id, p_owner, p_state, p_at (executemany)
     record_posted: Update  # p_turn_id, p_owner, p_posted
+    conversation_state: Insert  # platform, workspace, channel, thread -> the state columns
+    leased_message: Select[Any]  # p_turn_id, p_owner -> the turn's message_id (row locked)
+    insert_message: Insert  # the message's columns -> its id
+    set_message: Update  # p_turn_id, p_message_id
+    end_turn: Update  # p_turn_id, p_owner, p_reply: running -> replied, if still ours
+    recent_messages: Select[Any]  # conversation_id, after_id, before_id, limit -> STORED_COLUMNS
 
     @classmethod
     def build(cls, insert: Callable[[Any], Any], postgres: bool) -> HotStatements:
@@ -49,13 +69,10 @@ class HotStatements:
         c, t, r, u = conversations.c, turns.c, user_requests.c, usage_rows.c
         key_columns = ("platform", "workspace", "channel", "thread")
         # INSERTs take their values as parameters named after the columns.
-        conversation_id = (
-            insert(conversations)
-            .on_conflict_do_update(
-                index_elements=list(key_columns), set_={"updated_at": func.now()}
-            )
-            .returning(c.id)
+        conversation_upsert = insert(conversations).on_conflict_do_update(
+            index_elements=list(key_columns), set_={"updated_at": func.now()}
         )
+        m = message_rows.c
         insert_turn = (
             insert(turns)
             .on_conflict_do_nothing(index_elements=["platform", "event_id"])
@@ -80,7 +97,7 @@ class HotStatements:
             record_request = record_request.add_cte(prune_requests.cte("pruned"))
         mine_turn = and_(t.id == bindparam("p_turn_id"), t.lease_owner == bindparam("p_owner"))
         return cls(
-            conversation_id=conversation_id,
+            conversation_id=conversation_upsert.returning(c.id),
             unfinished_turn=select(t.id)
             .where(
                 t.conversation_id == bindparam("conversation_id"),
@@ -110,4 +127,23 @@ class HotStatements:
             record_posted=update(turns)
             .where(mine_turn)
             .values(posted=bindparam("p_posted", type_=t.posted.type)),
+            conversation_state=conversation_upsert.returning(
+                c.id, c.persona, c.window_start_id, c.summary, c.summary_through_id
+            ),
+            leased_message=select(t.message_id).where(mine_turn).with_for_update(),
+            insert_message=message_rows.insert().returning(m.id),
+            set_message=update(turns)
+            .where(t.id == bindparam("p_turn_id"))
+            .values(message_id=bindparam("p_message_id")),
+            end_turn=update(turns)
+            .where(mine_turn, t.state == TurnState.RUNNING)
+            .values(state=TurnState.REPLIED, reply=bindparam("p_reply")),
+            recent_messages=select(*STORED_COLUMNS)
+            .where(
+                m.conversation_id == bindparam("conversation_id"),
+                m.id > bindparam("after_id"),
+                m.id < bindparam("before_id"),
+            )
+            .order_by(m.id.desc())
+            .limit(bindparam("limit")),
         )
