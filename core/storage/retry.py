@@ -70,6 +70,7 @@ _TRANSIENT_SQLSTATES = frozenset(
         "57P03",  # cannot_connect_now: the server is starting up or in recovery
         "40001",  # serialization_failure
         "40P01",  # deadlock_detected
+        "53300",  # too_many_connections: other clients hold them for now
     }
 )
 _TRANSIENT_SQLSTATE_CLASSES = frozenset({"08"})  # connection exceptions
@@ -86,6 +87,7 @@ _TRANSIENT_ASYNCPG_CLASSES = frozenset(
         "CannotConnectNowError",
         "SerializationError",
         "DeadlockDetectedError",
+        "TooManyConnectionsError",
     }
 )
 

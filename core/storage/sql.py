@@ -240,16 +240,25 @@ class SqlStore:
         return await self._run(work)
 
     async def renew_leases(self, *, owner: str, lease_until: float) -> int:
-        return await self._set_leases(owner, lease_until)
+        # Rows this process is writing right now (a reply, a delivery) are skipped, not waited
+        # for: waiting would lock the rows in another order than those transactions do (a
+        # deadlock). They are renewed by the next heartbeat, long before the lease runs out.
+        t = turns.c
+        held = (
+            select(t.id)
+            .where(t.lease_owner == owner, t.state.in_(TurnState.LEASED))
+            .with_for_update(skip_locked=True)
+        )
+        statement = (
+            update(turns).where(t.id.in_(held.scalar_subquery())).values(lease_until=lease_until)
+        )
+        return await self._run(lambda c: c.execute(statement).rowcount)
 
     async def release_leases(self, *, owner: str) -> int:
-        return await self._set_leases(owner, 0.0)  # expired: anyone takes them at once
-
-    async def _set_leases(self, owner: str, lease_until: float) -> int:
         statement = (
             update(turns)
             .where(turns.c.lease_owner == owner, turns.c.state.in_(TurnState.LEASED))
-            .values(lease_until=lease_until)
+            .values(lease_until=0.0)  # expired: anyone takes them at once
         )
         return await self._run(lambda c: c.execute(statement).rowcount)
 
@@ -273,7 +282,7 @@ class SqlStore:
                     "p_state": TurnState.DELIVERED if d.delivered else TurnState.UNDELIVERED,
                     "p_at": d.at,
                 }
-                for d in done
+                for d in sorted(done, key=lambda d: d.turn_id)  # one lock order everywhere
             ],
         )
 

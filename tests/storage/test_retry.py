@@ -9,15 +9,17 @@ import logging
 import socket
 import sqlite3
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from core.errors import ParleyError
 from core.storage.retry import (
@@ -225,6 +227,36 @@ async def test_deadlock_is_transient(postgres_url: str) -> None:
         assert is_transient(deadlock)
         assert type(deadlock) is DBAPIError  # not OperationalError, as above
         assert getattr(deadlock.orig, "sqlstate", None) == "40P01"
+
+
+@pytest.mark.postgres
+async def test_too_many_connections_is_transient_and_retried_until_one_frees(
+    postgres_url: str,
+) -> None:
+    role = f"parley_limited_{uuid.uuid4().hex[:8]}"
+    async with engine_on(postgres_url) as admin:
+        async with admin.connect() as connection:
+            await connection.execute(text(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1"))
+            await connection.commit()
+        try:
+            url = make_url(postgres_url).set(username=role)
+            async with engine_on(url.render_as_string(False), poolclass=NullPool) as engine:
+                holder = await engine.connect()  # the role's one connection
+                await holder.execute(text("SELECT 1"))
+                freed = asyncio.get_running_loop().call_later(
+                    0.5, lambda: asyncio.ensure_future(holder.close())
+                )
+                operation = Counted(lambda _: scalar(engine, "SELECT 41 + 1"))
+                try:
+                    assert await retry_transient(operation, deadline=10, what="a query") == 42
+                finally:
+                    freed.cancel()
+                    await holder.close()
+                assert operation.calls > 1  # refused (53300) until the holder let go
+        finally:
+            async with admin.connect() as connection:
+                await connection.execute(text(f"DROP ROLE {role}"))
+                await connection.commit()
 
 
 async def test_refused_connection_is_transient_and_gives_up_at_the_deadline(
