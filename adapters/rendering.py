@@ -585,6 +585,8 @@ class Rendering:
 class FinalOnly:
     """A reply that cannot be edited (an ephemeral answer): only the final text goes out."""
 
+    edits_in_place = False  # sending it again would show it twice
+
     def __init__(self, reply: StreamingReply) -> None:
         self._reply = reply
 
@@ -606,6 +608,8 @@ class TurnReply:
     here makes the turn wait: platform calls run in the StreamingReply's background task.
     `accepted` (Telegram's typing action) runs in a task of its own until the first text.
     """
+
+    edits_in_place = True
 
     def __init__(
         self,

@@ -38,7 +38,14 @@ class MessageGone(DeliveryFailed):
 
 
 class ReplyView(Protocol):
-    """One turn's reply on its platform, built by the adapter from the turn's address."""
+    """One turn's reply on its platform, built by the adapter from the turn's address.
+
+    `edits_in_place`: delivering the reply again edits the messages showing it (harmless
+    after a crash); False where it would post it a second time (an ephemeral answer), so
+    that it landed is stored at once.
+    """
+
+    edits_in_place: bool
 
     def show(self, event: ReplyEvent) -> None:
         """Shows progress (Accepted: a placeholder or typing; text; tool status) in the
@@ -229,8 +236,12 @@ class Scheduler:
                 assert turn.reply is not None
                 text = turn.reply
             delivered = await self._deliver(turn, view, text)
-            # Stored with this process's next transaction (a claim, an accept, or the poll's).
-            self._done[turn.id] = Delivery(turn.id, delivered=delivered, at=self._clock())
+            done = Delivery(turn.id, delivered=delivered, at=self._clock())
+            if view.edits_in_place:
+                # Stored with this process's next transaction (a claim, an accept, the poll's).
+                self._done[turn.id] = done
+            else:
+                await self._store.finish_deliveries(owner=self.owner, done=[done])
             await self._engine.after(turn)
         except LeaseLost:
             log.info("turn %s was taken over by another process", turn.id)

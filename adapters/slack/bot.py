@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl
 
+import aiohttp
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
@@ -372,13 +373,22 @@ class SlackBot(ChatAdapter):
     # --- lifecycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> SlackBot:
+        # One connection pool for every Web API call: without a session, slack_sdk opens (and
+        # TLS-handshakes) a new connection per call. Its timeout applies only to sessions it
+        # makes itself, so this one carries it.
+        self.client.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.client.timeout)
+        )
         try:
             identity = await self.client.auth_test()
-        except SlackApiError as exc:
-            raise ConfigError(
-                f"SLACK_BOT_TOKEN: Slack refused it ({_api_error(exc)}); copy the "
-                "Bot User OAuth Token from the app's OAuth & Permissions page"
-            ) from None
+        except BaseException as exc:
+            await self.client.session.close()
+            if isinstance(exc, SlackApiError):
+                raise ConfigError(
+                    f"SLACK_BOT_TOKEN: Slack refused it ({_api_error(exc)}); copy the "
+                    "Bot User OAuth Token from the app's OAuth & Permissions page"
+                ) from None
+            raise
         self.bot_user_id = str(identity["user_id"])
         self._bot_id = str(identity.get("bot_id") or "")
         self._team_id = str(identity.get("team_id") or "")
@@ -421,6 +431,8 @@ class SlackBot(ChatAdapter):
         for task in lookups:
             task.cancel()
         await asyncio.gather(*lookups, return_exceptions=True)
+        if self.client.session is not None:
+            await self.client.session.close()
 
     def _identity(self, enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
         return AuthorizeResult(

@@ -471,11 +471,16 @@ class FakeSlack:
             self._refusing = asyncio.get_running_loop().create_task(self._refuse())
 
     async def _refuse(self) -> None:
-        """Stop listening for the head fault's seconds, then listen on the same port again."""
+        """Stop listening for the head fault's seconds, with every open connection closed
+        (clients keep them alive, and Slack being unreachable closes them too), then listen on
+        the same port again."""
         assert self._runner is not None and self._site is not None
+        assert self._runner.server is not None
         fault = self._faults[0]
         started = time.monotonic()
         await self._site.stop()
+        for connection in self._runner.server.connections:
+            connection.force_close()
         try:
             await asyncio.sleep(fault.seconds)
         finally:
