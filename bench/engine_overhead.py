@@ -272,6 +272,7 @@ class Pipeline:
 
 class _InstantView:
     edits_in_place = True
+
     def __init__(self, answered: asyncio.Future[bool], posted: PostedCallback) -> None:
         self._answered = answered
         self._posted = posted

@@ -69,9 +69,7 @@ def upgrade() -> None:
         sa.Column(
             "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
-        sa.PrimaryKeyConstraint(
-            "platform", "kind", "value", "list", name=op.f("pk_access_rules")
-        ),
+        sa.PrimaryKeyConstraint("platform", "kind", "value", "list", name=op.f("pk_access_rules")),
     )
 
     op.create_table(
