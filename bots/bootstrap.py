@@ -190,6 +190,7 @@ async def chat_platforms(
         delivery_deadline=settings.delivery_deadline,
         keep_finished_seconds=settings.keep_finished_hours * 3600,
         grace_seconds=settings.shutdown_grace,
+        merge_queued=settings.merge_queued,
     )
     bots = [_platform(name, settings, runtime, http, scheduler) for name in chosen]
     async with AsyncExitStack() as stack:

@@ -33,11 +33,16 @@ ADMIN_COMMANDS: dict[str, str] = {
     "tools": "show or set this channel's tools: /tools NAME,NAME | all | none",
     "limits": "show or set this channel's per-user limits: /limits rpm N | tokens N | default",
     "buffer": "hold replies until moderation passed them: /buffer on|off|default",
+    "merge": "answer messages sent while I write in one answer: /merge on|off|default",
     "mentions": "answer thread follow-ups only when mentioned: /mentions required|optional",
     "access": "show or change the access lists: /access allow|block|remove KIND ID",
 }
 ALWAYS_ADMIN = frozenset({"access", "limits"})
-SWITCH_ANSWERS = {"buffer": wording.BUFFER_SET, "mentions": wording.MENTIONS_SET}
+SWITCH_ANSWERS = {
+    "buffer": wording.BUFFER_SET,
+    "mentions": wording.MENTIONS_SET,
+    "merge": wording.MERGE_SET,
+}
 SCOPES = ("thread", "channel", "user")
 
 # "/name" or "/name@botname", then the argument. "/etc/hosts ..." is not a command.
@@ -83,6 +88,7 @@ class CommandHandler:
             "tools": self._channel_tools,
             "limits": self._channel_limits,
             "buffer": self._buffer,
+            "merge": self._merge,
             "mentions": self._mentions,
             "access": self._access_lists,
         }
@@ -235,6 +241,10 @@ class CommandHandler:
         choices = {"on": True, "off": False, "default": None}
         return await self._switch(inbound, argument, "buffer", "buffer_output", choices)
 
+    async def _merge(self, inbound: Inbound, argument: str) -> str:
+        choices = {"on": True, "off": False, "default": None}
+        return await self._switch(inbound, argument, "merge", "merge_queued", choices)
+
     async def _mentions(self, inbound: Inbound, argument: str) -> str:
         choices = {"required": True, "optional": False, "default": None}
         return await self._switch(inbound, argument, "mentions", "require_mention", choices)
@@ -247,7 +257,7 @@ class CommandHandler:
         setting: str,
         choices: dict[str, bool | None],
     ) -> str:
-        """A channel's on/off/default setting, set by /buffer or /mentions."""
+        """A channel's on/off/default setting, set by /buffer, /merge or /mentions."""
         if argument.lower() not in choices:
             return wording.BAD_ARGUMENT.format(usage=ADMIN_COMMANDS[command])
         value = choices[argument.lower()]

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     delivery_deadline: PositiveFloat = Field(600.0, alias="PARLEY_DELIVERY_DEADLINE")
     keep_finished_hours: PositiveFloat = Field(48.0, alias="PARLEY_KEEP_FINISHED_HOURS")
     shutdown_grace: NonNegativeFloat = Field(30.0, alias="PARLEY_SHUTDOWN_GRACE")
+    merge_queued: bool = Field(False, alias="PARLEY_MERGE_QUEUED")
 
     openai_api_key: SecretStr | None = Field(None, alias="OPENAI_API_KEY")
     openai_base_url: AnyHttpUrl | None = Field(None, alias="OPENAI_BASE_URL")

@@ -313,45 +313,55 @@ class Engine:
             await self._store.finish_turn(turn=turn, owner=owner, reply=shown_text(event), **stored)
             return event
 
-        text, input_flags = inbound.text, []
-        if self._moderation is not None:
-            try:
-                verdict = await self._moderation.check(text, direction=Direction.INPUT)
-            except ModerationUnavailable as exc:
-                log.warning("input moderation unavailable for %s: %s", inbound.key, exc)
-                flag = self._flag(inbound, Direction.INPUT, "unchecked", text)
-                refused = Refused(
-                    text=wording.MODERATION_UNAVAILABLE, reason="moderation_unavailable"
+        # Messages merged into this turn (queued while the one before ran) come first.
+        user_messages: list[NewMessage] = []
+        input_flags: list[FlagRecord] = []
+        for part in (*turn.merged, turn):
+            text = part.inbound.text
+            if self._moderation is not None:
+                try:
+                    verdict = await self._moderation.check(text, direction=Direction.INPUT)
+                except ModerationUnavailable as exc:
+                    log.warning("input moderation unavailable for %s: %s", inbound.key, exc)
+                    flag = self._flag(part.inbound, Direction.INPUT, "unchecked", text)
+                    refused = Refused(
+                        text=wording.MODERATION_UNAVAILABLE, reason="moderation_unavailable"
+                    )
+                    yield await end(refused, flags=[flag])
+                    return
+                if verdict.findings:
+                    input_flags.append(self._verdict_flag(part.inbound, Direction.INPUT, verdict))
+                if verdict.blocked:
+                    # Not stored as a message: it would reach the model on the next turn.
+                    # Merged messages are answered together, so they are refused together.
+                    refused = Refused(text=wording.INPUT_BLOCKED, reason="moderation")
+                    yield await end(refused, flags=input_flags[-1:])
+                    return
+                text = verdict.text  # personal data redacted: that is what is stored and sent
+            user_messages.append(
+                NewMessage(
+                    role="user",
+                    content=text,
+                    token_count=0,
+                    author_id=part.inbound.user_id,
+                    author_name=part.inbound.user_name,
                 )
-                yield await end(refused, flags=[flag])
-                return
-            if verdict.findings:
-                input_flags.append(self._verdict_flag(inbound, Direction.INPUT, verdict))
-            if verdict.blocked:
-                # Not stored as a message: it would reach the model on the next turn.
-                refused = Refused(text=wording.INPUT_BLOCKED, reason="moderation")
-                yield await end(refused, flags=input_flags[:1])
-                return
-            text = verdict.text  # with personal data redacted: that is what is stored and sent
+            )
 
-        def count_tokens(state: ConversationState) -> int:
+        def count_tokens(state: ConversationState, message: NewMessage) -> int:
             # The conversation's persona picks the model, and so the tokenizer: counted once,
             # in the transaction that stores the message.
             counter = counter_for_model(self._model_for(state))
-            return message_tokens(counter, text, inbound.user_name)
+            return message_tokens(counter, message.content, message.author_name)
 
+        *merged, message = user_messages
         state, _ = await self._store.begin_turn(
             turn=turn,
             owner=owner,
-            message=NewMessage(
-                role="user",
-                content=text,
-                token_count=0,
-                author_id=inbound.user_id,
-                author_name=inbound.user_name,
-            ),
+            message=message,
             count_tokens=count_tokens,
             flags=input_flags,
+            merged=merged,
         )
         persona = self._persona_for(state)
         model = self._model_for(state)

@@ -93,6 +93,7 @@ class Scheduler:
         delivery_deadline: float = 600.0,
         keep_finished_seconds: float = 2 * 86400.0,
         grace_seconds: float = 30.0,
+        merge_queued: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.owner = f"{uuid.uuid4().hex[:16]}"
@@ -104,6 +105,7 @@ class Scheduler:
         self._deadline = delivery_deadline
         self._keep = keep_finished_seconds
         self._grace = grace_seconds
+        self._merge = merge_queued  # for channels that did not choose (/merge)
         self._clock = clock
         self._outlets: dict[str, Outlet] = {}
         self._slots = asyncio.Semaphore(concurrency)
@@ -200,7 +202,10 @@ class Scheduler:
                     turn = self._handoff.pop(conversation, None)
                 if turn is None and conversation in self._waiting:
                     self._waiting.discard(conversation)
-                    claimed = await self._claim(limit=1, conversation_id=conversation)
+                    # Messages that queued up behind a turn: one by one, or merged into one.
+                    claimed = await self._claim(
+                        limit=1, conversation_id=conversation, merge=self._merge
+                    )
                     if claimed:
                         [turn] = claimed
                         self._waiting.add(conversation)  # there may be more behind it
@@ -268,7 +273,9 @@ class Scheduler:
 
     # --- leases -------------------------------------------------------------------------------
 
-    async def _claim(self, *, limit: int, conversation_id: int | None = None) -> Sequence[Turn]:
+    async def _claim(
+        self, *, limit: int, conversation_id: int | None = None, merge: bool = False
+    ) -> Sequence[Turn]:
         now = self._clock()
         done = self._take_done()
         try:
@@ -281,6 +288,7 @@ class Scheduler:
                 conversation_id=conversation_id,
                 exclude=[] if conversation_id is not None else list(self._workers),
                 done=done,
+                merge=merge,
             )
         except BaseException:
             self._put_back(done)

@@ -93,6 +93,11 @@ BUFFER_SET = {
     False: "Replies in this channel now stream as they are written, and are checked at the end.",
     None: "Replies in this channel now follow the persona's and the bot's default.",
 }
+MERGE_SET = {
+    True: "Messages sent here while I'm writing an answer now get one answer together.",
+    False: "Messages sent here while I'm writing an answer are now answered one by one.",
+    None: "Messages sent here while I'm writing now follow the bot's default.",
+}
 MENTIONS_SET = {
     True: "In this channel I now answer only when mentioned, also in threads I'm part of.",
     False: "In this channel I now follow threads I'm part of without being mentioned.",

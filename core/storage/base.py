@@ -47,6 +47,9 @@ class Turn:
         reply: The text the user is shown in the end, once the turn has run; set from the
             start when admission refused the message at the door (rate limit, budget).
         posted: The platform ids of the messages that show (part of) the reply so far.
+        merged: Earlier messages of the conversation answered together with this one, in
+            arrival order (a channel that merges messages queued during a turn). They share
+            this turn's lease, reply and delivery.
     """
 
     id: int
@@ -58,6 +61,7 @@ class Turn:
     message_id: int | None = None
     reply: str | None = None
     posted: tuple[str, ...] = ()
+    merged: tuple[Turn, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +190,7 @@ class ChannelSettings:
     scope: str | None = None
     tools: list[str] | None = None
     buffer_output: bool | None = None
+    merge_queued: bool | None = None
     user_rpm: int | None = None
     user_tokens_per_day: int | None = None
     require_mention: bool | None = None
@@ -234,11 +239,16 @@ class SessionStore(Protocol):
         conversation_id: int | None = None,
         exclude: Sequence[int] = (),
         done: Sequence[Delivery] = (),
+        merge: bool = False,
     ) -> Sequence[Turn]:
         """Lease up to `limit` turns that are due: the first unfinished turn of a conversation,
         pending or with an expired lease, and replies whose delivery lease expired, on the
         given platforms. Safe across processes (each turn goes to one owner). `exclude`:
-        conversations to skip. `done`: `owner`'s finished deliveries, stored first."""
+        conversations to skip. `done`: `owner`'s finished deliveries, stored first.
+
+        With `conversation_id` and `merge` (the default for channels that did not choose),
+        when the due turn is pending and its channel merges queued messages, every pending
+        turn of the conversation is leased as one: the newest, with the others `merged`."""
         ...
 
     async def renew_leases(self, *, owner: str, lease_until: float) -> int:
@@ -267,15 +277,17 @@ class SessionStore(Protocol):
         turn: Turn,
         owner: str,
         message: NewMessage,
-        count_tokens: Callable[[ConversationState], int] | None = None,
+        count_tokens: Callable[[ConversationState, NewMessage], int] | None = None,
         flags: Sequence[FlagRecord] = (),
+        merged: Sequence[NewMessage] = (),
     ) -> tuple[ConversationState, int]:
         """Read the conversation and store the turn's user message; returns its id too.
 
         A turn re-run after a crash finds its message stored and does not store it again.
-        `count_tokens`, when given, sets the message's token count from the conversation's
+        `count_tokens`, when given, sets each message's token count from the conversation's
         state (its persona decides the model, and so the tokenizer) in the same transaction.
-        `flags` (moderation findings on the message) are stored in it too.
+        `flags` (moderation findings on the message) are stored in it too. `merged`: the
+        messages of `turn.merged`, in that order, stored before the turn's own.
 
         Raises:
             LeaseLost: `owner` no longer holds the turn.

@@ -20,7 +20,7 @@ import asyncio
 import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -187,6 +187,7 @@ class SqlStore:
         conversation_id: int | None = None,
         exclude: Sequence[int] = (),
         done: Sequence[Delivery] = (),
+        merge: bool = False,
     ) -> Sequence[Turn]:
         t = turns.c
         earlier = turns.alias("earlier")
@@ -203,7 +204,7 @@ class SqlStore:
             and_(t.state == TurnState.PENDING, first_unfinished),
             and_(t.state.in_(TurnState.LEASED), t.lease_until < now),
         )
-        due = and_(due, t.platform.in_(platforms))
+        due = and_(due, t.platform.in_(platforms), t.merged_into.is_(None))
         if conversation_id is not None:
             due = and_(due, t.conversation_id == conversation_id)
         if exclude:
@@ -219,9 +220,23 @@ class SqlStore:
             ids = list(connection.execute(chosen).scalars())
             if not ids:
                 return []
+            merged: list[int] = []
+            if conversation_id is not None and self._merges(connection, ids[0], merge):
+                queued = connection.execute(
+                    select(t.id)
+                    .where(
+                        t.conversation_id == conversation_id,
+                        t.state == TurnState.PENDING,
+                        t.id > ids[0],
+                    )
+                    .order_by(t.id)
+                    .with_for_update(skip_locked=True)
+                ).scalars()
+                *merged, newest = [ids[0], *queued]
+                ids = [newest]
             connection.execute(
-                update(turns)
-                .where(t.id.in_(ids))
+                update(turns)  # a merged turn's parts go with it, also when taken over
+                .where(or_(t.id.in_([*ids, *merged]), t.merged_into.in_(ids)))
                 .values(
                     state=case((t.state == TurnState.PENDING, TurnState.RUNNING), else_=t.state),
                     lease_owner=owner,
@@ -229,15 +244,42 @@ class SqlStore:
                     attempts=t.attempts + 1,
                 )
             )
+            if merged:
+                connection.execute(update(turns).where(t.id.in_(merged)).values(merged_into=ids[0]))
             rows = connection.execute(
-                select(*_TURN_COLUMNS)
+                select(*_TURN_COLUMNS, t.merged_into)
                 .join(conversations, conversations.c.id == t.conversation_id)
-                .where(t.id.in_(ids))
+                .where(or_(t.id.in_(ids), t.merged_into.in_(ids)))
                 .order_by(t.id)
             ).all()
-            return [_turn(row) for row in rows]
+            parts: dict[int, list[Turn]] = {}
+            for row in rows:
+                if row.merged_into is not None:
+                    parts.setdefault(row.merged_into, []).append(_turn(row))
+            return [
+                replace(_turn(row), merged=tuple(parts.get(row.id, ())))
+                for row in rows
+                if row.merged_into is None
+            ]
 
         return await self._run(work)
+
+    @staticmethod
+    def _merges(connection: Connection, turn_id: int, default: bool) -> bool:
+        """Whether `turn_id` is pending and its channel merges messages queued during a turn
+        (its own choice, else `default`)."""
+        t, c, s = turns.c, conversations.c, channel_settings.c
+        row = connection.execute(
+            select(t.state, s.merge_queued)
+            .join(conversations, c.id == t.conversation_id)
+            .outerjoin(
+                channel_settings,
+                and_(s.platform == c.platform, s.workspace == c.workspace, s.channel == c.channel),
+            )
+            .where(t.id == turn_id)
+        ).one()
+        chosen = default if row.merge_queued is None else row.merge_queued
+        return bool(row.state == TurnState.PENDING and chosen)
 
     async def renew_leases(self, *, owner: str, lease_until: float) -> int:
         # Rows this process is writing right now (a reply, a delivery) are skipped, not waited
@@ -332,9 +374,26 @@ class SqlStore:
         turn: Turn,
         owner: str,
         message: NewMessage,
-        count_tokens: Callable[[ConversationState], int] | None = None,
+        count_tokens: Callable[[ConversationState, NewMessage], int] | None = None,
         flags: Sequence[FlagRecord] = (),
+        merged: Sequence[NewMessage] = (),
     ) -> tuple[ConversationState, int]:
+        def store(
+            connection: Connection, state: ConversationState, turn: Turn, new: NewMessage
+        ) -> int:
+            values = _message_values(new)
+            if count_tokens is not None:
+                values["token_count"] = count_tokens(state, new)
+            message_id = int(
+                connection.execute(
+                    self._hot.insert_message, {"conversation_id": state.id, **values}
+                ).scalar_one()
+            )
+            connection.execute(
+                self._hot.set_message, {"p_turn_id": turn.id, "p_message_id": message_id}
+            )
+            return message_id
+
         def work(connection: Connection) -> tuple[ConversationState, int]:
             hot = self._hot
             stored = connection.execute(
@@ -345,13 +404,10 @@ class SqlStore:
             state = self._upsert_conversation(connection, turn.inbound.key)
             if stored.message_id is not None:  # a re-run after a crash: stored already
                 return state, int(stored.message_id)
-            values = _message_values(message)
-            if count_tokens is not None:
-                values["token_count"] = count_tokens(state)
-            message_id = connection.execute(
-                hot.insert_message, {"conversation_id": state.id, **values}
-            ).scalar_one()
-            connection.execute(hot.set_message, {"p_turn_id": turn.id, "p_message_id": message_id})
+            # Merged messages first, in arrival order: the window shows them as they came.
+            for earlier, new in zip(turn.merged, merged, strict=True):
+                store(connection, state, earlier, new)
+            message_id = store(connection, state, turn, message)
             _insert_flags(connection, state.id, flags)
             return state, message_id
 
@@ -393,6 +449,12 @@ class SqlStore:
             ).rowcount
             if not ended:
                 raise LeaseLost(f"turn {turn.id} was taken over")
+            if turn.merged:  # answered with it: no longer holding up later turns
+                connection.execute(
+                    update(turns)
+                    .where(turns.c.merged_into == turn.id)
+                    .values(state=TurnState.REPLIED)
+                )
             if messages:
                 connection.execute(
                     message_rows.insert(),

@@ -12,7 +12,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Delete, Insert, Select, Update, and_, bindparam, delete, func, select, update
+from sqlalchemy import (
+    Delete,
+    Insert,
+    Select,
+    Update,
+    and_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 
 from core.storage.base import ChannelSettings, TurnState
 from core.storage.tables import (
@@ -117,7 +129,10 @@ class HotStatements:
             record_request=record_request,
             prune_requests=prune_requests,
             finish_delivery=update(turns)
-            .where(mine_turn)
+            .where(
+                or_(t.id == bindparam("p_turn_id"), t.merged_into == bindparam("p_turn_id")),
+                t.lease_owner == bindparam("p_owner"),
+            )
             .values(
                 state=bindparam("p_state"),
                 finished_at=bindparam("p_at"),

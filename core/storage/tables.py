@@ -93,6 +93,7 @@ channel_settings = Table(
     Column("require_mention", Boolean),
     # Overrides of the settings of the same names; NULL means "use the setting".
     Column("buffer_output", Boolean),
+    Column("merge_queued", Boolean),
     Column("user_rpm", Integer),
     Column("user_tokens_per_day", Integer),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
@@ -130,10 +131,14 @@ turns = Table(
     Column("reply", Text),  # what the user is shown in the end, once the turn has run
     Column("posted", JSON),  # the platform ids of the messages showing the reply
     Column("finished_at", Float),  # epoch seconds; finished rows are pruned after a while
+    # Answered as part of that later turn of the conversation (a channel that merges messages
+    # queued during a turn): it follows that turn's lease and delivery.
+    Column("merged_into", BigInteger),
     _now(),
     UniqueConstraint("platform", "event_id"),
     Index(None, "conversation_id", "id"),
     Index(None, "state", "lease_until"),
+    Index(None, "merged_into"),
 )
 
 usage = Table(

@@ -368,3 +368,27 @@ async def test_a_reply_deleted_while_it_streams_is_posted_again(
     assert message["message_id"] != first["message_id"]
     gone = [c for c in telegram.calls_to("editMessageText") if not c.ok]
     assert gone and {c.int_arg("message_id") for c in gone} == {first["message_id"]}
+
+
+async def test_messages_sent_while_an_answer_is_written_get_one_answer_with_merge_on(
+    bot_factory: Callable[..., Any], telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply("The first answer.", chunk_delay=0.1)  # about half a second
+    fake_openai.reply("Both, together.")
+    async with bot_factory():
+        telegram.push(private_message("/merge on"))
+        await texts_become(telegram, 1, [wording.MERGE_SET[True]])
+        telegram.push(private_message("first question"))
+        await fake_openai.received(1)  # the first answer is being written
+        telegram.push(private_message("and a second"))
+        telegram.push(private_message("and a third"))
+        await texts_become(
+            telegram, 1, [wording.MERGE_SET[True], "The first answer.", "Both, together."]
+        )
+    first, merged = fake_openai.chat_requests
+    assert merged["messages"][1:] == [
+        *first["messages"][1:],
+        {"role": "assistant", "content": "The first answer."},
+        {"role": "user", "content": "Alice: and a second"},
+        {"role": "user", "content": "Alice: and a third"},
+    ]

@@ -369,6 +369,56 @@ async def test_admission_is_decided_as_the_message_is_accepted_and_counted_once(
     assert await count_rows(store, user_requests) == 2  # the refused message is not counted
 
 
+@pytest.mark.parametrize("merge", [False, True])
+async def test_messages_queued_behind_a_turn_are_merged_when_the_channel_says_so(
+    store: SqlStore, merge: bool
+) -> None:
+    first = await accept(store, "one")
+    queued = [await accept(store, text) for text in ("two", "three", "four")]
+    await store.update_channel(key=KEY, merge_queued=merge)
+    await store.begin_turn(turn=first, owner=OWNER, message=user_message("one"))
+    await store.finish_turn(turn=first, owner=OWNER, reply="1")
+
+    [taken] = await store.claim_turns(
+        owner=OWNER,
+        now=1.0,
+        lease_until=2.0,  # expires before the next claim below
+        limit=1,
+        platforms=["slack"],
+        conversation_id=first.conversation_id,
+        merge=not merge,  # the channel's choice wins over the default
+    )
+    if not merge:
+        assert (taken.id, taken.merged) == (queued[0].id, ())
+        return
+    # The newest answers for all: its address is where the answer goes.
+    assert taken.id == queued[-1].id
+    assert [t.inbound.text for t in taken.merged] == ["two", "three"]
+    assert all(t.state == "running" for t in (taken, *taken.merged))
+    await store.begin_turn(
+        turn=taken,
+        owner=OWNER,
+        message=user_message("four"),
+        merged=[user_message("two"), user_message("three")],
+    )
+    # Its process dies: another one takes the merged turn over whole, not part by part.
+    [again] = await store.claim_turns(
+        owner="p2", now=5.0, lease_until=50.0, limit=10, platforms=["slack"]
+    )
+    assert again.id == taken.id and [t.id for t in again.merged] == [q.id for q in queued[:2]]
+    state, _ = await store.begin_turn(turn=again, owner="p2", message=user_message("four"))
+    texts = [
+        m.content
+        for m in await store.recent_messages(
+            conversation_id=state.id, after_id=0, before_id=None, limit=10
+        )
+    ]
+    assert texts[::-1] == ["one", "two", "three", "four"]  # once each, in arrival order
+    await store.finish_turn(turn=again, owner="p2", reply="2, 3 and 4")
+    await store.finish_deliveries(owner="p2", done=[Delivery(again.id, True, 6.0)])
+    assert [await turn_state(store, q.id) for q in queued] == ["delivered"] * 3
+
+
 async def test_heartbeat_release_and_prune(store: SqlStore) -> None:
     mine = await accept(store, "a", lease_until=10.0)
     theirs = await accept(store, "b", replace(KEY, thread="t2"), owner="other", lease_until=10.0)
