@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bots.bootstrap import Runtime, build_engine, chat_platforms
 from core.config import Settings
@@ -37,6 +38,10 @@ class Running:
     bot: Any
     runtime: Runtime
     port: int  # of the shared HTTP server, 0 when the platform needs none
+
+    @property
+    def database(self) -> AsyncEngine:
+        return self.runtime.store.engine  # type: ignore[attr-defined,no-any-return]
 
     async def count(self, table: Any) -> int:
         """Rows in a table of the store's database."""

@@ -22,17 +22,17 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from core.storage.database import configure_sqlite
-from core.storage.tables import messages, turns
 from tests.fakes.discord_server import DM_CHANNEL_ID, FakeDiscord, dm_message_create
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.slack_server import FakeSlack, dm_message
 from tests.fakes.telegram_server import FakeTelegram, free_port, post_update, private_message
+from tests.helpers import eventually, states_become, stored_messages, turn_states
 from tests.platforms.running import Running
 from tests.platforms.test_discord_durable import running as discord_running
 from tests.platforms.test_slack import SlackRunning, slack_settings
@@ -169,35 +169,6 @@ async def side_reader(url: str) -> AsyncIterator[AsyncEngine]:
         await engine.dispose()
 
 
-async def turn_states(reader: AsyncEngine) -> list[str]:
-    async with reader.connect() as connection:
-        rows = await connection.execute(select(turns.c.state).order_by(turns.c.id))
-        return list(rows.scalars())
-
-
-async def stored(reader: AsyncEngine) -> list[tuple[str, str]]:
-    async with reader.connect() as connection:
-        rows = await connection.execute(
-            select(messages.c.role, messages.c.content).order_by(messages.c.id)
-        )
-        return [(role, content) for role, content in rows]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def states_become(reader: AsyncEngine, expected: list[str], timeout: float = 20) -> None:
-    async def check() -> bool:
-        return await turn_states(reader) == expected
-
-    await eventually(check, f"turn states {expected}", timeout)
-
-
 async def answered_exactly_once(
     reader: AsyncEngine,
     platform: Platform,
@@ -216,7 +187,7 @@ async def answered_exactly_once(
         sent = [(m["role"], m["content"]) for m in request["messages"][1:]]
         assert sent == [*exchanges, ("user", f"{platform.speaker}: {question}")]
         exchanges += [("user", f"{platform.speaker}: {question}"), ("assistant", answer)]
-    assert await stored(reader) == [
+    assert await stored_messages(reader) == [
         pair
         for question, answer in zip(questions, answers, strict=True)
         for pair in (("user", question), ("assistant", answer))
@@ -485,7 +456,7 @@ async def test_telegram_webhook_answers_503_while_the_database_is_down_then_the_
         await states_become(reader, ["delivered"])
         assert await post_update(url, update, secret="s3cret", update_id=7001) == 200
         assert await turn_states(reader) == ["delivered"]  # the claim holds: not a new turn
-        assert await stored(reader) == [
+        assert await stored_messages(reader) == [
             ("user", "are you there?"),
             ("assistant", "Answered after the outage."),
         ]

@@ -18,13 +18,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from adapters.discord.bot import DiscordBot, channel_address
 from bots.bootstrap import build_engine
 from core.events import ConversationKey, Inbound
 from core.storage.retry import DatabaseUnavailable
-from core.storage.tables import conversations, messages, turns
+from core.storage.tables import conversations
 from tests.conftest import FIXED_NOW
 from tests.fakes.discord_server import (
     BOT_USER,
@@ -40,6 +39,7 @@ from tests.fakes.discord_server import (
     thread_create,
 )
 from tests.fakes.openai_server import FakeOpenAI
+from tests.helpers import states_become, stored_messages, turn_states
 from tests.platforms.running import Running, platform_settings
 from tests.platforms.running import running as running_platform
 
@@ -96,28 +96,6 @@ async def contents_become(
     )
 
 
-async def states(started: Running) -> list[str]:
-    """The turns' states, in arrival order."""
-    async with started.runtime.store.engine.connect() as connection:  # type: ignore[attr-defined]
-        rows = await connection.execute(select(turns.c.state).order_by(turns.c.id))
-        return list(rows.scalars())
-
-
-async def states_become(started: Running, expected: list[str], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while (found := await states(started)) != expected:
-        assert time.monotonic() < deadline, f"turn states {found}, expected {expected}"
-        await asyncio.sleep(0.05)
-
-
-async def stored(started: Running) -> list[tuple[str, str]]:
-    async with started.runtime.store.engine.connect() as connection:  # type: ignore[attr-defined]
-        rows = await connection.execute(
-            select(messages.c.role, messages.c.content).order_by(messages.c.id)
-        )
-        return [(role, content) for role, content in rows]
-
-
 def statuses(fake: FakeDiscord, path_prefix: str) -> list[tuple[str, int]]:
     return [(c.method, c.status) for c in fake.calls if c.path.startswith(path_prefix)]
 
@@ -143,7 +121,7 @@ async def test_an_outage_during_delivery_leaves_one_complete_message(
         # a proxy's HTML 503 (which discord.py raises at once) until the outage ends.
         discord_fake.fail_for(2.5, "/channels/", responses=[502, (503, HTML_503)])
         await contents_become(discord_fake, thread, [answer], timeout=20)
-        await states_become(started, ["delivered"])
+        await states_become(started.database, ["delivered"])
 
     [message] = discord_fake.messages_in(thread, deleted=True)  # no second message, none deleted
     assert message["versions"][0] == "…" and message["content"] == answer
@@ -175,8 +153,11 @@ async def test_a_failed_placeholder_does_not_lose_the_answer(
             discord_fake.fail_next("POST", f"/channels/{CHANNEL_ID}/messages/{where}", status=503)
             await discord_fake.dispatch("MESSAGE_CREATE", question)
         await contents_become(discord_fake, where, [answer])
-        await states_become(started, ["delivered"])
-        assert await stored(started) == [("user", "hello?"), ("assistant", answer)]
+        await states_become(started.database, ["delivered"])
+        assert await stored_messages(started.database) == [
+            ("user", "hello?"),
+            ("assistant", answer),
+        ]
     failed = [c for c in discord_fake.calls if c.status == 503]
     assert len(failed) == 1
     assert len(discord_fake.messages_in(where, deleted=True)) == 1
@@ -202,7 +183,7 @@ async def test_fifty_messages_at_once_are_answered_in_order(
             await discord_fake.dispatch("MESSAGE_CREATE", question)
         expected = [f"answer {n}" for n in range(count)]
         await contents_become(discord_fake, thread["id"], expected, timeout=60)
-        await states_become(started, ["delivered"] * count)
+        await states_become(started.database, ["delivered"] * count)
 
     # Each answer replies to its own question and may notify only its author (its first
     # post, the placeholder; the edits that follow notify nobody).
@@ -266,9 +247,9 @@ async def test_a_stored_reply_is_delivered_at_start_by_editing_its_placeholder(
     assert len(fake_openai.chat_requests) == 1
 
     async with running(discord_fake, fake_openai, database_url) as started:
-        assert await states(started) in (["replied"], ["delivered"])
+        assert await turn_states(started.database) in (["replied"], ["delivered"])
         await contents_become(discord_fake, thread, ["Four."])
-        await states_become(started, ["delivered"])
+        await states_become(started.database, ["delivered"])
 
     edits = discord_fake.calls_to("PATCH", f"/channels/{thread}/messages/{placeholder['id']}")
     assert [c.body for c in edits] == [
@@ -308,7 +289,7 @@ async def test_a_turn_run_again_after_its_thread_was_started_answers_in_that_thr
     fake_openai.reply("Four.")
     async with running(discord_fake, fake_openai, database_url) as started:
         await contents_become(discord_fake, thread, ["Four."])
-        await states_become(started, ["delivered"])
+        await states_become(started.database, ["delivered"])
     [start] = discord_fake.calls_to("POST", f"/channels/{CHANNEL_ID}/messages/{thread}/threads")
     assert (start.status, start.response["code"]) == (400, 160004)
     assert len(discord_fake.threads) == 1
@@ -339,7 +320,7 @@ async def test_ask_in_a_dm_continues_the_dms_conversation(
             ),
             what="the answer to /ask",
         )
-        await states_become(started, ["delivered", "delivered"])
+        await states_become(started.database, ["delivered", "delivered"])
         assert await started.count(conversations) == 1
 
     deferred, *answers = discord_fake.interaction_responses
@@ -376,7 +357,7 @@ async def test_ask_is_stored_before_it_is_deferred_and_private_on_request(
         store.accept = recording_accept  # type: ignore[method-assign]
         ask = interaction_create("ask", {"prompt": "Capital of France?", "private": True})
         await discord_fake.dispatch("INTERACTION_CREATE", ask)
-        await states_become(started, ["delivered"])
+        await states_become(started.database, ["delivered"])
 
     assert seen == [[f"interaction:{ask['id']}"]]
     deferred, answer = discord_fake.interaction_responses
@@ -398,7 +379,7 @@ async def test_a_command_that_cannot_be_stored_is_not_acknowledged(
         await discord_fake.dispatch("INTERACTION_CREATE", interaction_create("help"))
         await asyncio.sleep(0.5)
         assert discord_fake.interaction_responses == []  # Discord says: did not respond
-        assert await states(started) == []
+        assert await turn_states(started.database) == []
 
 
 async def test_an_ask_handed_over_at_shutdown_is_answered_by_the_next_process(
@@ -415,7 +396,7 @@ async def test_an_ask_handed_over_at_shutdown_is_answered_by_the_next_process(
     assert [r["kind"] for r in discord_fake.interaction_responses] == ["callback"]
 
     async with running(discord_fake, fake_openai, database_url) as started:
-        await states_become(started, ["delivered"])
+        await states_become(started.database, ["delivered"])
     deferred, answer = discord_fake.interaction_responses
     assert deferred["kind"] == "callback"  # by the first process
     assert answer["kind"] == "edit_original" and answer["token"] == ask["token"]

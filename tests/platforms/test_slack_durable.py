@@ -33,7 +33,8 @@ from tests.fakes.slack_server import (
     refused,
     server_error,
 )
-from tests.platforms.test_slack import SECRET, SlackRunning, running, slack_settings
+from tests.helpers import states_become, turn_states
+from tests.platforms.test_slack import SECRET, running, slack_settings
 
 CHANNEL = "C1"
 
@@ -63,27 +64,6 @@ def thread_texts(slack: FakeSlack, thread: str) -> list[str]:
     return [m["text"] for m in slack.messages_in(CHANNEL, thread)]
 
 
-async def turn_states(bot: SlackRunning) -> list[str]:
-    async with bot.runtime.store.engine.connect() as connection:  # type: ignore[attr-defined]
-        rows = await connection.execute(select(turns.c.state).order_by(turns.c.id))
-        return list(rows.scalars())
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + 20
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def states_become(bot: SlackRunning, expected: list[str]) -> None:
-    async def check() -> bool:
-        return await turn_states(bot) == expected
-
-    await eventually(check, f"turn states {expected}")
-
-
 def ok_calls(slack: FakeSlack, method: str) -> list[Any]:
     return [call for call in slack.calls_to(method) if call.ok]
 
@@ -108,7 +88,7 @@ async def test_the_final_text_lands_once_the_web_api_recovers(
         await slack.wait_for(
             lambda: thread_texts(slack, ts) == [answer], what="the answer after the outage"
         )
-        await states_become(bot, ["delivered"])
+        await states_become(bot.database, ["delivered"])
 
         [message] = slack.messages_in(CHANNEL, ts)  # one message: edited, never reposted
         assert message["versions"][0] == "…" and message["text"] == answer
@@ -136,7 +116,7 @@ async def test_a_failed_placeholder_does_not_stop_the_answer(
         status, _ = await bot.deliver(app_mention("<@UBOT> hello", ts=ts))
         assert status == 200  # stored: the placeholder is the scheduler's business
         await slack.wait_for(lambda: thread_texts(slack, ts) == [answer], what="the answer")
-        await states_become(bot, ["delivered"])
+        await states_become(bot.database, ["delivered"])
 
         failed, *posted = slack.calls_to("chat.postMessage")
         assert (failed.status, failed.args["text"]) == (502, "…")
@@ -158,7 +138,7 @@ async def test_a_placeholder_deleted_by_someone_is_replaced_by_a_new_message(
         [placeholder] = slack.messages_in(CHANNEL, ts)
         slack.deleted[placeholder["ts"]] = slack.messages.pop(placeholder["ts"])  # a person
         await slack.wait_for(lambda: thread_texts(slack, ts) == [answer], what="the answer")
-        await states_become(bot, ["delivered"])
+        await states_become(bot.database, ["delivered"])
         async with bot.runtime.store.engine.connect() as connection:  # type: ignore[attr-defined]
             posted = (await connection.execute(select(turns.c.posted))).scalar_one()
     [message] = slack.messages_in(CHANNEL, ts)
@@ -177,7 +157,7 @@ async def test_an_error_no_retry_can_fix_ends_the_turn_undelivered_at_once(
     async with running(settings) as bot:
         started = time.monotonic()
         await bot.deliver(app_mention("<@UBOT> anyone?"))
-        await states_become(bot, ["undelivered"])
+        await states_become(bot.database, ["undelivered"])
         assert time.monotonic() - started < 10  # given up on, not retried for 600 s
         # The placeholder, perhaps a streamed first post, the final delivery: no retry loop.
         assert 1 <= len(slack.calls_to("chat.postMessage")) <= 3
@@ -239,11 +219,11 @@ async def test_a_redelivered_event_is_acknowledged_and_not_answered_again(
         status, _ = await bot.deliver(event, event_id="EvOnce", retry_num=1)
         assert status == 200 and time.monotonic() - started < 1
         await slack.wait_for(lambda: thread_texts(slack, ts) == ["Only once."])
-        await states_become(bot, ["delivered"])
+        await states_become(bot.database, ["delivered"])
         # And once more after the answer was delivered.
         assert (await bot.deliver(event, event_id="EvOnce", retry_num=2))[0] == 200
         await asyncio.sleep(0.3)
-        assert await turn_states(bot) == ["delivered"]
+        assert await turn_states(bot.database) == ["delivered"]
     assert len(fake_openai.chat_requests) == 1
     assert len(slack.calls_to("chat.postMessage")) == 1
 
@@ -261,7 +241,7 @@ async def test_a_redelivered_envelope_is_acknowledged_and_not_answered_again(
         await slack.wait_for(lambda: thread_texts(slack, ts) == ["Only once."])
         again = await slack.send_envelope(payload, retry_attempt=1, retry_reason="timeout")
         await slack.wait_ack(again)
-        await states_become(bot, ["delivered"])  # one turn, no second one
+        await states_become(bot.database, ["delivered"])  # one turn, no second one
     assert len(fake_openai.chat_requests) == 1
     assert len(slack.calls_to("chat.postMessage")) == 1
 
@@ -406,18 +386,18 @@ async def test_http_events_get_a_5xx_while_the_database_is_down_and_the_retry_is
             assert status == 503  # not acknowledged: Slack will send it again
             await asyncio.sleep(0.3)
             assert slack.calls_to("chat.postMessage") == []
-        assert await turn_states(bot) == []  # nothing was stored
+        assert await turn_states(bot.database) == []  # nothing was stored
         assert fake_openai.chat_requests == []
 
         # Slack's retry of the same event, now that the database is back.
         status, _ = await bot.deliver(event, event_id="EvDown", retry_num=1)
         assert status == 200
         await slack.wait_for(lambda: thread_texts(slack, ts) == ["Answered after the outage."])
-        await states_become(bot, ["delivered"])
+        await states_become(bot.database, ["delivered"])
         status, _ = await bot.deliver(event, event_id="EvDown", retry_num=2)
         assert status == 200
         await asyncio.sleep(0.3)
-        assert await turn_states(bot) == ["delivered"]
+        assert await turn_states(bot.database) == ["delivered"]
     assert len(fake_openai.chat_requests) == 1
     assert len(slack.calls_to("chat.postMessage")) == 1
 
@@ -438,11 +418,11 @@ async def test_an_envelope_is_not_acknowledged_while_the_database_is_down(
             # Long enough for the store to give up (0.5 s of retries, plus its waits).
             await asyncio.sleep(2.5)
             assert slack.acks == []
-        assert await turn_states(bot) == []
+        assert await turn_states(bot.database) == []
         again = await slack.send_envelope(payload, retry_attempt=1, retry_reason="timeout")
         await slack.wait_ack(again)
         await slack.wait_for(lambda: thread_texts(slack, ts) == ["Answered after the outage."])
-        await states_become(bot, ["delivered"])
+        await states_become(bot.database, ["delivered"])
         assert [ack["envelope_id"] for ack in slack.acks] == [again]
         assert first != again
     assert len(fake_openai.chat_requests) == 1
@@ -460,7 +440,7 @@ async def test_a_slash_command_that_cannot_be_stored_says_so_at_once(
         # Slack never sends a slash command again, so the user is told in the ack itself.
         assert status == 200
         assert json.loads(text) == {"text": COMMAND_NOT_STORED, "response_type": "ephemeral"}
-        assert await turn_states(bot) == []
+        assert await turn_states(bot.database) == []
     assert fake_openai.chat_requests == []
 
 
@@ -479,7 +459,7 @@ async def test_a_slash_question_is_answered_privately_once_even_when_response_ur
         )
         assert status == 200
         [response] = await slack.wait_responses(1)
-        await states_become(bot, ["delivered"])
+        await states_become(bot.database, ["delivered"])
         await asyncio.sleep(0.3)
         # Only the final text, once, and only for the asker: no placeholder, no fragments.
         assert response.body == {

@@ -3,20 +3,19 @@ delivered for sure. The real python-telegram-bot against FakeTelegram, the scrip
 both databases (every test runs on SQLite and on PostgreSQL)."""
 
 # The waiting helpers take `timeout=` (seconds) on purpose: one knob per wait in tests.
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from core.storage.tables import conversations, messages, turns
+from core.storage.tables import conversations, turns
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.telegram_server import (
     GROUP_CHAT_ID,
@@ -31,6 +30,7 @@ from tests.fakes.telegram_server import (
     refused,
     server_error,
 )
+from tests.helpers import eventually, states_become, stored_messages
 from tests.platforms.running import Running
 from tests.platforms.test_telegram import running, telegram_settings
 
@@ -70,30 +70,6 @@ async def turn_rows(bot: Running) -> list[dict[str, Any]]:
     async with bot.runtime.store.engine.connect() as connection:  # type: ignore[attr-defined]
         rows = await connection.execute(select(turns).order_by(turns.c.id))
         return [dict(row._mapping) for row in rows]
-
-
-async def stored(bot: Running) -> list[tuple[str, str]]:
-    """(role, content) of every stored message, oldest first."""
-    async with bot.runtime.store.engine.connect() as connection:  # type: ignore[attr-defined]
-        rows = await connection.execute(
-            select(messages.c.role, messages.c.content).order_by(messages.c.id)
-        )
-        return [(role, content) for role, content in rows]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def states_become(bot: Running, expected: list[str], timeout: float = 20) -> None:
-    async def check() -> bool:
-        return [row["state"] for row in await turn_rows(bot)] == expected
-
-    await eventually(check, f"turn states {expected}", timeout)
 
 
 def in_chat(calls: list[Call], chat: int) -> list[Call]:
@@ -159,7 +135,7 @@ async def check_fifty(
     exchanges: list[tuple[str, str]] = []
     for question, answer in zip(asked, answers, strict=True):
         exchanges += [("user", question), ("assistant", answer)]
-    assert await stored(bot) == exchanges
+    assert await stored_messages(bot.database) == exchanges
     assert await bot.count(conversations) == 1
 
 
@@ -183,7 +159,7 @@ async def test_fifty_updates_waiting_at_start_are_answered_in_order(
             timeout=90,
             what="fifty answers",
         )
-        await states_become(bot, ["delivered"] * count)
+        await states_become(bot.database, ["delivered"] * count)
         # The arrival order is the order Telegram sent them in.
         rows = await turn_rows(bot)
         assert [int(r["event_id"].split(":")[1]) for r in rows] == list(questions)
@@ -221,7 +197,7 @@ async def test_fifty_webhook_requests_at_once_are_answered_in_their_accepted_ord
             timeout=90,
             what="fifty answers",
         )
-        await states_become(bot, ["delivered"] * count)
+        await states_become(bot.database, ["delivered"] * count)
         await check_fifty(bot, telegram, fake_openai, questions, answers)
     assert telegram.calls_to("getUpdates") == []
 
@@ -264,8 +240,8 @@ async def test_the_final_text_lands_in_one_message_once_the_bot_api_is_back(
         await telegram.wait_for(
             lambda: telegram.texts_in(ALICE) == [ANSWER], timeout=20, what="the whole answer"
         )
-        await states_become(bot, ["delivered"])
-        assert await stored(bot) == [("user", "tell me"), ("assistant", ANSWER)]
+        await states_become(bot.database, ["delivered"])
+        assert await stored_messages(bot.database) == [("user", "tell me"), ("assistant", ANSWER)]
 
     # One message: the first words, edited into the whole answer; never posted twice.
     [message] = telegram.messages_in(ALICE)
@@ -304,8 +280,8 @@ async def test_a_failed_first_message_does_not_stop_the_answer(
     async with running(telegram_settings(telegram, fake_openai, database_url, **fast())) as bot:
         telegram.push(private_message("hello"))
         await telegram.wait_for(lambda: telegram.texts_in(ALICE) == [answer], what="the answer")
-        await states_become(bot, ["delivered"])
-        assert await stored(bot) == [("user", "hello"), ("assistant", answer)]
+        await states_become(bot.database, ["delivered"])
+        assert await stored_messages(bot.database) == [("user", "hello"), ("assistant", answer)]
         [row] = await turn_rows(bot)
 
     failed, *sent = telegram.calls_to("sendMessage")
@@ -351,7 +327,7 @@ async def test_a_blocked_bot_gives_up_at_once_and_keeps_answering_other_chats(
             lambda: telegram.texts_in(BOB) == ["Hello Bob.", "Still here, Bob."], what="Bob again"
         )
         # Alice's turn stays undelivered; Bob's two are delivered.
-        await states_become(bot, ["undelivered", "delivered", "delivered"])
+        await states_become(bot.database, ["undelivered", "delivered", "delivered"])
         rows = await turn_rows(bot)
         assert [r["event_id"].split(":")[0] for r in rows] == [str(ALICE), str(BOB), str(BOB)]
         # Nothing more was sent to Alice after her turn ended.
@@ -376,7 +352,7 @@ async def test_a_blocked_chat_is_not_called_again_while_the_answer_streams(
     )
     async with running(settings) as bot:
         telegram.push(private_message("anyone?", user_id=ALICE))
-        await states_become(bot, ["undelivered"])
+        await states_become(bot.database, ["undelivered"])
     # A 403 means the user blocked the bot: no later call can succeed. The first refused post
     # should end the streaming (and the final delivery may try once more), not be repeated
     # for every update of the stream: with the default interval of 1 s, a 30-second answer

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
-from sqlalchemy import select
 
 from core.events import ReplyEvent
 from core.scheduler import PostedCallback, ReplyView, Scheduler
 from core.storage.base import Turn
-from core.storage.tables import turns
 from tests.conftest import EngineFactory
 from tests.fakes.openai_server import FakeOpenAI
-from tests.helpers import inbound
+from tests.helpers import inbound, states_become, turn_states
 
 
 class RecordingView:
@@ -30,19 +27,6 @@ class RecordingView:
 
     async def aclose(self) -> None:
         pass
-
-
-async def until(read: Callable[[], Awaitable[object]], expected: object) -> None:
-    for _ in range(200):
-        if await read() == expected:
-            return
-        await asyncio.sleep(0.05)
-    assert await read() == expected
-
-
-async def states(store: object) -> Sequence[str]:
-    async with store.engine.connect() as connection:  # type: ignore[attr-defined]
-        return list((await connection.execute(select(turns.c.state))).scalars())
 
 
 @pytest.mark.parametrize("edits_in_place", [True, False])
@@ -67,10 +51,10 @@ async def test_a_delivery_that_cannot_be_repeated_is_stored_at_once_others_ride_
             # transaction. A reply sent as a new message must not be: recorded at once.
             if edits_in_place:
                 await asyncio.sleep(0.2)  # time enough to store it, were it stored alone
-                assert await states(runtime.store) == ["replied"]
+                assert await turn_states(runtime.store.engine) == ["replied"]  # type: ignore[attr-defined]
             else:
-                await until(lambda: states(runtime.store), ["delivered"])
+                await states_become(runtime.store.engine, ["delivered"])  # type: ignore[attr-defined]
             await scheduler.accept(inbound("two"), {})
             # The accept's transaction stored the first delivery (if it was still to store).
-            assert (await states(runtime.store))[0] == "delivered"
+            assert (await turn_states(runtime.store.engine))[0] == "delivered"  # type: ignore[attr-defined]
             assert await asyncio.wait_for(delivered.get(), 10) == "second"
