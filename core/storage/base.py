@@ -368,18 +368,6 @@ class SessionStore(Protocol):
         """Flags for review, newest first."""
         ...
 
-    async def admit(
-        self,
-        *,
-        key: ConversationKey,
-        user_id: str,
-        now: datetime,
-        decide: Callable[[LimitCounts], bool],
-    ) -> LimitCounts:
-        """Read the user's usage and the channel's limits, and record one more request when
-        `decide` says yes, in one transaction serialized per user across processes."""
-        ...
-
     async def conversation_exists(self, *, key: ConversationKey) -> bool:
         """Whether the conversation was ever started (e.g. the bot answered in that thread)."""
         ...

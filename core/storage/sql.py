@@ -335,22 +335,6 @@ class SqlStore:
         )
         return await self._run(lambda c: c.execute(statement).rowcount)
 
-    def _conversation_upsert(self, key: ConversationKey) -> Any:
-        """Insert the conversation, or touch it (which locks its row until commit)."""
-        return (
-            self._insert(conversations)
-            .values(
-                platform=key.platform,
-                workspace=key.workspace,
-                channel=key.channel,
-                thread=key.thread,
-            )
-            .on_conflict_do_update(
-                index_elements=["platform", "workspace", "channel", "thread"],
-                set_={"updated_at": func.now()},
-            )
-        )
-
     def _upsert_conversation(
         self, connection: Connection, key: ConversationKey
     ) -> ConversationState:
@@ -631,16 +615,6 @@ class SqlStore:
         ]
 
     # --- limits and channel settings ----------------------------------------------------------
-
-    async def admit(
-        self,
-        *,
-        key: ConversationKey,
-        user_id: str,
-        now: datetime,
-        decide: Callable[[LimitCounts], bool],
-    ) -> LimitCounts:
-        return await self._run(lambda c: self._admit(c, key, user_id, now, decide))
 
     def _admit(
         self,

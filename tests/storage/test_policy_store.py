@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
-from core.events import ConversationKey
+from core.events import ConversationKey, Inbound
 from core.storage import SqlStore, UsageRecord
-from core.storage.base import AccessRule, ChannelSettings, FlagRecord, LimitCounts
+from core.storage.base import AccessRule, Admission, ChannelSettings, FlagRecord, LimitCounts
 from core.storage.tables import user_requests
 from tests.storage.test_sql_store import OWNER, begin, open_store
 
@@ -88,6 +89,24 @@ async def test_channel_settings_are_updated_field_by_field(store: SqlStore) -> N
         await store.update_channel(key=KEY, colour="red")
 
 
+async def admit(
+    store: SqlStore, now: datetime, decide: Callable[[LimitCounts], bool]
+) -> LimitCounts:
+    """Accepts a message of U-ada's with admission; the counts the decision was made on."""
+    seen: list[LimitCounts] = []
+
+    def refuse(counts: LimitCounts) -> str | None:
+        seen.append(counts)
+        return None if decide(counts) else "over the limit"
+
+    message = Inbound(
+        key=KEY, event_id=uuid.uuid4().hex, user_id="U-ada", user_name="Ada", text="hi"
+    )
+    await store.accept(inbound=message, address={}, admission=Admission(now=now, refuse=refuse))
+    [counts] = seen
+    return counts
+
+
 async def test_admit_counts_requests_in_the_last_minute_and_tokens_since_midnight(
     store: SqlStore,
 ) -> None:
@@ -97,19 +116,12 @@ async def test_admit_counts_requests_in_the_last_minute_and_tokens_since_midnigh
     seen: list[LimitCounts] = []
     for second in (0, 20, 40):
         seen.append(
-            await store.admit(
-                key=KEY,
-                user_id="U-ada",
-                now=NOON + timedelta(seconds=second),
-                decide=at_most(2),  # type: ignore[arg-type]
-            )
+            await admit(store, NOON + timedelta(seconds=second), at_most(2))  # type: ignore[arg-type]
         )
     assert [c.requests for c in seen] == [0, 1, 2]  # the third was not admitted
     assert seen[2].oldest_request == NOON
 
-    later = await store.admit(
-        key=KEY, user_id="U-ada", now=NOON + timedelta(seconds=61), decide=lambda c: True
-    )
+    later = await admit(store, NOON + timedelta(seconds=61), lambda c: True)
     assert later.requests == 1  # only the one from second 20 is still within the minute
     assert later.oldest_request == NOON + timedelta(seconds=20)
     # Admitting pruned the rows older than a minute: the table stays small.
@@ -125,7 +137,7 @@ async def test_admit_counts_requests_in_the_last_minute_and_tokens_since_midnigh
             usage=UsageRecord("slack", "U-ada", "gpt-4o-mini", tokens, 0, at=moment),
         )
     await store.update_channel(key=KEY, user_tokens_per_day=500)
-    counts = await store.admit(key=KEY, user_id="U-ada", now=NOON, decide=lambda c: False)
+    counts = await admit(store, NOON, lambda c: False)
     assert counts.tokens_today == 100
     assert counts.channel.user_tokens_per_day == 500
 
@@ -135,18 +147,10 @@ async def test_admission_is_serialized_per_user_across_processes(postgres_url: s
     """Two stores (two processes' engines) admitting one user's burst: exactly the limit passes."""
     async with open_store(postgres_url) as first, open_store(postgres_url) as second:
 
-        async def admit(store: SqlStore) -> bool:
-            admitted = False
+        async def admitted(store: SqlStore) -> bool:
+            return (await admit(store, NOON, lambda counts: counts.requests < 5)).requests < 5
 
-            def decide(counts: LimitCounts) -> bool:
-                nonlocal admitted
-                admitted = counts.requests < 5
-                return admitted
-
-            await store.admit(key=KEY, user_id="U-ada", now=NOON, decide=decide)
-            return admitted
-
-        results = await asyncio.gather(*(admit(s) for s in [first, second] * 10))
+        results = await asyncio.gather(*(admitted(s) for s in [first, second] * 10))
 
     assert sum(results) == 5
 
