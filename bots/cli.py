@@ -11,8 +11,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from importlib import metadata
 from signal import SIGINT, SIGTERM
 
+from bots.logs import RedactSecrets, configure_logging
 from bots.platforms import PLATFORMS
 from core.config import Settings, load_settings
 from core.errors import ConfigError
@@ -25,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="parley", description="An LLM in your chat: Slack, Discord, Telegram, terminal."
     )
+    parser.add_argument("--version", action="version", version=f"parley {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     chat = commands.add_parser("chat", help="chat in the terminal (continues the last chat)")
@@ -56,13 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
+    redact = RedactSecrets(())
     try:
         settings = load_settings()
-        logging.basicConfig(
-            stream=sys.stderr,
-            level=settings.log_level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        redact = configure_logging(settings)
         if arguments.command == "chat":
             return asyncio.run(_chat(settings, new=arguments.new, persona=arguments.persona))
         if arguments.command == "run":
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_flags(settings, arguments))
         return asyncio.run(_db(settings, arguments.db_command, getattr(arguments, "revision", "")))
     except ConfigError as exc:
-        print(f"parley: {exc}", file=sys.stderr)
+        print(f"parley: {redact.redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -106,6 +106,13 @@ async def _run(settings: Settings, platforms: list[str]) -> int:
         print("Parley is running; Ctrl-C stops it.", file=sys.stderr)
         await stop.wait()
     return 0
+
+
+def _version() -> str:
+    try:
+        return metadata.version("parley")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def _age(text: str) -> timedelta:
@@ -153,6 +160,9 @@ def _flag_json(flag: StoredFlag) -> dict[str, object]:
 
 
 async def _db(settings: Settings, action: str, revision: str) -> int:
+    from alembic.util import CommandError as AlembicError
+    from sqlalchemy.exc import SQLAlchemyError
+
     from core.storage.database import create_database_engine, current_revision, migrate
 
     engine = create_database_engine(settings.database_url)
@@ -162,6 +172,19 @@ async def _db(settings: Settings, action: str, revision: str) -> int:
         else:
             await migrate(engine, revision, down=action == "downgrade")
             print(f"database at {await current_revision(engine) or 'base'}")
+    except AlembicError as exc:  # an unknown revision, a downgrade below base
+        raise ConfigError(f"parley db {action}: {_first_line(exc)}") from None
+    except (OSError, SQLAlchemyError) as exc:
+        where = engine.url.render_as_string(hide_password=True)
+        raise ConfigError(
+            f"DATABASE_URL: cannot use {where} ({_first_line(exc)}); check that the database "
+            "server is running and the URL is right"
+        ) from None
     finally:
         await engine.dispose()
     return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
