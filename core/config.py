@@ -111,7 +111,8 @@ class Settings(BaseSettings):
     )
     user_rpm: NonNegativeInt = Field(20, alias="PARLEY_USER_RPM")
     user_tokens_per_day: NonNegativeInt = Field(0, alias="PARLEY_USER_TOKENS_PER_DAY")
-    prices: dict[str, tuple[NonNegativeFloat, NonNegativeFloat]] = Field(
+    # NoDecode: our validator parses the JSON, so a typo is a one-line error, not a traceback.
+    prices: Annotated[dict[str, tuple[NonNegativeFloat, NonNegativeFloat]], NoDecode] = Field(
         default_factory=dict, alias="PARLEY_PRICES"
     )
 

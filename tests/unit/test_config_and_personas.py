@@ -149,3 +149,13 @@ def test_platform_settings_are_checked_at_start_up() -> None:
     )
     settings = load_settings(_env_file=None, DISCORD_SHARD_COUNT="4", DISCORD_SHARD_IDS="0, 2")
     assert settings.discord_shard_ids == (0, 2)
+
+
+def test_malformed_json_settings_from_the_environment_are_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The environment path, where pydantic-settings used to parse JSON itself and raise.
+    monkeypatch.setenv("PARLEY_PRICES", '{"my-model": [0.15, 0.60],}')
+    assert config_error().startswith("invalid setting PARLEY_PRICES: not JSON")
+    monkeypatch.setenv("PARLEY_PRICES", '{"my-model": [0.15, 0.60]}')
+    assert load_settings(_env_file=None).prices == {"my-model": (0.15, 0.60)}
