@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -147,12 +148,18 @@ class OpenAIModelClient:
         arguments: dict[str, Any] = {
             "model": request.model,
             "messages": request.messages,
-            "max_tokens": request.max_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        if request.temperature is not None:
-            arguments["temperature"] = request.temperature
+        if is_reasoning_model(request.model):
+            # OpenAI's reasoning models refuse max_tokens and any temperature but the default.
+            arguments["max_completion_tokens"] = request.max_tokens
+        else:
+            # max_tokens, not max_completion_tokens: what every OpenAI-compatible server
+            # (llama.cpp, vLLM, Ollama) reads.
+            arguments["max_tokens"] = request.max_tokens
+            if request.temperature is not None:
+                arguments["temperature"] = request.temperature
         if request.tools:
             arguments["tools"] = request.tools
         try:
@@ -250,3 +257,11 @@ def as_model_error(exc: openai.OpenAIError) -> ModelError:
         return ModelError(ModelFailure.REJECTED, str(exc))
     # An error event inside the stream, or anything the SDK adds later.
     return ModelError(ModelFailure.SERVER_ERROR, str(exc))
+
+
+_REASONING_MODEL = re.compile(r"(?:.*/)?(?:o\d|gpt-5)(?:[-.:].*)?", re.IGNORECASE)
+
+
+def is_reasoning_model(model: str) -> bool:
+    """OpenAI's o-series and gpt-5 family (also behind a provider prefix, "openai/o3")."""
+    return _REASONING_MODEL.fullmatch(model) is not None

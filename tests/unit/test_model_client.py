@@ -7,6 +7,7 @@ import email.utils
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -223,3 +224,26 @@ def test_the_maximum_retry_after_is_a_validated_setting() -> None:
     for bad in ("-1", "600", "soon"):
         with pytest.raises(ConfigError, match="PARLEY_MODEL_MAX_RETRY_AFTER"):
             load_settings(_env_file=None, PARLEY_MODEL_MAX_RETRY_AFTER=bad)
+
+
+@pytest.mark.parametrize("model", ["gpt-5-mini", "o4-mini", "openai/o3"])
+async def test_reasoning_models_get_max_completion_tokens_and_no_temperature(
+    fake_openai: FakeOpenAI, model: str
+) -> None:
+    fake_openai.reply(ANSWER)
+    request = replace(REQUEST, model=model, temperature=0.7)
+    async with model_client(fake_openai) as client:
+        _, error = await collect(client, request)
+    assert error is None
+    [sent] = fake_openai.chat_requests
+    assert sent["max_completion_tokens"] == 64
+    assert "max_tokens" not in sent and "temperature" not in sent
+
+
+async def test_other_models_get_max_tokens_and_the_temperature(fake_openai: FakeOpenAI) -> None:
+    fake_openai.reply(ANSWER)
+    async with model_client(fake_openai) as client:
+        await collect(client, replace(REQUEST, temperature=0.7))
+    [sent] = fake_openai.chat_requests
+    assert (sent["max_tokens"], sent["temperature"]) == (64, 0.7)
+    assert "max_completion_tokens" not in sent
