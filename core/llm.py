@@ -101,6 +101,11 @@ class OpenAIModelClient:
             ),
         )
         self._fallback_model = fallback_model
+        # OpenAI's own API takes max_completion_tokens (max_tokens is refused by its reasoning
+        # models); every other OpenAI-compatible server reads max_tokens.
+        self._official = base_url is None or "api.openai.com" in base_url
+        # Parameters a model refused (a 400 naming them): not sent to it again.
+        self._refused: dict[str, set[str]] = {}
 
     async def close(self) -> None:
         await self._client.close()
@@ -151,19 +156,30 @@ class OpenAIModelClient:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        if is_reasoning_model(request.model):
-            # OpenAI's reasoning models refuse max_tokens and any temperature but the default.
+        refused = self._refused.setdefault(request.model, set())
+        if self._official or is_reasoning_model(request.model) or "max_tokens" in refused:
             arguments["max_completion_tokens"] = request.max_tokens
         else:
-            # max_tokens, not max_completion_tokens: what every OpenAI-compatible server
-            # (llama.cpp, vLLM, Ollama) reads.
             arguments["max_tokens"] = request.max_tokens
-            if request.temperature is not None:
-                arguments["temperature"] = request.temperature
+        # OpenAI's reasoning models take no temperature but the default.
+        if request.temperature is not None and not is_reasoning_model(request.model):
+            arguments["temperature"] = request.temperature
         if request.tools:
             arguments["tools"] = request.tools
+        for name in refused & {"temperature", "top_p"}:
+            arguments.pop(name, None)
         try:
             stream = await self._client.chat.completions.create(**arguments)
+        except openai.BadRequestError as exc:
+            param = _unsupported_parameter(exc)
+            if param is None or param in refused:
+                raise self._model_error(exc) from exc
+            # Once per model and parameter: remembered, then the request goes again without it.
+            log.warning("model %s refuses %s; not sending it again", request.model, param)
+            refused.add(param)
+            async for chunk in self._stream_once(request):
+                yield chunk
+            return
         except openai.OpenAIError as exc:
             raise self._model_error(exc) from exc
         finished = False
@@ -265,3 +281,17 @@ _REASONING_MODEL = re.compile(r"(?:.*/)?(?:o\d|gpt-5)(?:[-.:].*)?", re.IGNORECAS
 def is_reasoning_model(model: str) -> bool:
     """OpenAI's o-series and gpt-5 family (also behind a provider prefix, "openai/o3")."""
     return _REASONING_MODEL.fullmatch(model) is not None
+
+
+def _unsupported_parameter(exc: openai.BadRequestError) -> str | None:
+    """The parameter a 400 says the model does not support, if it names one we can drop."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", body)
+    param = error.get("param") if isinstance(error, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    if code in ("unsupported_parameter", "unsupported_value") and param in _DROPPABLE:
+        return str(param)
+    return None
+
+
+_DROPPABLE = frozenset({"temperature", "top_p", "max_tokens"})

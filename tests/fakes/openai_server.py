@@ -47,6 +47,9 @@ class Error:
     retry_after: float | str | None = None  # seconds, or a string sent as is (an HTTP date)
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)  # more, e.g. retry-after-ms
+    # OpenAI's error fields: e.g. param "temperature", code "unsupported_value".
+    param: str | None = None
+    code: str | None = None
 
 
 @dataclass
@@ -300,7 +303,14 @@ def _error_response(step: Error) -> web.Response:
     if step.retry_after is not None:
         headers["Retry-After"] = str(step.retry_after)
     return web.json_response(
-        {"error": {"message": step.message, "type": "scripted", "code": None}},
+        {
+            "error": {
+                "message": step.message,
+                "type": "invalid_request_error" if step.param else "scripted",
+                "param": step.param,
+                "code": step.code,
+            }
+        },
         status=step.status,
         headers=headers,
     )

@@ -247,3 +247,49 @@ async def test_other_models_get_max_tokens_and_the_temperature(fake_openai: Fake
     [sent] = fake_openai.chat_requests
     assert (sent["max_tokens"], sent["temperature"]) == (64, 0.7)
     assert "max_completion_tokens" not in sent
+
+
+@pytest.mark.parametrize(
+    ("param", "code", "message"),
+    [
+        (
+            "temperature",
+            "unsupported_value",
+            "Unsupported value: 'temperature' does not support 0.7 with this model. Only the "
+            "default (1) value is supported.",
+        ),
+        (
+            "max_tokens",
+            "unsupported_parameter",
+            "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+            "'max_completion_tokens' instead.",
+        ),
+    ],
+)
+async def test_a_parameter_the_model_refuses_is_dropped_once_and_remembered(
+    fake_openai: FakeOpenAI, param: str, code: str, message: str
+) -> None:
+    # OpenAI's 400s, as its API words them, for a model Parley does not know to be special.
+    fake_openai.error(400, message=message, param=param, code=code)
+    fake_openai.reply(ANSWER)
+    fake_openai.reply(ANSWER)
+    request = replace(REQUEST, model="acme-think-1", temperature=0.7)
+    async with model_client(fake_openai) as client:
+        first, error = await collect(client, request)
+        assert error is None and first
+        await collect(client, request)
+    refused, retried, later = fake_openai.chat_requests
+    assert param in refused and param not in retried and param not in later
+    if param == "max_tokens":
+        assert retried["max_completion_tokens"] == later["max_completion_tokens"] == 64
+    else:
+        assert retried["max_tokens"] == 64
+
+
+async def test_a_refused_parameter_that_cannot_be_dropped_is_an_error(
+    fake_openai: FakeOpenAI,
+) -> None:
+    fake_openai.error(400, message="Unsupported value: 'tools'", param="tools", code="x")
+    async with model_client(fake_openai) as client:
+        _, error = await collect(client)
+    assert error is not None and len(fake_openai.chat_requests) == 1
