@@ -8,13 +8,17 @@ from pathlib import Path
 
 from tests.cli.test_chat import parley
 from tests.durability.processes import (
+    SLACK_SECRET,
     TELEGRAM_TOKEN,
     Processes,
     environment,
     model_settings,
+    send_slack_event,
+    slack_settings,
     telegram_settings,
 )
 from tests.fakes.openai_server import FakeOpenAI
+from tests.fakes.slack_server import FakeSlack, app_mention, next_ts
 from tests.fakes.telegram_server import FakeTelegram, private_message
 
 OPENAI_KEY = "sk-proj-never-in-a-log-0123456789"
@@ -49,7 +53,7 @@ async def test_db_with_an_unknown_revision_is_one_line(tmp_path: Path) -> None:
     )
 
 
-async def test_no_secret_reaches_the_log_even_at_debug(
+async def test_no_secret_reaches_the_log_even_at_debug_telegram(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     fake_openai.reply("Hello!")
@@ -71,3 +75,29 @@ async def test_no_secret_reaches_the_log_even_at_debug(
     assert TELEGRAM_TOKEN not in bot.stderr
     assert TELEGRAM_TOKEN.split(":")[1] not in bot.stderr
     assert OPENAI_KEY not in bot.stderr
+
+
+async def test_no_secret_reaches_the_log_even_at_debug_slack(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    fake_openai.reply("Hello!")
+    token = "xoxb-1234567890-0987654321-AbCdEfGhIjKlMnOpQrStUvWx"
+    async with (
+        FakeSlack() as slack,
+        Processes(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/p.db") as processes,
+    ):
+        bot = await processes.start(
+            "slack",
+            PARLEY_LOG_LEVEL="DEBUG",
+            **{**model_settings(fake_openai), "OPENAI_API_KEY": OPENAI_KEY},
+            **{**slack_settings(slack), "SLACK_BOT_TOKEN": token},
+        )
+        ts = next_ts()
+        await send_slack_event(bot, app_mention("<@UBOT> hi", ts=ts))
+        await slack.wait_for(
+            lambda: [m["text"] for m in slack.messages_in("C1", ts)] == ["Hello!"],
+            what="the answer",
+        )
+        assert await bot.terminate() == 0
+    for secret in (token, SLACK_SECRET, OPENAI_KEY):
+        assert secret not in bot.stderr
