@@ -25,21 +25,51 @@ log = logging.getLogger("parley")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="parley", description="An LLM in your chat: Slack, Discord, Telegram, terminal."
+        prog="parley",
+        description="An LLM in your chat: Slack, Discord, Telegram, terminal.",
+        epilog="Settings come from the environment and ./.env (every one is listed, with a "
+        "comment, in .env.example). `parley COMMAND --help` tells more.",
     )
     parser.add_argument("--version", action="version", version=f"parley {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    chat = commands.add_parser("chat", help="chat in the terminal (continues the last chat)")
+    def command(name: str, summary: str, details: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            epilog=details,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    chat = command(
+        "chat",
+        "chat in the terminal (continues the last chat)",
+        "Reads: OPENAI_API_KEY / OPENAI_BASE_URL and PARLEY_MODEL (none set: the embedded local\n"
+        "model), DATABASE_URL, PARLEY_PERSONA. Piped input: one message per line in, each\n"
+        "reply out on stdout.\n\n"
+        "examples:\n  parley chat\n  parley chat --new --persona editor\n"
+        "  echo 'What is a lease?' | parley chat",
+    )
     chat.add_argument("--new", action="store_true", help="start a new conversation")
     chat.add_argument("--persona", metavar="NAME", help="use this persona in the conversation")
 
-    run = commands.add_parser(
-        "run", help="connect to chat platforms (all whose credentials are set, or those named)"
+    run = command(
+        "run",
+        "connect to chat platforms (all whose credentials are set, or those named)",
+        "Reads: SLACK_BOT_TOKEN (+ SLACK_APP_TOKEN or SLACK_SIGNING_SECRET), TELEGRAM_BOT_TOKEN,\n"
+        "DISCORD_BOT_TOKEN, the model and DATABASE_URL; PARLEY_HTTP_HOST/PORT for HTTP events\n"
+        "and webhooks. Stops cleanly on Ctrl-C or SIGTERM.\n\n"
+        "examples:\n  parley run\n  parley run telegram\n  parley run slack discord",
     )
     run.add_argument("platforms", nargs="*", metavar="PLATFORM", help=", ".join(PLATFORMS))
 
-    flags = commands.add_parser("flags", help="list moderation flags for review, newest first")
+    flags = command(
+        "flags",
+        "list moderation flags for review, newest first",
+        "Reads: DATABASE_URL.\n\nexamples:\n  parley flags --since 24h\n"
+        "  parley flags --action block --json",
+    )
     flags.add_argument("--since", metavar="AGE", type=_age, help="only newer ones, e.g. 24h or 7d")
     flags.add_argument(
         "--action", choices=["block", "redact", "flag", "unchecked"], help="only this action"
@@ -47,7 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     flags.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    db = commands.add_parser("db", help="manage the database schema")
+    db = command(
+        "db",
+        "manage the database schema",
+        "Reads: DATABASE_URL. `parley run` and `parley chat` apply pending migrations at start\n"
+        "unless PARLEY_AUTO_MIGRATE=false.\n\n"
+        "examples:\n  parley db current\n  parley db upgrade\n  parley db downgrade -1",
+    )
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     upgrade = db_commands.add_parser("upgrade", help="apply pending migrations")
     upgrade.add_argument("revision", nargs="?", default="head")

@@ -6,6 +6,8 @@ from __future__ import annotations
 from importlib import metadata
 from pathlib import Path
 
+import pytest
+
 from tests.cli.test_chat import parley
 from tests.durability.processes import (
     SLACK_SECRET,
@@ -101,3 +103,12 @@ async def test_no_secret_reaches_the_log_even_at_debug_slack(
         assert await bot.terminate() == 0
     for secret in (token, SLACK_SECRET, OPENAI_KEY):
         assert secret not in bot.stderr
+
+
+@pytest.mark.parametrize("command", ["chat", "run", "flags", "db"])
+async def test_each_command_explains_what_it_reads_with_examples(
+    tmp_path: Path, command: str
+) -> None:
+    code, out, _ = await parley(command, "--help", stdin="", env=environment(), cwd=tmp_path)
+    assert code == 0
+    assert "Reads: " in out and f"examples:\n  parley {command}" in out
