@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -91,8 +92,10 @@ class EngineOptions:
 EXCERPT_CHARS = 500
 # A turn taken this many times without ending crashes whoever runs it: it is given up on.
 MAX_ATTEMPTS = 3
-# The lease of a turn `handle` runs: it runs in this process, which nobody takes over from.
-LOCAL_LEASE = 24 * 3600.0
+# handle()'s leases, renewed while it runs: a terminal closed mid-answer leaves its turn to
+# the next `parley chat` in that conversation this long after.
+LOCAL_LEASE = 30.0
+LOCAL_WAIT = 1.0  # between looks at an earlier turn another live process is answering
 
 
 class Engine:
@@ -259,8 +262,9 @@ class Engine:
         """Accept and answer one message here and now, for the terminal and tests.
 
         Yields nothing for a redelivered event, else Accepted and then `run`'s events. Calls
-        for one conversation take turns in this process; chat platforms go through the
-        Scheduler instead, which also heartbeats and recovers.
+        for one conversation take turns in this process, and a turn a dead process left
+        unfinished is answered first (see `_own_turn`); chat platforms go through the
+        Scheduler instead.
         """
         async with self._local_turns.hold(inbound.key):
             accepted = await self.accept(
@@ -272,22 +276,60 @@ class Engine:
                 yield accepted
                 return
             yield Accepted()
-            turn = accepted
-            if turn.state != TurnState.RUNNING:
-                [turn] = await self._store.claim_turns(
-                    owner=self.owner,
-                    now=time.time(),
-                    lease_until=time.time() + LOCAL_LEASE,
-                    limit=1,
-                    platforms=[inbound.key.platform],
-                    conversation_id=turn.conversation_id,
-                )
-            async for event in self.run(turn, self.owner):
-                yield event
-            await self._store.finish_deliveries(
-                owner=self.owner, done=[Delivery(turn.id, delivered=True, at=time.time())]
-            )
+            heartbeat = asyncio.create_task(self._renew_local_leases())
+            try:
+                turn = await self._own_turn(accepted)
+                async for event in self.run(turn, self.owner):
+                    yield event
+                await self._delivered(turn)
+            finally:
+                heartbeat.cancel()
         await self.after(turn)
+
+    async def _own_turn(self, accepted: Turn) -> Turn:
+        """The accepted turn, leased to this engine once every earlier one of its
+        conversation has been answered. An earlier one left unfinished by a process that
+        died (a terminal closed mid-answer) is finished first, once its lease expires: its
+        question is answered and stored, in order, though nobody is shown it any more."""
+        turn = accepted
+        while turn.state != TurnState.RUNNING:
+            now = time.time()
+            claimed = await self._store.claim_turns(
+                owner=self.owner,
+                now=now,
+                lease_until=now + LOCAL_LEASE,
+                limit=1,
+                platforms=[turn.inbound.key.platform],
+                conversation_id=turn.conversation_id,
+            )
+            if not claimed:  # another live process holds the earlier one: wait for it
+                await asyncio.sleep(LOCAL_WAIT)
+                continue
+            [first] = claimed
+            if first.id == turn.id:
+                return first
+            log.info("finishing turn %s, left unfinished by a process that stopped", first.id)
+            if first.state == TurnState.RUNNING:
+                async for _ in self.run(first, self.owner):
+                    pass
+            await self._delivered(first)
+            self.forget(first)
+        return turn
+
+    async def _delivered(self, turn: Turn) -> None:
+        await self._store.finish_deliveries(
+            owner=self.owner, done=[Delivery(turn.id, delivered=True, at=time.time())]
+        )
+
+    async def _renew_local_leases(self) -> None:
+        while True:
+            await asyncio.sleep(LOCAL_LEASE / 3)
+            try:
+                await self._store.renew_leases(
+                    owner=self.owner, lease_until=time.time() + LOCAL_LEASE
+                )
+            except Exception as exc:  # the next renewal tries again; the lease has slack
+                log.warning("renewing a local lease failed: %s", exc)
 
     async def after(self, turn: Turn) -> None:
         """Step 3: follow-up work of a delivered turn (the summary), outside the turn.
