@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import signal
 import socket
 import sys
+import threading
 import uuid
+from collections.abc import Awaitable
 from typing import TextIO
 
 from core.conversation import Engine
@@ -31,6 +34,7 @@ from core.events import (
 from core.storage.base import SessionStore
 
 PLATFORM = "console"
+EXIT_COMMANDS = frozenset({"/exit", "/quit"})
 
 
 def local_user() -> str:
@@ -113,30 +117,75 @@ class Console:
     async def run(self) -> int:
         """The read-answer loop; returns the exit status (1 if any reply failed when piped)."""
         if self.interactive:
-            self._write(
-                f"Chatting with {self._bot_name} (conversation {self._key.thread}). "
-                "/help lists commands; Ctrl-D quits.\n"
-            )
+            return await self._run_interactive()
         failures = 0
         while True:
-            line = await asyncio.to_thread(self._read)
-            if line is None:
-                break
+            line = await asyncio.to_thread(self._stdin.readline)
             text = line.strip()
+            if not line or text in EXIT_COMMANDS:
+                return 1 if failures else 0
             if text and not await self.send(text):
                 failures += 1
-        if self.interactive:
-            self._write("\n")
-        return 1 if failures and not self.interactive else 0
 
-    def _read(self) -> str | None:
-        if self.interactive:
-            try:
-                return input("you> ")
-            except EOFError:
-                return None
-        line = self._stdin.readline()
-        return line or None
+    async def _run_interactive(self) -> int:
+        """Ctrl-C stops a reply being written; at the prompt it quits, as do Ctrl-D and
+        /exit. Lines are read by a daemon thread that prompts only when asked, so nothing
+        typed is lost and the prompt never cuts into a reply."""
+        self._write(
+            f"Chatting with {self._bot_name} (conversation {self._key.thread}). "
+            "/help lists commands; Ctrl-C stops a reply; /exit, Ctrl-D or Ctrl-C quits.\n"
+        )
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+        wanted = threading.Event()
+
+        def read() -> None:
+            while True:
+                wanted.wait()
+                wanted.clear()
+                try:
+                    line: str | None = self._stdin.readline() or None  # "": end of input
+                except OSError:
+                    line = None
+                loop.call_soon_threadsafe(lines.put_nowait, line)
+                if line is None:
+                    return
+
+        threading.Thread(target=read, name="parley-console-input", daemon=True).start()
+        replying: asyncio.Task[bool] | None = None
+        quitting = asyncio.Event()
+
+        def interrupted() -> None:
+            if replying is not None and not replying.done():
+                replying.cancel()
+            else:
+                quitting.set()
+
+        loop.add_signal_handler(signal.SIGINT, interrupted)
+        try:
+            while True:
+                self._write("you> ")
+                wanted.set()
+                line = await _first(lines.get(), quitting)
+                if line is None:
+                    break
+                text = line.strip()
+                if text in EXIT_COMMANDS:
+                    break
+                if not text:
+                    continue
+                replying = asyncio.create_task(self.send(text))
+                try:
+                    await replying
+                except asyncio.CancelledError:
+                    if not replying.cancelled():
+                        raise  # this task itself is being cancelled
+                    self._write("\n[stopped]\n")
+                replying = None
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+        self._write("\n")
+        return 0
 
     def _activity(self, text: str) -> None:
         # On a terminal it shows in the conversation; piped, stdout stays replies only.
@@ -149,3 +198,14 @@ class Console:
     def _write(self, text: str) -> None:
         self._stdout.write(text)
         self._stdout.flush()
+
+
+async def _first(line: Awaitable[str | None], quitting: asyncio.Event) -> str | None:
+    """The next line, or None once `quitting` is set first."""
+    reading = asyncio.ensure_future(line)
+    stopping = asyncio.ensure_future(quitting.wait())
+    done, _ = await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (reading, stopping):
+        if task not in done:
+            task.cancel()
+    return reading.result() if reading in done else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -96,6 +97,7 @@ MAX_ATTEMPTS = 3
 # the next `parley chat` in that conversation this long after.
 LOCAL_LEASE = 30.0
 LOCAL_WAIT = 1.0  # between looks at an earlier turn another live process is answering
+STOPPED = "[stopped]"  # the stored reply of a turn its caller stopped
 
 
 class Engine:
@@ -279,8 +281,14 @@ class Engine:
             heartbeat = asyncio.create_task(self._renew_local_leases())
             try:
                 turn = await self._own_turn(accepted)
-                async for event in self.run(turn, self.owner):
-                    yield event
+                try:
+                    async for event in self.run(turn, self.owner):
+                        yield event
+                except asyncio.CancelledError:
+                    # The caller stopped it (Ctrl-C in the terminal): end it as stopped, so
+                    # the conversation's next message does not wait for its lease.
+                    await asyncio.shield(self._stopped(turn))
+                    raise
                 await self._delivered(turn)
             finally:
                 heartbeat.cancel()
@@ -315,6 +323,12 @@ class Engine:
             await self._delivered(first)
             self.forget(first)
         return turn
+
+    async def _stopped(self, turn: Turn) -> None:
+        with contextlib.suppress(LeaseLost):  # it had ended already (stopped while shown)
+            await self._store.finish_turn(turn=turn, owner=self.owner, reply=STOPPED)
+        await self._delivered(turn)
+        self.forget(turn)
 
     async def _delivered(self, turn: Turn) -> None:
         await self._store.finish_deliveries(
