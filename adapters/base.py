@@ -141,6 +141,7 @@ class ChatAdapter:
             max_attempts=None,
             existing=posted,
             on_posted=on_posted,
+            first_post=rendering.first_post,
         )
 
     def _view(self, turn: Turn, posted: PostedCallback) -> ReplyView:

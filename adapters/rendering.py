@@ -333,6 +333,7 @@ class StreamingReply:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_attempts: int | None = 5,
         existing: Sequence[str] = (),
+        first_post: Callable[[str], str | None] | None = None,
         on_posted: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
         """Prepares a reply; nothing is posted before `start`.
@@ -354,6 +355,8 @@ class StreamingReply:
                 died): they are edited into the reply, not left behind.
             on_posted: Awaited with all the ids each time a message is posted, so they can
                 be stored before anything else happens to them.
+            first_post: While nothing is posted, what of the streamed text to post first
+                (None: wait for more); `finish` posts the final text whatever it is.
 
         Raises:
             ValueError: `max_attempts` is below 1.
@@ -374,6 +377,7 @@ class StreamingReply:
         # crash), so the final delivery edits it whatever it shows.
         self._shown: list[str | None] = [None] * len(self._ids)
         self._on_posted = on_posted
+        self._first_post = first_post
         self._latest = ""
         self._last_call = -math.inf
         self._not_before = -math.inf  # set by a RateLimited, for every call after it
@@ -406,6 +410,11 @@ class StreamingReply:
 
     def update(self, markdown: str) -> None:
         """Records the whole text so far; the background task shows it when its turn comes."""
+        if self._first_post is not None and not self._ids:
+            head = self._first_post(markdown)
+            if head is None:
+                return
+            markdown = head
         self._latest = markdown
         self._wake.set()
 
@@ -580,6 +589,9 @@ class Rendering:
     interval: float  # seconds between edits while the text streams
     placeholder: str | None = "…"  # posted when the turn starts; None: wait for text
     measure: Callable[[str], int] = len
+    # Without a placeholder: the beginning of the streamed text worth a first message, or
+    # None to wait for more (the first message is what a notification shows).
+    first_post: Callable[[str], str | None] | None = None
 
 
 class FinalOnly:

@@ -2,7 +2,9 @@
 
 Pure translation (updates, keys, HTML) lives in translate.py; this module owns the SDK
 objects, keeps each chat's messages in order, and turns reply events into a typing action,
-then a message that grows through throttled `editMessageText` calls.
+then a message that grows through throttled `editMessageText` calls. Its first post waits
+for whole words (`first_words`), so a phone's notification never reads "C". Answers that
+need no model (`/start`, usage hints, "I can only read text") are sent here directly.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import asyncio
 import hmac
 import logging
 import os
+import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -24,7 +28,7 @@ from telegram.ext import Application, ContextTypes, TypeHandler
 
 from adapters.base import HOLD_RETRY_SECONDS, AcceptFailed, ChatAdapter
 from adapters.http import HttpServer
-from adapters.rendering import MessageSink, RateLimited, Rendering
+from adapters.rendering import MessageSink, RateLimited, Rendering, show_once
 from adapters.telegram.translate import (
     TELEGRAM_LIMIT,
     TelegramMessage,
@@ -32,7 +36,9 @@ from adapters.telegram.translate import (
     conversation_key,
     event_id_for,
     html_to_plain,
+    local_answer,
     markdown_to_html,
+    model_text,
     parse_update,
     rendered_length,
 )
@@ -61,6 +67,31 @@ MENU = [
 ]
 
 
+# The first message of an answer is what the phone's notification shows; later edits notify
+# no one. So the first post waits for whole words: a first complete sentence or line, or
+# FIRST_POST_CHARACTERS of complete words, while "typing…" shows; the rest streams in by
+# edits, and `finish` delivers a short final text however short it is. A placeholder ("…")
+# would make every notification read "…", and posting the first token made it read "C".
+FIRST_POST_CHARACTERS = 20
+_SENTENCE_END = re.compile(r"[.!?…:;]\s|\n")
+# Adapter answers (/start, usage hints) are not claimed in the store: the last event ids
+# answered are remembered so that an update delivered twice is answered once.
+REMEMBERED_LOCAL_ANSWERS = 1024
+
+
+def first_words(markdown: str) -> str | None:
+    """The beginning of streamed text worth a first message, or None to wait: the text up to
+    its last whole word, once that holds a sentence or line end or FIRST_POST_CHARACTERS."""
+    text = markdown.lstrip()
+    cut = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
+    if cut <= 0:
+        return None
+    head = text[:cut].rstrip()
+    if len(head) >= FIRST_POST_CHARACTERS or _SENTENCE_END.search(text[: cut + 1]):
+        return head
+    return None
+
+
 def address_of(message: TelegramMessage) -> dict[str, Any]:
     """Where the answer to `message` goes, as stored with its turn."""
     return {
@@ -81,14 +112,18 @@ class TelegramSink:
         self._reply_to = address.get("reply_to") if quote else None
 
     async def post(self, text: str) -> str:
-        reply = ReplyParameters(self._reply_to, allow_sending_without_reply=True)
+        reply = (
+            None
+            if self._reply_to is None
+            else ReplyParameters(int(self._reply_to), allow_sending_without_reply=True)
+        )
         sent = await self._send(
             lambda html, mode: self._bot.send_message(
                 self._chat,
                 html,
                 parse_mode=mode,
                 message_thread_id=self._thread,
-                reply_parameters=reply if self._reply_to is not None else None,
+                reply_parameters=reply,
                 link_preview_options=LinkPreviewOptions(is_disabled=True),
             ),
             text,
@@ -192,6 +227,7 @@ class TelegramBot(ChatAdapter):
         self.application.add_handler(TypeHandler(Update, self._on_update))
         self.application.add_error_handler(self._on_error)
         self._chats: KeyedLocks[int] = KeyedLocks()
+        self._answered_here: OrderedDict[str, None] = OrderedDict()
         self.bot_id = 0
         self.username = ""
         if webhook is not None:
@@ -220,6 +256,10 @@ class TelegramBot(ChatAdapter):
                 str(webhook), secret_token=secret.get_secret_value(), allowed_updates=["message"]
             )
         await app.start()
+        # Only "message": edits (`edited_message`) are not asked for and, if they come anyway,
+        # ignored (translate.parse_update). An edit usually arrives after the answer began;
+        # replacing a stored turn's text, or answering twice, would both surprise more than
+        # asking again does.
         if app.updater is not None:
             await app.updater.start_polling(allowed_updates=["message"])
         mode = "webhook" if webhook else "polling"
@@ -266,6 +306,12 @@ class TelegramBot(ChatAdapter):
         message = parse_update(update.to_dict(), bot_id=self.bot_id, bot_username=self.username)
         if message is None or not addressed_to_bot(message):
             return
+        local = local_answer(
+            message, bot_name=self.application.bot.first_name, bot_username=self.username
+        )
+        if local is not None:
+            self._answer_here(message, local)
+            return
         # Updates are handled concurrently; within one chat they are accepted (and so
         # answered) in the order they arrived.
         async with self._chats.hold(message.chat_id):
@@ -284,15 +330,23 @@ class TelegramBot(ChatAdapter):
                 raise AcceptFailed(str(exc)) from exc
             await self.accept(inbound, address_of(message))
 
+    def _answer_here(self, message: TelegramMessage, text: str) -> None:
+        """Sends an answer the engine has no part in (once per message, in the background)."""
+        event = event_id_for(message)
+        if event in self._answered_here:
+            return
+        self._answered_here[event] = None
+        while len(self._answered_here) > REMEMBERED_LOCAL_ANSWERS:
+            self._answered_here.popitem(last=False)
+        self._background(show_once(self.reply(address_of(message)), text))
+
     async def _inbound(self, message: TelegramMessage) -> Inbound:
         scope = None  # a private chat is one conversation: no setting to read
         if not message.is_direct:
             channel = ConversationKey(PLATFORM, "", str(message.chat_id))
             scope = (await self._store.channel(key=channel)).scope
-        text = message.text
-        if message.command == "start":
-            text = "/help"  # Telegram's first contact with a bot
-        elif message.command is None and not text.strip():
+        text = model_text(message)
+        if not text.strip():
             text = "/help"  # a bare mention
         return Inbound(
             key=conversation_key(message, scope=scope),
@@ -316,6 +370,7 @@ class TelegramBot(ChatAdapter):
             measure=rendered_length,
             interval=self._settings.telegram_update_interval,
             placeholder=None,
+            first_post=first_words,
         )
         return sink, rendering
 

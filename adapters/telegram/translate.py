@@ -7,6 +7,10 @@ receiving an update and sending the reply.
 - `parse_update` turns a `message` update into a `TelegramMessage` (or None for what the bot
   must ignore), with the bot's mention and its `/ask` command cleaned from the text;
   `addressed_to_bot` says whether the bot should answer it.
+- `model_text` is what the model reads of it: the message replied to (or the part quoted) as
+  a `>` block, a note about an attachment it cannot see, then the text; `local_answer` is
+  the answer the adapter gives by itself (`/start`, a bare `/ask`, a command we do not have,
+  an attachment without caption), without the model.
 - `event_id_for` and `conversation_key` say under which id the engine claims the message and
   which conversation it belongs to.
 - `markdown_to_html` turns the model's Markdown into the HTML subset of `parse_mode="HTML"`,
@@ -37,6 +41,7 @@ from adapters.markdown import (
     link_parts,
     table_end,
 )
+from core.commands import ADMIN_COMMANDS, COMMANDS
 from core.events import ConversationKey
 
 PLATFORM = "telegram"
@@ -119,6 +124,35 @@ class TelegramMessage:
     command: str | None
     command_for_other_bot: bool
     date: int
+    quoted: str | None = None
+    media: str | None = None
+    known_command: bool = True
+
+
+# Telegram's own accounts: 777000 ("Telegram") forwards a linked channel's posts into its
+# discussion group; GroupAnonymousBot and Channel_Bot stand in `from` for anonymous admins and
+# for people posting as a channel, whose real identity is `sender_chat`.
+TELEGRAM_SERVICE_ID = 777000
+
+QUOTE_LIMIT = 2000
+"""The most characters of a replied-to message (or its quoted part) the model is shown."""
+
+# The attachments a message can carry instead of text, in the order they are looked for: an
+# animation also carries a `document`, so it comes first.
+MEDIA_KINDS: dict[str, str] = {
+    "animation": "an animation",
+    "photo": "a photo",
+    "video": "a video",
+    "video_note": "a video message",
+    "voice": "a voice message",
+    "audio": "an audio file",
+    "document": "a document",
+    "sticker": "a sticker",
+}
+
+OUR_COMMANDS = frozenset({ASK_COMMAND, "start", *COMMANDS, *ADMIN_COMMANDS})
+"""Every command the bot answers; in a group, any other unqualified `/command` is for
+another bot and ignored."""
 
 
 def parse_update(
@@ -127,10 +161,14 @@ def parse_update(
     """Translate a `message` update, or say it is not for the bot.
 
     Ignored (None): every other update (`edited_message`, `channel_post`, callbacks ...);
-    messages without text or caption (service messages: members joining, pins, topics
-    created ...); messages from bots, which include anonymous group admins and posts
-    forwarded from a linked channel, whose `from` is one of Telegram's bot accounts; and
-    messages without `from`.
+    posts of a linked channel forwarded automatically into its discussion group (`from`
+    777000, `is_automatic_forward`); messages from other bots; messages without `from`; and
+    messages with neither text, caption nor a known attachment (service messages: members
+    joining, pins, topics created ..., and polls, locations, contacts).
+
+    People who do not write as themselves are people all the same: an anonymous group admin
+    (`sender_chat` is the group, `from` GroupAnonymousBot) and someone posting as a channel
+    (`sender_chat` is the channel) are named after that chat's title and identified by its id.
 
     The message is returned whether it addresses the bot or not (see `addressed_to_bot`).
 
@@ -147,12 +185,24 @@ def parse_update(
     if not isinstance(message, dict):
         return None
     sender = message.get("from")
-    if not isinstance(sender, dict) or sender.get("is_bot"):
+    if not isinstance(sender, dict):
         return None
+    if message.get("is_automatic_forward") or sender.get("id") == TELEGRAM_SERVICE_ID:
+        return None  # a channel's post, copied into its discussion group: no one asked
+    sender_chat = message.get("sender_chat")
+    if isinstance(sender_chat, dict):
+        author_id, author_name = sender_chat["id"], _chat_title(sender_chat)
+    elif sender.get("is_bot"):
+        return None
+    else:
+        author_id, author_name = sender["id"], _display_name(sender)
+    media = next((kind for kind in MEDIA_KINDS if message.get(kind)), None)
     if (raw := message.get("text")) is not None:
         entities = message.get("entities") or []
     elif (raw := message.get("caption")) is not None:
         entities = message.get("caption_entities") or []
+    elif media is not None:
+        raw, entities = "", []
     else:
         return None
 
@@ -161,6 +211,7 @@ def parse_update(
     mentions_bot = False
     command: str | None = None
     command_for_other_bot = False
+    qualified = False
     for entity in entities:
         kind, start = entity.get("type"), entity["offset"]
         end = start + entity["length"]
@@ -172,6 +223,7 @@ def parse_update(
         elif kind == "bot_command" and start == 0:
             name, _, target = utf16_slice(raw, 1, end).partition("@")
             command = name.lower()
+            qualified = bool(target)
             command_for_other_bot = bool(target) and target.lower() != username
             if not command_for_other_bot:
                 cut.append((start, end))
@@ -187,8 +239,8 @@ def parse_update(
         chat_type=chat["type"],
         message_id=message["message_id"],
         thread_id=message.get("message_thread_id") if message.get("is_topic_message") else None,
-        user_id=sender["id"],
-        user_name=_display_name(sender),
+        user_id=author_id,
+        user_name=author_name,
         text=text,
         is_direct=chat["type"] == "private",
         mentions_bot=mentions_bot,
@@ -199,12 +251,46 @@ def parse_update(
         command=command,
         command_for_other_bot=command_for_other_bot,
         date=message["date"],
+        quoted=_quoted(message, bot_id),
+        media=media,
+        # "/foo@ourbot" is meant for us even when we have no /foo: it gets the list.
+        known_command=command is None
+        or command in OUR_COMMANDS
+        or (qualified and not command_for_other_bot),
     )
+
+
+def _quoted(message: dict[str, Any], bot_id: int) -> str | None:
+    """The text the message replies to: the part the user quoted (`quote`, Bot API 7.0),
+    else the whole text or caption of `reply_to_message`. None for no reply, a reply to a
+    forum topic's creation (every topic message is one), to a message without text, or to a
+    whole message of the bot's own: that answer is in the conversation already, and quoting
+    it again would only repeat it (a quoted part of it says which part is meant)."""
+    quote = message.get("quote")
+    if isinstance(quote, dict) and quote.get("text"):
+        text = str(quote["text"])
+    else:
+        reply = message.get("reply_to_message")
+        if not isinstance(reply, dict) or reply.get("forum_topic_created"):
+            return None
+        if (reply.get("from") or {}).get("id") == bot_id:
+            return None
+        text = reply.get("text") or reply.get("caption") or ""
+    text = text.strip()
+    if not text:
+        return None
+    return text if len(text) <= QUOTE_LIMIT else text[: QUOTE_LIMIT - 1].rstrip() + "…"
+
+
+def _chat_title(chat: dict[str, Any]) -> str:
+    return chat.get("title") or chat.get("username") or str(chat["id"])
 
 
 def addressed_to_bot(message: TelegramMessage) -> bool:
     """Whether the bot should answer: in a private chat always; in a group when mentioned,
-    replied to, or given a command that names no other bot.
+    replied to, or given one of our commands (`/reset`, `/reset@ourbot`, `/anything@ourbot`);
+    a command of another bot (`/x@otherbot`, or an unqualified `/x` we do not have) is
+    ignored silently, since groups see every bot's commands.
 
     Args:
         message: The parsed message.
@@ -216,7 +302,95 @@ def addressed_to_bot(message: TelegramMessage) -> bool:
         return True
     if message.command_for_other_bot:
         return False
-    return message.mentions_bot or message.replies_to_bot or message.command is not None
+    if message.command is not None:
+        return message.known_command
+    return message.mentions_bot or message.replies_to_bot
+
+
+def model_text(message: TelegramMessage) -> str:
+    """What the model reads of a message: the text replied to as a quoted block first (the
+    part quoted, if any), a note that an attachment could not be seen, then the text.
+
+    Args:
+        message: The parsed message.
+
+    Returns:
+        The text for the engine; may be empty (a bare mention).
+    """
+    if message.command not in (None, ASK_COMMAND) and not message.command_for_other_bot:
+        return message.text  # a command of ours: the engine reads it as written
+    parts: list[str] = []
+    if message.quoted:
+        parts.append("\n".join(f"> {line}" for line in message.quoted.splitlines()))
+    if message.media is not None:
+        parts.append(f"[{MEDIA_KINDS[message.media]} was attached, which you cannot see]")
+    if message.text:
+        parts.append(message.text)
+    return "\n\n".join(parts)
+
+
+# --- answers the adapter gives by itself -----------------------------------------------------
+
+GREETING = (
+    "Hi, I'm {name}, an AI assistant. Ask me anything: I answer questions, explain, "
+    "translate, summarize and help with writing and code.\n\n"
+    "Here, just write to me. In a group, mention me (@{username}) or reply to one of my "
+    "messages, or use /ask QUESTION; replying to a message with a mention lets me read it "
+    "too.\n\n"
+    "Commands: {commands}"
+)
+"""The answer to `/start`, Telegram's first contact with a bot."""
+
+ASK_USAGE = "Usage: /ask QUESTION (for example: /ask what is a monad?)"
+"""The answer to a bare `/ask`."""
+
+UNKNOWN_COMMAND = "I don't know /{name}. My commands: {commands}"
+"""The answer to a command we do not have, in a private chat or addressed as /name@ourbot."""
+
+TEXT_ONLY = (
+    "I can only read text for now, so I could not see {media}. Please describe it or "
+    "paste its text, and I'll help."
+)
+"""The answer to an attachment without a caption: no model call, since it would see nothing."""
+
+MENU_COMMANDS = ("ask", "help", *(name for name in COMMANDS if name != "help"))
+
+
+def command_list() -> str:
+    """Our commands as a user reads them: "/ask, /help, /reset, ..."."""
+    return ", ".join(f"/{name}" for name in MENU_COMMANDS)
+
+
+def local_answer(message: TelegramMessage, *, bot_name: str, bot_username: str) -> str | None:
+    """The answer the adapter gives without the engine, or None to pass the message on.
+
+    - `/start`: a greeting (who the bot is, how to reach it in groups, the commands).
+    - A bare `/ask` (no question, no message replied to): its usage.
+    - A command we do not have: the list of ours (in groups only when addressed to us,
+      see `addressed_to_bot`).
+    - An attachment without caption: that only text can be read for now.
+
+    Args:
+        message: A message `addressed_to_bot` accepted.
+        bot_name: The bot's first name, for the greeting.
+        bot_username: The bot's username, without "@".
+
+    Returns:
+        The text to send, or None.
+    """
+    if message.command == "start":
+        return GREETING.format(name=bot_name, username=bot_username, commands=command_list())
+    if message.command == ASK_COMMAND and not message.text and not message.quoted:
+        return (
+            ASK_USAGE
+            if message.media is None
+            else TEXT_ONLY.format(media=MEDIA_KINDS[message.media])
+        )
+    if message.command is not None and message.command not in OUR_COMMANDS:
+        return UNKNOWN_COMMAND.format(name=message.command, commands=command_list())
+    if message.media is not None and not message.text and not message.quoted:
+        return TEXT_ONLY.format(media=MEDIA_KINDS[message.media])
+    return None
 
 
 def event_id_for(message: TelegramMessage) -> str:

@@ -1489,6 +1489,227 @@ def edited_message(
     return {"edited_message": message}
 
 
+# Telegram's own accounts, as they appear in `from` (see PLATFORMS.md, field notes).
+TELEGRAM_SERVICE_USER: dict[str, Any] = {"id": 777000, "is_bot": False, "first_name": "Telegram"}
+GROUP_ANONYMOUS_BOT: dict[str, Any] = {
+    "id": 1087968824,
+    "is_bot": True,
+    "first_name": "Group",
+    "username": "GroupAnonymousBot",
+}
+CHANNEL_BOT: dict[str, Any] = {
+    "id": 136817688,
+    "is_bot": True,
+    "first_name": "Channel",
+    "username": "Channel_Bot",
+}
+CHANNEL_ID = -1005555555555
+
+
+def channel(chat_id: int = CHANNEL_ID, title: str = "News") -> dict[str, Any]:
+    """A channel Chat, as in `sender_chat` or a `channel_post`'s `chat`."""
+    return {"id": chat_id, "title": title, "username": "news_channel", "type": "channel"}
+
+
+def group_chat(chat_id: int = GROUP_CHAT_ID, title: str = "Test group") -> dict[str, Any]:
+    """A supergroup Chat."""
+    return {"id": chat_id, "title": title, "type": "supergroup"}
+
+
+def with_fields(update: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """The update with fields added to (or, given None, removed from) its message."""
+    body = copy.deepcopy(update)
+    key = next(k for k in ("message", "edited_message", "channel_post") if k in body)
+    for name, value in fields.items():
+        if value is None:
+            body[key].pop(name, None)
+        else:
+            body[key][name] = value
+    return body
+
+
+def channel_post(text: str, *, chat: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A `channel_post` update: a post in a channel the bot administers (no `from`)."""
+    chat = chat or channel()
+    message = {
+        "message_id": next_message_id(int(chat["id"])),
+        "sender_chat": chat,
+        "chat": chat,
+        "date": int(time.time()),
+        "text": text,
+    }
+    if found := auto_entities(text):
+        message["entities"] = found
+    return {"channel_post": message}
+
+
+def automatic_forward(text: str, *, chat_id: int = GROUP_CHAT_ID) -> dict[str, Any]:
+    """A linked channel's post as Telegram copies it into the discussion group: `from` is
+    777000 "Telegram", `sender_chat` the channel, `is_automatic_forward` true."""
+    source = channel()
+    update = group_message(text, chat_id=chat_id)
+    return with_fields(
+        update,
+        **{"from": TELEGRAM_SERVICE_USER},
+        sender_chat=source,
+        is_automatic_forward=True,
+        forward_origin={
+            "type": "channel",
+            "chat": source,
+            "message_id": next_message_id(int(source["id"])),
+            "date": int(time.time()) - 2,
+        },
+    )
+
+
+def anonymous_admin_message(text: str, **options: Any) -> dict[str, Any]:
+    """A group message by an anonymous admin: `sender_chat` is the group itself and `from`
+    is GroupAnonymousBot."""
+    update = group_message(text, **options)
+    chat = update["message"]["chat"]
+    return with_fields(update, **{"from": GROUP_ANONYMOUS_BOT}, sender_chat=chat)
+
+
+def as_channel_message(text: str, **options: Any) -> dict[str, Any]:
+    """A group message someone posted as their channel: `sender_chat` the channel, `from`
+    Channel_Bot."""
+    update = group_message(text, **options)
+    return with_fields(update, **{"from": CHANNEL_BOT}, sender_chat=channel())
+
+
+_MEDIA: dict[str, Any] = {
+    "photo": [
+        {
+            "file_id": "AgACAgIAAxkBAAIBb2",
+            "file_unique_id": "AQADs",
+            "width": 90,
+            "height": 67,
+            "file_size": 1312,
+        },
+        {
+            "file_id": "AgACAgIAAxkBAAIBb3",
+            "file_unique_id": "AQADm",
+            "width": 1280,
+            "height": 960,
+            "file_size": 93814,
+        },
+    ],
+    "voice": {
+        "file_id": "AwACAgIAAxkBAAIBc",
+        "file_unique_id": "AgADv",
+        "duration": 4,
+        "mime_type": "audio/ogg",
+        "file_size": 11422,
+    },
+    "video": {
+        "file_id": "BAACAgIAAxkBAAIBd",
+        "file_unique_id": "AgADw",
+        "width": 640,
+        "height": 360,
+        "duration": 12,
+        "mime_type": "video/mp4",
+        "file_size": 802133,
+    },
+    "document": {
+        "file_name": "report.pdf",
+        "mime_type": "application/pdf",
+        "file_id": "BQACAgIAAxkBAAIBe",
+        "file_unique_id": "AgADx",
+        "file_size": 48213,
+    },
+    "sticker": {
+        "file_id": "CAACAgIAAxkBAAIBf",
+        "file_unique_id": "AgADy",
+        "type": "regular",
+        "width": 512,
+        "height": 512,
+        "is_animated": False,
+        "is_video": False,
+        "emoji": "👍",
+        "set_name": "HotCherry",
+        "file_size": 23410,
+    },
+}
+
+
+def media_message(
+    kind: str, caption: str | None = None, *, group: bool = False, **options: Any
+) -> dict[str, Any]:
+    """A message with an attachment ("photo", "voice", "video", "document", "sticker") and
+    an optional caption (with its entities), in a private chat or (`group=True`) a group."""
+    build = group_message if group else private_message
+    update = build("", **options)
+    message = update["message"]
+    del message["text"]
+    message.pop("entities", None)
+    message[kind] = copy.deepcopy(_MEDIA[kind])
+    if caption is not None:
+        message["caption"] = caption
+        if found := auto_entities(caption):
+            message["caption_entities"] = found
+    return update
+
+
+def service_message(**fields: Any) -> dict[str, Any]:
+    """A group service message: no text, one of `new_chat_members`, `pinned_message`,
+    `left_chat_member`, `forum_topic_created` ... given as `fields`."""
+    update = group_message("")
+    message = update["message"]
+    del message["text"]
+    message.update(fields)
+    return update
+
+
+def poll_message(question: str, *, group: bool = False) -> dict[str, Any]:
+    """A message holding a poll."""
+    update = (group_message if group else private_message)("")
+    message = update["message"]
+    del message["text"]
+    message["poll"] = {
+        "id": "5467123456789012345",
+        "question": question,
+        "options": [
+            {"text": "Yes", "voter_count": 0, "persistent_id": "1"},
+            {"text": "No", "voter_count": 0, "persistent_id": "2"},
+        ],
+        "total_voter_count": 0,
+        "is_closed": False,
+        "is_anonymous": True,
+        "type": "regular",
+        "allows_multiple_answers": False,
+        # Required by python-telegram-bot 22.8 (Bot API 9.6 and 10.0).
+        "allows_revoting": False,
+        "members_only": False,
+    }
+    return update
+
+
+def my_chat_member_update(*, chat: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A `my_chat_member` update: someone added the bot to a group."""
+    return {
+        "my_chat_member": {
+            "chat": chat or group_chat(),
+            "from": user(),
+            "date": int(time.time()),
+            "old_chat_member": {"status": "left", "user": BOT_USER},
+            "new_chat_member": {"status": "member", "user": BOT_USER},
+        }
+    }
+
+
+def callback_query_update(data: str, *, message: Mapping[str, Any]) -> dict[str, Any]:
+    """A `callback_query` update: a button under one of the bot's messages was pressed."""
+    return {
+        "callback_query": {
+            "id": "4382176251762893",
+            "from": user(),
+            "message": _unwrap(message),
+            "chat_instance": "-5187193629347825311",
+            "data": data,
+        }
+    }
+
+
 # --- webhook mode ----------------------------------------------------------------------------
 
 
@@ -1522,26 +1743,42 @@ def free_port() -> int:
 __all__ = [
     "BOT_ID",
     "BOT_USERNAME",
+    "CHANNEL_BOT",
+    "CHANNEL_ID",
+    "GROUP_ANONYMOUS_BOT",
     "GROUP_CHAT_ID",
+    "TELEGRAM_SERVICE_USER",
     "ApiError",
     "Call",
     "FakeTelegram",
     "Fault",
     "ParseError",
+    "anonymous_admin_message",
+    "as_channel_message",
     "auto_entities",
+    "automatic_forward",
+    "callback_query_update",
+    "channel",
+    "channel_post",
     "dropped",
     "edited_message",
     "free_port",
+    "group_chat",
     "group_message",
+    "media_message",
+    "my_chat_member_update",
     "next_message_id",
     "not_json_error",
     "parse_html",
     "parse_markdown",
     "parse_markdown_v2",
+    "poll_message",
     "post_update",
     "private_message",
     "refused",
     "server_error",
+    "service_message",
     "user",
     "utf16_len",
+    "with_fields",
 ]

@@ -288,7 +288,7 @@ async def test_persona_and_reset_commands_work(
         ]
         telegram.push(private_message("/start"))
         await telegram.wait_for(lambda: len(telegram.texts_in(1)) == 5)
-        assert telegram.texts_in(1)[4].startswith("Commands:")
+        assert telegram.texts_in(1)[4].startswith("Hi, I'm Parley")
 
 
 @pytest.mark.parametrize(

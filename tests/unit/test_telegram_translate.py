@@ -9,15 +9,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adapters.telegram.bot import first_words
 from adapters.telegram.translate import (
+    ASK_USAGE,
     HORIZONTAL_RULE,
+    QUOTE_LIMIT,
     TELEGRAM_LIMIT,
+    TEXT_ONLY,
     TelegramMessage,
     addressed_to_bot,
     conversation_key,
     event_id_for,
     html_to_plain,
+    local_answer,
     markdown_to_html,
+    model_text,
     parse_update,
     rendered_length,
     utf16_length,
@@ -61,6 +67,7 @@ PRIVATE: dict[str, Any] = {
     "type": "private",
 }
 GROUP: dict[str, Any] = {"id": -1001234567890, "title": "Parley users", "type": "supergroup"}
+NEWS: dict[str, Any] = {"id": -1005555555555, "title": "News", "type": "channel"}
 FORUM: dict[str, Any] = {
     "id": -1009876543210,
     "title": "Parley forum",
@@ -250,6 +257,68 @@ UPDATES: dict[str, dict[str, Any]] = {
             entities=[{"type": "text_mention", "offset": 5, "length": 6, "user": PARLEY}],
         ),
     },
+    "an anonymous admin (from GroupAnonymousBot)": {
+        "update_id": 900104,
+        "message": _message(
+            46,
+            GROUP,
+            {
+                "id": 1087968824,
+                "is_bot": True,
+                "first_name": "Group",
+                "username": "GroupAnonymousBot",
+            },
+            sender_chat=GROUP,
+            text="@parley_bot hi",
+            entities=[_mention(0, 11)],
+        ),
+    },
+    "a sticker": {
+        "update_id": 900109,
+        "message": _message(
+            55, PRIVATE, ALICE, sticker={"file_id": "CAACAgIAAxk", "emoji": "👍", "type": "regular"}
+        ),
+    },
+    "posting as a channel": {
+        "update_id": 900018,
+        "message": _message(
+            58,
+            GROUP,
+            {"id": 136817688, "is_bot": True, "first_name": "Channel", "username": "Channel_Bot"},
+            sender_chat=NEWS,
+            text="@parley_bot is this on?",
+            entities=[_mention(0, 11)],
+        ),
+    },
+    "reply with a partial quote": {
+        "update_id": 900019,
+        "message": _message(
+            59,
+            GROUP,
+            ALICE,
+            reply_to_message=_message(
+                57, GROUP, BOB, text="Bonjour à tous. Le train part à midi, quai 3."
+            ),
+            quote={"text": "Le train part à midi", "position": 16, "is_manual": True},
+            text="@parley_bot translate this",
+            entities=[_mention(0, 11)],
+        ),
+    },
+    "a voice message": {
+        "update_id": 900020,
+        "message": _message(
+            60,
+            PRIVATE,
+            ALICE,
+            voice={
+                "file_id": "AwACAgIAAxk",
+                "file_unique_id": "AgADv",
+                "duration": 3,
+                "mime_type": "audio/ogg",
+                "file_size": 9000,
+            },
+        ),
+    },
 }
 
 IGNORED: dict[str, dict[str, Any]] = {
@@ -277,22 +346,6 @@ IGNORED: dict[str, dict[str, Any]] = {
             45, GROUP, OTHER_BOT, text="@parley_bot ping", entities=[_mention(0, 11)]
         ),
     },
-    "an anonymous admin (from GroupAnonymousBot)": {
-        "update_id": 900104,
-        "message": _message(
-            46,
-            GROUP,
-            {
-                "id": 1087968824,
-                "is_bot": True,
-                "first_name": "Group",
-                "username": "GroupAnonymousBot",
-            },
-            sender_chat=GROUP,
-            text="@parley_bot hi",
-            entities=[_mention(0, 11)],
-        ),
-    },
     "a message without from": {
         "update_id": 900105,
         "message": _message(47, GROUP, None, text="hello"),
@@ -306,10 +359,43 @@ IGNORED: dict[str, dict[str, Any]] = {
         "message": _message(49, GROUP, ALICE, pinned_message=BOTS_ANSWER),
     },
     "forum_topic_created": {"update_id": 900108, "message": TOPIC_43_CREATED},
-    "a sticker": {
-        "update_id": 900109,
+    "an automatic forward from the linked channel": {
+        "update_id": 900111,
         "message": _message(
-            55, PRIVATE, ALICE, sticker={"file_id": "CAACAgIAAxk", "emoji": "👍", "type": "regular"}
+            56,
+            GROUP,
+            {"id": 777000, "is_bot": False, "first_name": "Telegram"},
+            sender_chat=NEWS,
+            is_automatic_forward=True,
+            forward_origin={
+                "type": "channel",
+                "chat": NEWS,
+                "message_id": 7,
+                "date": DATE - 5,
+            },
+            text="@parley_bot new release out",
+            entities=[_mention(0, 11)],
+        ),
+    },
+    "a poll": {
+        "update_id": 900112,
+        "message": _message(
+            57,
+            PRIVATE,
+            ALICE,
+            poll={
+                "id": "5800000000000000001",
+                "question": "Lunch?",
+                "options": [
+                    {"text": "yes", "voter_count": 0},
+                    {"text": "no", "voter_count": 0},
+                ],
+                "total_voter_count": 0,
+                "is_closed": False,
+                "is_anonymous": True,
+                "type": "regular",
+                "allows_multiple_answers": False,
+            },
         ),
     },
     "callback_query": {
@@ -346,6 +432,9 @@ def message(**fields: Any) -> TelegramMessage:
         "command": None,
         "command_for_other_bot": False,
         "date": DATE,
+        "quoted": None,
+        "media": None,
+        "known_command": True,
     }
     return TelegramMessage(**(defaults | fields))
 
@@ -476,7 +565,9 @@ BOB_FIELDS: dict[str, Any] = {"user_id": BOB["id"], "user_name": "Bob"}
         ),
         (
             "photo with a caption",
-            message(message_id=38, text="what's in this picture?", mentions_bot=True),
+            message(
+                message_id=38, text="what's in this picture?", mentions_bot=True, media="photo"
+            ),
             True,
         ),
         (
@@ -492,6 +583,62 @@ BOB_FIELDS: dict[str, Any] = {"user_id": BOB["id"], "user_name": "Bob"}
         (
             "text_mention of the bot",
             message(message_id=44, text="🎉🎉 ship it?", mentions_bot=True),
+            True,
+        ),
+        (
+            "an anonymous admin (from GroupAnonymousBot)",
+            message(
+                message_id=46,
+                text="hi",
+                mentions_bot=True,
+                user_id=GROUP["id"],
+                user_name="Parley users",
+            ),
+            True,
+        ),
+        (
+            "posting as a channel",
+            message(
+                message_id=58,
+                text="is this on?",
+                mentions_bot=True,
+                user_id=NEWS["id"],
+                user_name="News",
+            ),
+            True,
+        ),
+        (
+            "a sticker",
+            message(
+                chat_id=PRIVATE["id"],
+                chat_type="private",
+                message_id=55,
+                text="",
+                is_direct=True,
+                media="sticker",
+            ),
+            True,
+        ),
+        (
+            "a voice message",
+            message(
+                chat_id=PRIVATE["id"],
+                chat_type="private",
+                message_id=60,
+                text="",
+                is_direct=True,
+                media="voice",
+            ),
+            True,
+        ),
+        (
+            "reply with a partial quote",
+            message(
+                message_id=59,
+                text="translate this",
+                mentions_bot=True,
+                quoted="Le train part à midi",
+            ),
             True,
         ),
     ],
@@ -602,6 +749,115 @@ def test_the_event_id_is_the_chat_and_message_not_the_reusable_update_id() -> No
     other = {**update, "message": {**update["message"], "message_id": 999}}
     later = parse_update(other, bot_id=BOT_ID, bot_username=BOT_USERNAME)
     assert later is not None and event_id_for(later) != event_id_for(private)
+
+
+def _group_text(text: str, **fields: Any) -> TelegramMessage:
+    update = {"update_id": 1, "message": _message(1, GROUP, ALICE, text=text, **fields)}
+    found = parse_update(update, bot_id=BOT_ID, bot_username=BOT_USERNAME)
+    assert found is not None
+    return found
+
+
+@pytest.mark.parametrize(
+    ("text", "length", "addressed", "known"),
+    [
+        ("/reset", 6, True, True),
+        ("/start", 6, True, True),
+        ("/scope user", 6, True, True),
+        ("/weather", 8, False, False),  # another bot's command, unqualified
+        ("/weather@otherbot", 17, False, False),
+        ("/weather@parley_bot", 19, True, True),  # ours by name: answered with the list
+    ],
+)
+def test_in_a_group_only_our_commands_are_answered(
+    text: str, length: int, addressed: bool, known: bool
+) -> None:
+    found = _group_text(text, entities=[_command(length)])
+    assert addressed_to_bot(found) is addressed
+    assert found.known_command is known
+
+
+def test_an_unknown_command_in_a_private_chat_gets_the_list_of_ours() -> None:
+    sent = _message(1, PRIVATE, ALICE, text="/weather", entities=[_command(8)])
+    update = {"update_id": 1, "message": sent}
+    found = parse_update(update, bot_id=BOT_ID, bot_username=BOT_USERNAME)
+    assert found is not None and addressed_to_bot(found)
+    assert local_answer(found, bot_name="Parley", bot_username=BOT_USERNAME) == (
+        "I don't know /weather. My commands: /ask, /help, /reset, /persona, /personas, /usage"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "answer"),
+    [
+        ("private /start", None),  # checked below: the greeting
+        ("a sticker", TEXT_ONLY.format(media="a sticker")),
+        ("a voice message", TEXT_ONLY.format(media="a voice message")),
+        ("photo with a caption", None),
+        ("group @mention", None),
+        ("/ask@parley_bot", None),
+    ],
+)
+def test_answers_the_adapter_gives_itself(name: str, answer: str | None) -> None:
+    given = local_answer(parsed(name), bot_name="Parley", bot_username=BOT_USERNAME)
+    if name == "private /start":
+        assert given is not None and given.startswith("Hi, I'm Parley, an AI assistant.")
+        assert "mention me (@parley_bot) or reply to one of my messages" in given
+        assert "/ask QUESTION" in given
+        assert given.endswith("Commands: /ask, /help, /reset, /persona, /personas, /usage")
+    else:
+        assert given == answer
+
+
+@pytest.mark.parametrize("text", ["/ask", "/ask@parley_bot", "/ask@parley_bot   "])
+def test_a_bare_ask_gets_its_usage(text: str) -> None:
+    found = _group_text(text, entities=[_command(len(text.strip()))])
+    assert addressed_to_bot(found)
+    assert local_answer(found, bot_name="Parley", bot_username=BOT_USERNAME) == ASK_USAGE
+
+
+def test_a_bare_ask_replying_to_a_message_asks_about_it() -> None:
+    french = _message(9, GROUP, BOB, text="Où est la gare ?")
+    found = _group_text("/ask", entities=[_command(4)], reply_to_message=french)
+    assert local_answer(found, bot_name="Parley", bot_username=BOT_USERNAME) is None
+    assert model_text(found) == "> Où est la gare ?"
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("private text", "What's the capital of Australia?"),
+        (
+            "photo with a caption",
+            "[a photo was attached, which you cannot see]\n\nwhat's in this picture?",
+        ),
+        ("reply with a partial quote", "> Le train part à midi\n\ntranslate this"),
+        ("/persona@Parley_Bot coder", "/persona coder"),
+        # The bot's own answer is in the conversation already: not quoted again.
+        ("reply to the bot", "and of New Zealand?"),
+    ],
+)
+def test_what_the_model_reads(name: str, text: str) -> None:
+    assert model_text(parsed(name)) == text
+
+
+def test_a_reply_quotes_the_whole_message_or_its_caption_and_is_capped() -> None:
+    french = _message(9, GROUP, BOB, text="Bonjour.\nÀ demain !")
+    found = _group_text(
+        "@parley_bot translate", entities=[_mention(0, 11)], reply_to_message=french
+    )
+    assert model_text(found) == "> Bonjour.\n> À demain !\n\ntranslate"
+
+    photo = _message(
+        9, GROUP, BOB, photo=[{"file_id": "x", "width": 1, "height": 1}], caption="Sunset in Lisbon"
+    )
+    found = _group_text("@parley_bot where?", entities=[_mention(0, 11)], reply_to_message=photo)
+    assert found.quoted == "Sunset in Lisbon"
+
+    long = _message(9, GROUP, BOB, text="word " * 1000)
+    found = _group_text("@parley_bot tl;dr", entities=[_mention(0, 11)], reply_to_message=long)
+    assert found.quoted is not None
+    assert len(found.quoted) == QUOTE_LIMIT and found.quoted.endswith("…")
 
 
 # --- conversation keys --------------------------------------------------------------------
@@ -960,3 +1216,24 @@ prose = st.text(alphabet="abcXYZ019 .,?!'\n\t", max_size=80)
 def test_prose_without_markdown_passes_through(text: str) -> None:
     assert markdown_to_html(text) == text
     assert html_to_plain(text) == text
+
+
+# --- the first post of a streamed answer --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("streamed", "first"),
+    [
+        ("C", None),
+        ("Cert", None),
+        ("Certainly", None),
+        ("Certainly!", None),  # the sentence may go on ("!?"); its end shows with what follows
+        ("Certainly! H", "Certainly!"),
+        ("Yes, that", None),
+        ("Line one\nLi", "Line one"),
+        ("The capital of Australia is", "The capital of Australia"),
+        ("  **Bold** start of something long", "**Bold** start of something"),
+    ],
+)
+def test_the_first_post_waits_for_whole_words(streamed: str, first: str | None) -> None:
+    assert first_words(streamed) == first
