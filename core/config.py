@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
+import platformdirs
 from pydantic import (
     AnyHttpUrl,
     Field,
@@ -47,7 +48,9 @@ class Settings(BaseSettings):
         env_ignore_empty=True,
     )
 
-    database_url: str = Field("sqlite+aiosqlite:///./parley.db", alias="DATABASE_URL")
+    # Unset (or empty): a SQLite file in the user's data directory, so `parley chat` finds
+    # its history from any folder.
+    database_url: str = Field(default_factory=lambda: default_database_url(), alias="DATABASE_URL")
     db_pool_size: PositiveInt = Field(20, alias="PARLEY_DB_POOL_SIZE")
     auto_migrate: bool = Field(True, alias="PARLEY_AUTO_MIGRATE")
     db_retry_seconds: NonNegativeFloat = Field(30.0, alias="PARLEY_DB_RETRY_SECONDS")
@@ -154,6 +157,8 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _async_database_url(cls, value: str) -> str:
+        if not value.strip():
+            return default_database_url()
         try:
             url = make_url(value)
         except ArgumentError:
@@ -290,6 +295,13 @@ class Settings(BaseSettings):
     def uses_embedded_model(self) -> bool:
         """True when no model service is configured, so the bundled local model answers."""
         return self.openai_api_key is None and self.openai_base_url is None
+
+
+def default_database_url() -> str:
+    """SQLite in the user's data directory (~/.local/share/parley on Linux, honouring
+    XDG_DATA_HOME; ~/Library/Application Support/parley on macOS; %LOCALAPPDATA% on Windows)."""
+    folder = platformdirs.user_data_path("parley", appauthor=False, ensure_exists=True)
+    return f"sqlite+aiosqlite:///{folder / 'parley.db'}"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -26,9 +26,9 @@ def is_sqlite(url: str) -> bool:
 def create_database_engine(url: str, *, pool_size: int = 20) -> AsyncEngine:
     """An async engine with the settings each backend needs for concurrent use."""
     if not is_sqlite(url):
-        # A turn being answered holds one connection (its advisory lock) for the whole turn,
-        # so the pool bounds concurrent turns per process: up to three times the steady pool
-        # in bursts (connections past the pool size are closed when returned).
+        # A connection is held for one transaction at a time (never across a model call);
+        # bursts may open up to three times the steady pool (connections past the pool size
+        # are closed when returned).
         return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size * 2)
     engine = create_async_engine(url, connect_args={"timeout": 30})
     configure_sqlite(engine.sync_engine)

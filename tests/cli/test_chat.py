@@ -218,3 +218,21 @@ async def test_chat_needs_no_platform_extra(fake_openai: FakeOpenAI, tmp_path: P
     )
     out, err = await process.communicate(b"hello\n")
     assert (process.returncode, out.decode()) == (0, "Hi.\n"), err.decode()
+
+
+async def test_chat_continues_from_any_folder_with_the_default_database(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    env = environment(fake_openai, tmp_path, XDG_DATA_HOME=str(tmp_path / "data"))
+    del env["DATABASE_URL"]
+    fake_openai.reply("Hi Sam.")
+    fake_openai.reply("You are Sam.")
+    for folder, line in (("one", "I am Sam\n"), ("two", "Who am I?\n")):
+        (tmp_path / folder).mkdir()
+        code, _, _ = await parley("chat", stdin=line, env=env, cwd=tmp_path / folder)
+        assert code == 0
+    assert (tmp_path / "data" / "parley" / "parley.db").is_file()
+    assert not (tmp_path / "one" / "parley.db").exists()
+    first, reply, second = (m["content"] for m in fake_openai.chat_requests[-1]["messages"][1:])
+    assert first.endswith(": I am Sam") and reply == "Hi Sam."
+    assert second.endswith(": Who am I?")

@@ -159,3 +159,13 @@ def test_malformed_json_settings_from_the_environment_are_one_line(
     assert config_error().startswith("invalid setting PARLEY_PRICES: not JSON")
     monkeypatch.setenv("PARLEY_PRICES", '{"my-model": [0.15, 0.60]}')
     assert load_settings(_env_file=None).prices == {"my-model": (0.15, 0.60)}
+
+
+def test_the_default_database_is_in_the_users_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    expected = f"sqlite+aiosqlite:///{tmp_path}/data/parley/parley.db"
+    assert load_settings(_env_file=None).database_url == expected
+    assert load_settings(_env_file=None, DATABASE_URL="").database_url == expected
