@@ -23,7 +23,14 @@ from typing import Any
 from aiohttp import web
 from telegram import Bot, BotCommand, LinkPreviewOptions, ReplyParameters, Update
 from telegram.constants import ChatAction, ParseMode
-from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
+from telegram.error import (
+    BadRequest,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+)
 from telegram.ext import Application, ContextTypes, TypeHandler
 
 from adapters.base import HOLD_RETRY_SECONDS, AcceptFailed, ChatAdapter
@@ -242,10 +249,16 @@ class TelegramBot(ChatAdapter):
             await app.initialize()  # calls getMe
         except TelegramError as exc:
             await app.bot.shutdown()  # initialize() failing leaves the HTTP clients open
-            raise ConfigError(
-                f"TELEGRAM_BOT_TOKEN: Telegram refused it ({exc}); ask @BotFather for the "
-                "token (/token)"
-            ) from None
+            if isinstance(exc, InvalidToken):
+                raise ConfigError(
+                    "TELEGRAM_BOT_TOKEN: Telegram refused it; ask @BotFather for the token (/token)"
+                ) from None
+            if isinstance(exc, NetworkError):  # TimedOut too
+                raise ConfigError(
+                    f"TELEGRAM_API_URL: cannot reach {self._settings.telegram_api_url} ({exc}); "
+                    "check the network, a proxy (HTTPS_PROXY) or the URL"
+                ) from None
+            raise ConfigError(f"TELEGRAM_BOT_TOKEN: Telegram answered getMe with {exc}") from None
         self.bot_id, self.username = app.bot.id, app.bot.username
         await app.bot.set_my_commands(MENU)
         webhook = self._settings.telegram_webhook_url

@@ -317,6 +317,15 @@ async def test_parley_run_telegram_explains_a_wrong_setting_in_one_line(
     assert message in line
 
 
+async def test_parley_run_telegram_says_when_telegram_cannot_be_reached(
+    tmp_path: Any, unused_tcp_port: int
+) -> None:
+    url = f"http://127.0.0.1:{unused_tcp_port}"
+    line = await run_error(["telegram"], tmp_path, TELEGRAM_BOT_TOKEN=TOKEN, TELEGRAM_API_URL=url)
+    assert line.startswith(f"parley: TELEGRAM_API_URL: cannot reach {url}")
+    assert "refused it" not in line and TOKEN not in line
+
+
 async def test_a_group_can_have_one_conversation_per_member(
     bot_factory: Callable[..., Any], telegram: FakeTelegram, fake_openai: FakeOpenAI
 ) -> None:
