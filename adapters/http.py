@@ -6,9 +6,11 @@ Platforms add their routes before it starts, so they share PARLEY_HTTP_HOST:PARL
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from types import TracebackType
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -28,7 +30,7 @@ class HttpServer:
         self.paths: list[str] = []
 
     def add_post(self, path: str, handler: Handler) -> None:
-        self._app.router.add_post(path, handler)
+        self._app.router.add_post(path, _well_formed(handler))
         self.paths.append(path)
 
     async def __aenter__(self) -> HttpServer:
@@ -49,3 +51,46 @@ class HttpServer:
     ) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def bad_body(body: bytes, content_type: str) -> str | None:
+    """Why a webhook body cannot be a platform's event, or None when it may be one.
+
+    Slack and Telegram send UTF-8: a JSON object (`application/json`), or a form whose
+    `payload` field, when present, is a JSON object (Slack's interactions). Anything else is
+    the sender's mistake (400), never the bot's (500).
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the body is not UTF-8"
+    if content_type == "application/json":
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return "the body is not JSON"
+        if not isinstance(data, dict):
+            return "the body is not a JSON object"
+    elif content_type == "application/x-www-form-urlencoded":
+        payload = dict(parse_qsl(text)).get("payload")
+        if payload is not None:
+            try:
+                data = json.loads(payload)
+            except ValueError:
+                return "the payload field is not JSON"
+            if not isinstance(data, dict):
+                return "the payload field is not a JSON object"
+    return None
+
+
+def _well_formed(handler: Handler) -> Handler:
+    """The handler, behind a check that answers 400 to a body no platform would send."""
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        problem = bad_body(await request.read(), request.content_type)
+        if problem is not None:
+            log.warning("HTTP %s: refused a request (400): %s", request.path, problem)
+            return web.Response(status=400, text=problem)
+        return await handler(request)
+
+    return checked

@@ -45,6 +45,10 @@ SWITCH_ANSWERS = {
 }
 SCOPES = ("thread", "channel", "user")
 
+ATTACHMENT_ONLY_COMMAND = "attachment_only"
+"""The hidden command an adapter sends for a message without text, only attachments: the
+answer says so without calling the model."""
+
 # "/name" or "/name@botname", then the argument. "/etc/hosts ..." is not a command.
 _COMMAND = re.compile(r"^/([A-Za-z][A-Za-z0-9_]*)(?:@\S+)?(?:\s+(.*))?$", re.DOTALL)
 
@@ -91,6 +95,9 @@ class CommandHandler:
             "merge": self._merge,
             "mentions": self._mentions,
             "access": self._access_lists,
+            # Not listed in /help: adapters send it for a message that holds only
+            # attachments (images, files, stickers), which the bot cannot read.
+            ATTACHMENT_ONLY_COMMAND: self._attachment_only,
         }
 
     async def run(self, inbound: Inbound, name: str, argument: str) -> str:
@@ -120,6 +127,9 @@ class CommandHandler:
             lines += ["", "For this channel:", *admin]
         return "Commands:\n" + "\n".join(lines)
 
+    async def _attachment_only(self, inbound: Inbound, argument: str) -> str:
+        return wording.ATTACHMENT_ONLY
+
     async def _reset(self, inbound: Inbound, argument: str) -> str:
         await self._store.reset(key=inbound.key)
         return wording.RESET_DONE
@@ -146,11 +156,14 @@ class CommandHandler:
 
     async def _list_personas(self, inbound: Inbound, argument: str) -> str:
         current = await self._current(inbound)
+        # The marker is words at the end of the line: a leading "*" or "→" turns into a bullet
+        # or vanishes in the Markdown renderers of Slack, Telegram and Discord.
         lines = [
-            f"{'*' if p.name == current.name else '-'} {p.name}: {p.description}"
+            f"- {p.name}: {p.description}"
+            + (wording.PERSONA_IN_USE if p.name == current.name else "")
             for p in self._personas
         ]
-        return "Personas (* is in use; switch with /persona NAME):\n" + "\n".join(lines)
+        return wording.PERSONAS_HEADER + "\n" + "\n".join(lines)
 
     async def _usage(self, inbound: Inbound, argument: str) -> str:
         now = self._clock()
@@ -218,9 +231,11 @@ class CommandHandler:
                     names=", ".join(unknown), available=", ".join(self._tools.names()) or "none"
                 )
         await self._store.update_channel(key=inbound.key, tools=names)
-        return wording.TOOLS_SET.format(
-            tools="all of the persona's" if names is None else ", ".join(names) or "none"
-        )
+        if names is None:
+            return wording.TOOLS_SET_ALL
+        if not names:
+            return wording.TOOLS_SET_NONE
+        return wording.TOOLS_SET.format(tools=", ".join(names))
 
     async def _channel_limits(self, inbound: Inbound, argument: str) -> str:
         match = re.fullmatch(r"(rpm|tokens)\s+(\d+|default)", argument.lower())

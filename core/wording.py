@@ -35,7 +35,14 @@ RESET_DONE = "Started a fresh conversation. Earlier messages are kept but no lon
 
 PERSONA_SET = "This channel now uses the persona *{name}*: {description}"
 PERSONA_CURRENT = "Current persona: *{name}*: {description}\nChange it with /persona NAME."
+PERSONAS_HEADER = "Personas (switch with /persona NAME):"
+PERSONA_IN_USE = " (in use)"
 PERSONA_UNKNOWN = "There is no persona called '{name}'. Available: {available}."
+
+ATTACHMENT_ONLY = (
+    "I can only read text for now, so I can't see attachments, images or stickers. "
+    "Please write your question as text."
+)
 
 UNKNOWN_COMMAND = "Unknown command /{name}. Available commands: {available}."
 
@@ -84,7 +91,9 @@ TOOLS_CURRENT = (
     "Tools in use here: {tools} (the persona {persona} offers: {offered}). "
     "Admins can narrow them with /tools NAME,NAME, or /tools all."
 )
-TOOLS_SET = "This channel now uses {tools} tools."
+TOOLS_SET = "This channel now uses these tools: {tools}."
+TOOLS_SET_ALL = "This channel now uses all of the persona's tools."
+TOOLS_SET_NONE = "This channel now uses no tools."
 TOOLS_UNKNOWN = "There is no tool called {names}. Available: {available}."
 LIMITS_CURRENT = "Per-user limits in this channel: {rpm}, {tokens}."
 BUDGET_LEFT = "Today's budget here: {left:,} of {limit:,} tokens left."

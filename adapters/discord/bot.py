@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
@@ -30,6 +31,7 @@ from adapters.discord.translate import (
     DISCORD_LIMIT,
     THREAD_NAME_FALLBACK,
     DiscordMessage,
+    close_open_fence,
     conversation_key,
     event_id_for_interaction,
     event_id_for_message,
@@ -39,7 +41,7 @@ from adapters.discord.translate import (
 )
 from adapters.http import HttpServer
 from adapters.rendering import MessageSink, RateLimited, Rendering
-from core.commands import COMMANDS
+from core.commands import ATTACHMENT_ONLY_COMMAND, COMMANDS
 from core.config import Settings
 from core.conversation import Engine
 from core.errors import ConfigError
@@ -58,6 +60,7 @@ QUIET = discord.AllowedMentions.none()
 # A reply may notify the person it answers, and nobody else (never @everyone or roles).
 ANSWERING = discord.AllowedMentions(everyone=False, users=False, roles=False, replied_user=True)
 READY_TIMEOUT = 60.0
+INTERACTIONS_REMEMBERED = 1000
 # Discord's error code for starting a thread from a message that has one already: a turn run
 # again after a crash that came after the thread was started.
 THREAD_EXISTS = 160004
@@ -340,6 +343,10 @@ class DiscordBot(ChatAdapter):
         self.tree = app_commands.CommandTree(self.client)
         self._register_commands()
         self.client.event(self.on_message)
+        _guard_parsers(self.client)
+        # Interactions handled here lately: a delivery seen twice (a gateway replay) is
+        # acknowledged and answered once.
+        self._interactions_seen: OrderedDict[int, None] = OrderedDict()
         # Messages of one channel (or thread, or DM) are accepted in the order they came.
         self._channels: KeyedLocks[int] = KeyedLocks()
         # Interactions accepted here whose defer has not landed yet, by token.
@@ -424,6 +431,7 @@ class DiscordBot(ChatAdapter):
             _payload(message),
             bot_id=str(user.id),
             thread_parent_id=str(channel.parent_id) if in_thread else None,  # type: ignore[union-attr]
+            bot_role_ids=self._bot_roles(message.guild),
         )
         if parsed is None:
             return
@@ -444,6 +452,18 @@ class DiscordBot(ChatAdapter):
                     await asyncio.sleep(HOLD_RETRY_SECONDS)
             await self.accept_held(inbound, address)
 
+    def _bot_roles(self, guild: discord.Guild | None) -> frozenset[str]:
+        """The bot's managed roles in a server: `tags.bot_id` is the bot's user id (Discord
+        documents it as the bot's id; the application's id is accepted too)."""
+        if guild is None or self.client.user is None:
+            return frozenset()
+        ours = {self.client.user.id, self.client.application_id}
+        return frozenset(
+            str(role.id)
+            for role in guild.roles
+            if role.tags is not None and role.tags.bot_id is not None and role.tags.bot_id in ours
+        )
+
     async def _translate(
         self, parsed: DiscordMessage, message: discord.Message
     ) -> tuple[Inbound, dict[str, Any]]:
@@ -453,12 +473,16 @@ class DiscordBot(ChatAdapter):
         # A thread started from a message has that message's id, so the conversation's key is
         # known before the thread exists (it is started at the first post, once accepted).
         thread_id = parsed.message_id if starts_thread else None
+        # A bare mention gets the help; attachments alone, a word that only text is read.
+        text = parsed.text.strip() or "/help"
+        if parsed.attachments_only:
+            text = f"/{ATTACHMENT_ONLY_COMMAND}"
         inbound = Inbound(
             key=conversation_key(parsed, scope=scope, thread_id=thread_id),
             event_id=event_id_for_message(parsed.message_id),
             user_id=parsed.author_id,
             user_name=parsed.author_name,
-            text=parsed.text.strip() or "/help",
+            text=text,
             is_direct=parsed.is_direct,
             mentions_bot=parsed.mentions_bot,
             received_at=message.created_at,
@@ -486,7 +510,7 @@ class DiscordBot(ChatAdapter):
 
     def sink(self, address: dict[str, Any], posted: Sequence[str]) -> tuple[MessageSink, Rendering]:
         rendering = Rendering(
-            render=safe_text, limit=DISCORD_LIMIT, interval=self._settings.discord_update_interval
+            render=_render, limit=DISCORD_LIMIT, interval=self._settings.discord_update_interval
         )
         if address.get("kind") == "interaction":
             deferred = self._deferring.get(str(address["token"]))
@@ -567,6 +591,12 @@ class DiscordBot(ChatAdapter):
     ) -> None:
         """Stores the command, then defers it (Discord wants that within 3 seconds); the
         scheduler answers through the interaction's webhook."""
+        if interaction.id in self._interactions_seen:
+            log.info("Discord: interaction %s delivered again; ignored", interaction.id)
+            return
+        self._interactions_seen[interaction.id] = None
+        if len(self._interactions_seen) > INTERACTIONS_REMEMBERED:
+            self._interactions_seen.popitem(last=False)
         user = interaction.user
         inbound = Inbound(
             key=key,
@@ -590,6 +620,7 @@ class DiscordBot(ChatAdapter):
             # not respond, which is true; nothing would answer a deferred command.
             log.error("Discord: could not store /%s: %s", _command_name(interaction), exc)
             self._deferring.pop(token, None)
+            self._interactions_seen.pop(interaction.id, None)  # not handled after all
             return
         try:
             await interaction.response.defer(ephemeral=private, thinking=True)
@@ -600,6 +631,53 @@ class DiscordBot(ChatAdapter):
         finally:
             deferred.set()
             self._deferring.pop(token, None)
+
+
+# Fields discord.py requires in an INTERACTION_CREATE that Discord's documented examples (and
+# some Discord-compatible servers) leave out, with Discord's defaults.
+_INTERACTION_DEFAULTS: dict[str, Any] = {
+    "version": 1,
+    "attachment_size_limit": 10 * 1024 * 1024,
+    "entitlements": [],
+}
+
+
+def _render(markdown: str) -> str:
+    """A part of the answer as posted: a code block the model left open is closed first
+    (a part cut inside a block is closed by the split already)."""
+    return safe_text(close_open_fence(markdown))
+
+
+def _guard_parsers(client: discord.Client) -> None:
+    """Makes one unexpected gateway payload cost only itself.
+
+    discord.py runs its parser for a dispatch inside the gateway's read loop, so a parser
+    raising (a KeyError on a field a payload lacks) ends `Client.connect` and every later
+    event is lost, without a line in the log until shutdown. Each parser is wrapped: a
+    failure is logged in one line and the next event is read. INTERACTION_CREATE first gets
+    the fields discord.py needs and documented payloads may lack.
+    """
+    parsers: dict[str, Any] = client._connection.parsers
+
+    def guarded(event: str, parse: Any) -> Any:
+        def parse_safely(data: Any) -> None:
+            try:
+                if event == "INTERACTION_CREATE" and isinstance(data, dict):
+                    for field, value in _INTERACTION_DEFAULTS.items():
+                        data.setdefault(field, value)
+                parse(data)
+            except Exception as exc:
+                log.error(
+                    "Discord: could not read a %s event (%s: %s); it is skipped",
+                    event,
+                    type(exc).__name__,
+                    exc,
+                )
+
+        return parse_safely
+
+    for event, parse in list(parsers.items()):
+        parsers[event] = guarded(event, parse)
 
 
 def _command_name(interaction: discord.Interaction[Any]) -> str:
@@ -659,6 +737,8 @@ def _payload(message: discord.Message) -> dict[str, Any]:
         ],
         "mention_roles": [str(role.id) for role in message.role_mentions],
         "referenced_message": referenced,
+        "attachments": [{"id": str(a.id), "filename": a.filename} for a in message.attachments],
+        "sticker_items": [{"id": str(s.id), "name": s.name} for s in message.stickers],
         "message_snapshots": [
             {"message": {"content": snapshot.content}} for snapshot in message.message_snapshots
         ],

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adapters.markdown import aligned_table, table_end
+from adapters.rendering import _find_fences
 from core.events import ConversationKey
 
 PLATFORM = "discord"
@@ -61,6 +62,8 @@ class DiscordMessage:
             to one of the bot's messages that pings it.
         in_thread: The message was posted in a thread.
         replies_to_bot: The message replies to one of the bot's messages.
+        attachments_only: The message carries attachments or stickers and no text: the bot
+            cannot read them, and says so when the message is for it.
     """
 
     guild_id: str
@@ -74,6 +77,7 @@ class DiscordMessage:
     mentions_bot: bool
     in_thread: bool
     replies_to_bot: bool
+    attachments_only: bool = False
 
 
 # DEFAULT and REPLY; every other type (joins, pins, boosts, thread created ...) is a system
@@ -88,14 +92,22 @@ _MARKUP_TOKEN = re.compile(
 
 
 def parse_message(
-    payload: dict[str, Any], *, bot_id: str, thread_parent_id: str | None = None
+    payload: dict[str, Any],
+    *,
+    bot_id: str,
+    thread_parent_id: str | None = None,
+    bot_role_ids: frozenset[str] = frozenset(),
 ) -> DiscordMessage | None:
     """Translate a `MESSAGE_CREATE` payload, or say it is not for the bot.
 
     Ignored (None): messages written by a bot (the bot itself included) or a webhook; system
     messages (every type but DEFAULT and REPLY); and messages whose cleaned text is empty
-    unless they mention the bot. A bare mention is returned with text "" so the runtime can
-    answer with a hint instead of staying silent.
+    unless they mention the bot or carry attachments or stickers. A bare mention is returned
+    with text "" so the runtime can answer with a hint instead of staying silent; a message
+    of attachments only with `attachments_only` set, so it can say it reads only text.
+
+    Mentioning the bot's managed role (`<@&ROLE>`, listed in `mention_roles`) is mentioning
+    the bot: Discord's member list offers that role next to the bot, and users pick either.
 
     The message is returned whether it addresses the bot or not: the runtime decides, by
     `is_direct`, `mentions_bot`, `replies_to_bot` and the threads it owns.
@@ -106,6 +118,8 @@ def parse_message(
         thread_parent_id: For a message in a thread, the thread's parent channel; None
             outside threads. The caller tells, because the payload does not say whether its
             channel is a thread (the client's channel cache does).
+        bot_role_ids: The ids of the bot's managed roles in the message's server (roles
+            whose `tags.bot_id` is the bot).
 
     Returns:
         The message, or None when the bot must not react to it.
@@ -117,10 +131,12 @@ def parse_message(
         return None
 
     mentioned = {str(user["id"]): user for user in payload.get("mentions") or []}
-    mentions_bot = bot_id in mentioned
+    roles = {str(role) for role in payload.get("mention_roles") or []} & bot_role_ids
+    mentions_bot = bot_id in mentioned or bool(roles)
     content = str(payload.get("content") or "") or _forwarded(payload)
-    text = _clean_content(content, bot_id=bot_id, mentioned=mentioned)
-    if not text and not mentions_bot:
+    text = _clean_content(content, bot_id=bot_id, mentioned=mentioned, bot_roles=roles)
+    attachments = bool(payload.get("attachments") or payload.get("sticker_items"))
+    if not text and not mentions_bot and not attachments:
         return None
 
     guild_id = str(payload.get("guild_id") or "")
@@ -138,6 +154,7 @@ def parse_message(
         mentions_bot=mentions_bot,
         in_thread=thread_parent_id is not None,
         replies_to_bot=str((referenced.get("author") or {}).get("id")) == bot_id,
+        attachments_only=attachments and not text,
     )
 
 
@@ -149,9 +166,17 @@ def _forwarded(payload: dict[str, Any]) -> str:
     return "\n\n".join(text for text in texts if text)
 
 
-def _clean_content(content: str, *, bot_id: str, mentioned: dict[str, dict[str, Any]]) -> str:
-    """The content without the bot's mentions and with the rest of Discord's markup readable."""
-    mention = rf"<@!?{re.escape(bot_id)}>"
+def _clean_content(
+    content: str,
+    *,
+    bot_id: str,
+    mentioned: dict[str, dict[str, Any]],
+    bot_roles: set[str] | frozenset[str] = frozenset(),
+) -> str:
+    """The content without the bot's mentions (its user's or its managed role's) and with
+    the rest of Discord's markup readable."""
+    targets = [rf"@!?{re.escape(bot_id)}", *(rf"@&{re.escape(role)}" for role in sorted(bot_roles))]
+    mention = rf"<(?:{'|'.join(targets)})>"
     # In "@bot: question" the colon only addressed the bot.
     text = re.sub(rf"^\s*{mention}[ \t]*[:,](?=\s|$)", "", content)
     text = re.sub(rf"[ \t]*{mention}[ \t]*", _mention_gap, text)
@@ -320,6 +345,26 @@ def safe_text(markdown: str) -> str:
     # Mentions are broken last, in the final text, so that no code the tables introduced or
     # moved can shelter one.
     return _outside_code(with_tables, _CODE, _break_mentions)
+
+
+def close_open_fence(markdown: str) -> str:
+    """The text with a code block the model left open at the end closed.
+
+    Discord shows an unclosed fence as literal backticks and the code after it as text.
+    Only a fence line with code after it and no fence characters anywhere after it is
+    closed: Discord also closes a block with "```" at the end of a code line, which Markdown
+    does not.
+    """
+    fences = _find_fences(markdown)
+    if not fences:
+        return markdown
+    last = fences[-1]
+    if not last.close_start == last.close_end == len(markdown):
+        return markdown
+    code = markdown[last.open_end :]
+    if not code.strip() or last.marks[0] in code:
+        return markdown
+    return markdown.rstrip("\n") + "\n" + last.indent + last.marks
 
 
 def _outside_code(text: str, code: re.Pattern[str], convert: Callable[[str], str]) -> str:

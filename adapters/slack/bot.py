@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -357,6 +358,10 @@ class SlackBot(ChatAdapter):
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
         self.app.command("/parley")(self._on_command)
+        # Every other event and action the app may be subscribed to is acknowledged (200):
+        # Bolt answers 404 to what no listener matches, and Slack retries those.
+        self.app.event(re.compile(".*"))(_ignore)
+        self.app.action(re.compile(".*"))(_acknowledge)
         self.app.error(self._on_error)
         self.bot_user_id = ""
         self._bot_id = ""
@@ -622,17 +627,13 @@ class SlackBot(ChatAdapter):
     async def _look_up(self, user: str) -> str | None:
         """users.info (rate limited, Tier 4), caching the answer, a failure for a while."""
         try:
-            profile = (await self.client.users_info(user=user))["user"]
+            name = _display_name((await self.client.users_info(user=user)).data)
         except Exception as exc:  # Slack down or the user unknown: the id will do
             log.warning("Slack: users.info for %s failed: %s", user, _api_error(exc) or exc)
+            name = None
+        if name is None:
             self._remember(user, user, NAME_FAILURE_SECONDS)
             return None
-        name = str(
-            profile.get("profile", {}).get("display_name")
-            or profile.get("real_name")
-            or profile.get("name")
-            or user
-        )
         self._remember(user, name, NAME_CACHE_SECONDS)
         return name
 
@@ -658,6 +659,29 @@ class SlackBot(ChatAdapter):
 
     def streams(self, address: dict[str, Any]) -> bool:
         return not address.get("response_url")  # an ephemeral answer cannot be edited
+
+
+async def _ignore() -> None:
+    """The listener of events the bot does not act on (reactions, App Home ...)."""
+
+
+async def _acknowledge(ack: Callable[[], Awaitable[None]]) -> None:
+    """The listener of actions (buttons ...): the bot sends none, so there is nothing to do."""
+    await ack()
+
+
+def _display_name(data: Any) -> str | None:
+    """The name in a users.info answer, or None when it holds none (a body without `user`,
+    or with fields of other shapes: the answer is Slack's, not a promise)."""
+    user = data.get("user") if isinstance(data, Mapping) else None
+    if not isinstance(user, Mapping):
+        return None
+    profile = user.get("profile")
+    display = profile.get("display_name") if isinstance(profile, Mapping) else None
+    for name in (display, user.get("real_name"), user.get("name")):
+        if isinstance(name, str) and name:
+            return name
+    return None
 
 
 def _channel(message: SlackMessage) -> ConversationKey:

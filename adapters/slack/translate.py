@@ -79,7 +79,7 @@ class SlackMessage:
 _HANDLED_EVENTS = frozenset({"app_mention", "message"})
 # Subtypes that are still a person writing to the channel; every other one (edits, deletions,
 # joins, topic changes ...) is housekeeping the bot must not answer.
-_MESSAGE_SUBTYPES = frozenset({"thread_broadcast", "file_share"})
+_MESSAGE_SUBTYPES = frozenset({"thread_broadcast", "file_share", "me_message"})
 _BOT_SUBTYPE = "bot_message"
 
 _USER_MENTION = re.compile(r"<@([A-Z0-9]+)(?:\|([^<>]*))?>")
@@ -102,10 +102,11 @@ def parse_event(
 
     Ignored (None): other event types; the bot's own messages; other bots' messages (a
     `bot_id`, or subtype `bot_message`) when `ignore_bots`; every subtype but
-    `thread_broadcast` and `file_share` (edits, deletions, joins and leaves ...); events
-    without a channel, ts or author; and messages whose cleaned text is empty unless they are
-    addressed to the bot. A bare mention ("<@UBOT>") or an empty direct message is returned
-    with text "" so the runtime can answer with a short hint instead of staying silent.
+    `thread_broadcast`, `file_share` and `me_message` (a `/me` line): edits, deletions,
+    joins and leaves ...; events without a channel, ts or author; and messages whose cleaned
+    text is empty unless they are addressed to the bot. A bare mention ("<@UBOT>") or an
+    empty direct message is returned with text "" so the runtime can answer with a short
+    hint instead of staying silent.
 
     With `ignore_bots` False, another bot's message is kept; a legacy `bot_message` without a
     `user` is attributed to its `bot_id`.

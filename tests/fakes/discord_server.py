@@ -61,6 +61,7 @@ GUILD_ID = "3000"
 CHANNEL_ID = "4000"
 DM_CHANNEL_ID = "5000"
 USER_ID = "1"
+BOT_ROLE_ID = "7000"  # the bot's managed role in the default guild (`tags.bot_id` = BOT_ID)
 USERNAME = "alice"
 OWNER_ID = "6000"
 API_VERSION = 10
@@ -223,7 +224,21 @@ def default_guild(guild_id: str = GUILD_ID, *, name: str = "Parley Test") -> dic
                 "managed": False,
                 "mentionable": False,
                 "flags": 0,
-            }
+            },
+            {
+                # The role Discord creates for a bot when it joins, offered next to the bot
+                # in the mention list.
+                "id": BOT_ROLE_ID,
+                "name": "Parley",
+                "permissions": DEFAULT_PERMISSIONS,
+                "position": 1,
+                "color": 0,
+                "hoist": False,
+                "managed": True,
+                "mentionable": True,
+                "flags": 0,
+                "tags": {"bot_id": BOT_ID},
+            },
         ],
         "emojis": [],
         "stickers": [],

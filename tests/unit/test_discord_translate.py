@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from adapters.discord.translate import (
     DISCORD_LIMIT,
     DiscordMessage,
+    close_open_fence,
     conversation_key,
     event_id_for_interaction,
     event_id_for_message,
@@ -193,10 +194,6 @@ IGNORED: dict[str, dict[str, Any]] = {
     "a member joined (type 7)": _guild_message(type=7, content=""),
     "a pin (type 6), mentioning the bot": _guild_message(
         type=6, content="", mentions=[_mentioned(BOT_USER)]
-    ),
-    "empty (an attachment only)": _guild_message(
-        content="",
-        attachments=[{"id": "1", "filename": "scan.pdf", "size": 1024, "url": "https://x/y"}],
     ),
     "nothing left once cleaned": _guild_message(content="   "),
 }
@@ -573,3 +570,51 @@ def test_safe_text_only_adds_zero_width_spaces_without_tables(text: str) -> None
     if "|" in text:  # a table may be rewritten
         return
     assert safe_text(text).replace(ZWSP, "") == text.replace(ZWSP, "")
+
+
+def test_mentioning_the_bots_managed_role_is_mentioning_the_bot() -> None:
+    payload = _guild_message(content=f"<@&{ROLE}> when is the release?", mention_roles=[ROLE])
+
+    ours = parse_message(payload, bot_id=BOT_ID, bot_role_ids=frozenset({ROLE}))
+    other = parse_message(payload, bot_id=BOT_ID, bot_role_ids=frozenset({"999"}))
+
+    assert ours is not None and other is not None
+    assert (ours.text, ours.mentions_bot) == ("when is the release?", True)
+    assert (other.text, other.mentions_bot) == ("@role when is the release?", False)
+
+
+def test_a_message_of_attachments_only_is_kept_and_marked() -> None:
+    image = {"id": "1", "filename": "a.png", "size": 10, "url": "https://cdn/a.png"}
+    only = parse_message(
+        _guild_message(content="", guild_id=None, channel_id=DM, attachments=[image]),
+        bot_id=BOT_ID,
+    )
+    sticker = parse_message(
+        _guild_message(content="", sticker_items=[{"id": "2", "name": "wave", "format_type": 1}]),
+        bot_id=BOT_ID,
+    )
+    with_text = parse_message(
+        _guild_message(content="what is this?", attachments=[image]), bot_id=BOT_ID
+    )
+
+    assert only is not None and (only.text, only.attachments_only) == ("", True)
+    assert sticker is not None and sticker.attachments_only
+    assert with_text is not None and (with_text.text, with_text.attachments_only) == (
+        "what is this?",
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("markdown", "expected"),
+    [
+        ("Start:\n```python\nprint(1)", "Start:\n```python\nprint(1)\n```"),
+        ("Start:\n```python\nprint(1)\n", "Start:\n```python\nprint(1)\n```"),
+        ("```\nclosed\n```", "```\nclosed\n```"),
+        ("```py\nx = 1```", "```py\nx = 1```"),  # Discord closes it at the line's end
+        ("```", "```"),  # no code yet
+        ("no code", "no code"),
+    ],
+)
+def test_an_open_code_block_is_closed(markdown: str, expected: str) -> None:
+    assert close_open_fence(markdown) == expected

@@ -291,8 +291,56 @@ async def test_unknown_persona_and_unknown_command_list_what_exists(
         "Unknown command /frobnicate. Available commands: "
         "/help, /reset, /persona, /personas, /usage."
     )
-    assert "* assistant: A helpful" in listing[0].text  # type: ignore[union-attr]
+    lines = listing[0].text.split("\n")  # type: ignore[union-attr]
+    assert lines[0] == "Personas (switch with /persona NAME):"
+    # The marker is words, which no platform's Markdown renderer turns into a bullet.
+    assert [line for line in lines if line.endswith(" (in use)")] == [
+        line for line in lines if line.startswith("- assistant: ")
+    ]
+    assert len(lines) == 5 and all(line.startswith("- ") for line in lines[1:])
     assert fake_openai.chat_requests == []  # commands never reach the model
+
+
+async def test_the_persona_in_use_stays_marked_on_every_platform(
+    engine_factory: EngineFactory,
+) -> None:
+    """A leading "*" became a bullet like "-" (Slack "•", Telegram and Discord lists), so
+    which persona was in use could not be told: the marker is words now."""
+    from adapters.discord.translate import safe_text
+    from adapters.slack.translate import markdown_to_mrkdwn
+    from adapters.telegram.translate import markdown_to_html
+
+    async with engine_factory() as runtime:
+        listing = (await turn(runtime.engine, "/personas"))[0].text  # type: ignore[union-attr]
+    for render in (safe_text, markdown_to_mrkdwn, markdown_to_html):
+        shown = render(listing)
+        assert shown.count(" (in use)") == 1, (render.__name__, shown)
+        [line] = [line for line in shown.split("\n") if "(in use)" in line]
+        assert "assistant: " in line, (render.__name__, line)
+
+
+async def test_tools_answers_read_as_sentences(engine_factory: EngineFactory) -> None:
+    async with engine_factory() as runtime:
+        none = await turn(runtime.engine, "/tools none")
+        every = await turn(runtime.engine, "/tools all")
+        some = await turn(runtime.engine, "/tools calculate, current_time")
+    assert none[0].text == "This channel now uses no tools."  # type: ignore[union-attr]
+    assert every[0].text == "This channel now uses all of the persona's tools."  # type: ignore[union-attr]
+    assert some[0].text == (  # type: ignore[union-attr]
+        "This channel now uses these tools: calculate, current_time."
+    )
+
+
+async def test_a_message_of_attachments_only_is_answered_without_the_model(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI
+) -> None:
+    async with engine_factory() as runtime:
+        answer = await turn(runtime.engine, "/attachment_only")
+    assert answer[0].text == (  # type: ignore[union-attr]
+        "I can only read text for now, so I can't see attachments, images or stickers. "
+        "Please write your question as text."
+    )
+    assert fake_openai.chat_requests == []
 
 
 async def test_a_path_is_a_message_not_a_command(

@@ -766,3 +766,10 @@ def test_no_slack_control_sequence_can_come_out(text: str) -> None:
     assert not CONTROL_SEQUENCE.search(mrkdwn)
     assert "<" not in OUR_LINK.sub("", mrkdwn)
     assert not re.search("[\x00-\x03]", mrkdwn)
+
+
+def test_a_me_message_is_a_person_writing() -> None:
+    me = parse({**EVENTS["message.im"], "subtype": "me_message", "text": "waves"})
+
+    assert me is not None
+    assert (me.text, me.is_direct) == ("waves", True)
