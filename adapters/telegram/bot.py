@@ -31,7 +31,8 @@ from telegram.error import (
     RetryAfter,
     TelegramError,
 )
-from telegram.ext import Application, ContextTypes, TypeHandler
+from telegram.ext import Application, ContextTypes, ExtBot, TypeHandler
+from telegram.request import HTTPXRequest
 
 from adapters.base import HOLD_RETRY_SECONDS, AcceptFailed, ChatAdapter
 from adapters.http import HttpServer
@@ -97,6 +98,42 @@ def first_words(markdown: str) -> str | None:
     if len(head) >= FIRST_POST_CHARACTERS or _SENTENCE_END.search(text[: cut + 1]):
         return head
     return None
+
+
+class LenientBot(ExtBot[None]):
+    """An update this version of python-telegram-bot cannot read (a field it requires and
+    Telegram left out, say) must not stop polling: `getUpdates` would fail on the whole batch
+    and fetch it again forever. Only then is the batch read update by update, an unreadable
+    one becoming a bare update with its id, so the offset moves past it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        with self._unfrozen():
+            self._last_batch: list[list[Any]] = [[]]  # the raw result of the last getUpdates
+
+    async def _post(self, endpoint: str, *args: Any, **kwargs: Any) -> Any:
+        result = await super()._post(endpoint, *args, **kwargs)
+        if endpoint == "getUpdates" and isinstance(result, list):
+            self._last_batch[0] = result
+        return result
+
+    async def get_updates(self, *args: Any, **kwargs: Any) -> tuple[Update, ...]:
+        try:
+            return await super().get_updates(*args, **kwargs)
+        except (KeyError, TypeError, ValueError):
+            batch, self._last_batch[0] = self._last_batch[0], []
+            if not batch:
+                raise
+            return tuple(self._readable(update) for update in batch)
+
+    def _readable(self, data: Any) -> Update:
+        try:
+            update = Update.de_json(data, self)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("Telegram: update %s could not be read (%r); skipped", data["update_id"], exc)
+            return Update(update_id=int(data["update_id"]))
+        assert update is not None
+        return update
 
 
 def address_of(message: TelegramMessage) -> dict[str, Any]:
@@ -220,11 +257,17 @@ class TelegramBot(ChatAdapter):
         assert settings.telegram_bot_token is not None
         api = str(settings.telegram_api_url).rstrip("/")
         webhook = settings.telegram_webhook_url
+        bot = LenientBot(
+            settings.telegram_bot_token.get_secret_value(),
+            base_url=f"{api}/bot",
+            base_file_url=f"{api}/file/bot",
+            # What Application.builder() gives: a pool for the bot's calls, one for polling.
+            request=HTTPXRequest(connection_pool_size=256),
+            get_updates_request=HTTPXRequest(connection_pool_size=1),
+        )
         builder = (
             Application.builder()
-            .token(settings.telegram_bot_token.get_secret_value())
-            .base_url(f"{api}/bot")
-            .base_file_url(f"{api}/file/bot")
+            .bot(bot)
             # Chats never wait for each other; order within a chat is kept by self._chats.
             .concurrent_updates(True)
         )

@@ -401,3 +401,18 @@ async def test_messages_sent_while_an_answer_is_written_get_one_answer_with_merg
         {"role": "user", "content": "Alice: and a second"},
         {"role": "user", "content": "Alice: and a third"},
     ]
+
+
+async def test_an_update_the_sdk_cannot_read_does_not_stop_polling(
+    bot_factory: Callable[..., Any], telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply("Still here.")
+    unreadable = private_message("a poll")
+    del unreadable["message"]["date"]  # python-telegram-bot requires it
+    async with bot_factory():
+        bad = telegram.push(unreadable)
+        telegram.push(private_message("hello?"))
+        await texts_become(telegram, 1, ["Still here."])
+        await telegram.wait_confirmed(bad)  # the offset moved past it
+    [request] = fake_openai.chat_requests
+    assert request["messages"][-1] == {"role": "user", "content": "Alice: hello?"}
