@@ -13,12 +13,14 @@ import asyncio
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.durability.processes import (
     EchoModel,
+    ParleyProcess,
     Processes,
     answer_to,
     converse,
@@ -57,81 +59,90 @@ def partial_edit(slack: FakeSlack) -> bool:
     return any(call.ok and call.args.get("text") != "…" for call in slack.calls_to("chat.update"))
 
 
-async def test_a_process_killed_mid_answer_is_finished_by_another_one(
-    postgres_url: str, fake_openai: FakeOpenAI, slack: FakeSlack, tmp_path: Path
+@asynccontextmanager
+async def answering_on_a(
+    processes: Processes, slack: FakeSlack
+) -> AsyncIterator[tuple[ParleyProcess, ParleyProcess, str]]:
+    """Processes a and b (started together: both migrate the empty database at once), and a
+    question a is in the middle of answering: (a, b, its thread)."""
+    a, b = await asyncio.gather(
+        processes.start("slack", name="a"), processes.start("slack", name="b")
+    )
+    thread = next_ts()
+    await send_slack_event(a, app_mention(f"<@UBOT> {QUESTION}", ts=thread))
+    await slack.wait_for(lambda: partial_edit(slack), timeout=30, what="a partial answer")
+    yield a, b, thread
+
+
+async def answered_once_by_b(
+    b: ParleyProcess,
+    slack: FakeSlack,
+    fake_openai: FakeOpenAI,
+    thread: str,
+    since: float,
+    database_url: str,
 ) -> None:
-    fake_openai.reply(ANSWER, chunk_delay=0.15)  # long enough to die in the middle
+    """One complete message (a's placeholder, edited), the answer generated again (it had not
+    been stored), the turn delivered on its second take; b stops cleanly."""
+    await slack.wait_for(
+        lambda: thread_texts(slack, thread) == [ANSWER], timeout=30, what="the answer"
+    )
+    assert time.monotonic() - since < 30
+    assert [call.args["text"] for call in slack.calls_to("chat.postMessage")] == ["…"]
+    assert slack.deleted == {}
+    assert len(fake_openai.chat_requests) == 2
+    await eventually(
+        lambda: turn_states(database_url),
+        until=lambda states: states == [("delivered", 2)],
+        what="the turn delivered by b",
+    )
+    assert await b.terminate() == 0
+
+
+def two_processes(
+    tmp_path: Path, postgres_url: str, fake_openai: FakeOpenAI, slack: FakeSlack, **settings: object
+) -> Processes:
+    fake_openai.reply(ANSWER, chunk_delay=0.15)  # long enough to stop a in the middle
     fake_openai.reply(ANSWER, chunk_delay=0.01)
-    async with Processes(
+    return Processes(
         tmp_path,
         DATABASE_URL=postgres_url,
-        PARLEY_LEASE_SECONDS=2,
         PARLEY_SLACK_UPDATE_INTERVAL=0.2,
         **model_settings(fake_openai),
         **slack_settings(slack),
-    ) as processes:
-        # Started together: both migrate the empty database at once.
-        a, b = await asyncio.gather(
-            processes.start("slack", name="a"), processes.start("slack", name="b")
-        )
-        thread = next_ts()
-        await send_slack_event(a, app_mention(f"<@UBOT> {QUESTION}", ts=thread))
-        await slack.wait_for(lambda: partial_edit(slack), timeout=30, what="a partial answer")
-        await a.kill()
-        killed = time.monotonic()
+        **settings,
+    )
 
-        await slack.wait_for(
-            lambda: thread_texts(slack, thread) == [ANSWER], timeout=30, what="the answer"
+
+async def test_a_process_killed_mid_answer_is_finished_by_another_one(
+    postgres_url: str, fake_openai: FakeOpenAI, slack: FakeSlack, tmp_path: Path
+) -> None:
+    settings = {"PARLEY_LEASE_SECONDS": 2}
+    async with (
+        two_processes(tmp_path, postgres_url, fake_openai, slack, **settings) as processes,
+        answering_on_a(processes, slack) as (a, b, thread),
+    ):
+        await a.kill()
+        # No restart: b takes the turn over once a's lease expired (2 s), by itself.
+        await answered_once_by_b(
+            b, slack, fake_openai, thread, since=time.monotonic(), database_url=postgres_url
         )
-        # No restart: b took the turn over once a's lease expired (2 s), by itself.
-        assert time.monotonic() - killed < 30
-        assert [call.args["text"] for call in slack.calls_to("chat.postMessage")] == ["…"]
-        assert slack.deleted == {}
-        assert len(fake_openai.chat_requests) == 2  # the answer had not been stored
-        await eventually(
-            lambda: turn_states(postgres_url),
-            until=lambda states: states == [("delivered", 2)],
-            what="the turn delivered by b",
-        )
-        assert await b.terminate() == 0
 
 
 async def test_sigterm_hands_a_running_turn_to_another_process_at_once(
     postgres_url: str, fake_openai: FakeOpenAI, slack: FakeSlack, tmp_path: Path
 ) -> None:
-    fake_openai.reply(ANSWER, chunk_delay=0.15)
-    fake_openai.reply(ANSWER, chunk_delay=0.01)
-    async with Processes(
-        tmp_path,
-        DATABASE_URL=postgres_url,
-        # A lease far longer than the test: only the release on SIGTERM lets b in quickly.
-        PARLEY_LEASE_SECONDS=120,
-        PARLEY_SHUTDOWN_GRACE=0.5,
-        PARLEY_SLACK_UPDATE_INTERVAL=0.2,
-        **model_settings(fake_openai),
-        **slack_settings(slack),
-    ) as processes:
-        a, b = await asyncio.gather(
-            processes.start("slack", name="a"), processes.start("slack", name="b")
-        )
-        thread = next_ts()
-        await send_slack_event(a, app_mention(f"<@UBOT> {QUESTION}", ts=thread))
-        await slack.wait_for(lambda: partial_edit(slack), timeout=30, what="a partial answer")
+    # A lease far longer than the test: only the release on SIGTERM lets b in quickly.
+    settings = {"PARLEY_LEASE_SECONDS": 120, "PARLEY_SHUTDOWN_GRACE": 0.5}
+    async with (
+        two_processes(tmp_path, postgres_url, fake_openai, slack, **settings) as processes,
+        answering_on_a(processes, slack) as (a, b, thread),
+    ):
         stopped = time.monotonic()
         assert await a.terminate(timeout=30) == 0
-
-        await slack.wait_for(
-            lambda: thread_texts(slack, thread) == [ANSWER], timeout=30, what="the answer"
+        await answered_once_by_b(
+            b, slack, fake_openai, thread, since=stopped, database_url=postgres_url
         )
-        assert time.monotonic() - stopped < 30  # the lease (120 s) did not have to expire
-        assert [call.args["text"] for call in slack.calls_to("chat.postMessage")] == ["…"]
-        assert len(fake_openai.chat_requests) == 2
-        await eventually(
-            lambda: turn_states(postgres_url),
-            until=lambda states: states == [("delivered", 2)],
-            what="the turn delivered by b",
-        )
-        assert await b.terminate() == 0
 
 
 CONVERSATIONS = 200
