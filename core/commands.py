@@ -38,6 +38,10 @@ ADMIN_COMMANDS: dict[str, str] = {
     "access": "show or change the access lists: /access allow|block|remove KIND ID",
 }
 ALWAYS_ADMIN = frozenset({"access", "limits"})
+
+# Platforms whose "channel" is only a container for one person's separate conversations (the
+# terminal's is the user's account): /persona NAME changes the conversation, not the channel.
+STANDALONE_CONVERSATIONS = frozenset({"console"})
 SWITCH_ANSWERS = {
     "buffer": wording.BUFFER_SET,
     "mentions": wording.MENTIONS_SET,
@@ -151,8 +155,12 @@ class CommandHandler:
             return wording.PERSONA_UNKNOWN.format(
                 name=argument, available=", ".join(self._personas.names())
             )
-        await self._store.set_persona(key=inbound.key, persona=persona.name)
-        return wording.PERSONA_SET.format(name=persona.name, description=persona.description)
+        channel = inbound.key.platform not in STANDALONE_CONVERSATIONS
+        await self._store.set_persona(key=inbound.key, persona=persona.name, channel=channel)
+        where = "channel" if channel else "conversation"
+        return wording.PERSONA_SET.format(
+            where=where, name=persona.name, description=persona.description
+        )
 
     async def _list_personas(self, inbound: Inbound, argument: str) -> str:
         current = await self._current(inbound)

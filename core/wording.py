@@ -33,7 +33,7 @@ SUMMARY_PREFIX = "Summary of the earlier part of this conversation:"
 
 RESET_DONE = "Started a fresh conversation. Earlier messages are kept but no longer in context."
 
-PERSONA_SET = "This channel now uses the persona *{name}*: {description}"
+PERSONA_SET = "This {where} now uses the persona *{name}*: {description}"
 PERSONA_CURRENT = "Current persona: *{name}*: {description}\nChange it with /persona NAME."
 PERSONAS_HEADER = "Personas (switch with /persona NAME):"
 PERSONA_IN_USE = " (in use)"

@@ -84,6 +84,23 @@ async def test_persona_option_and_commands(fake_openai: FakeOpenAI, tmp_path: Pa
     assert "senior software engineer" in fake_openai.chat_requests[0]["messages"][0]["content"]
 
 
+async def test_persona_command_changes_this_terminal_conversation_only(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    env = environment(fake_openai, tmp_path)
+    fake_openai.reply("def f(): ...")
+    fake_openai.reply("Hello!")
+    _, switched, _ = await parley("chat", stdin="/persona coder\nwrite f\n", env=env, cwd=tmp_path)
+    _, fresh, _ = await parley("chat", "--new", stdin="hi\n/persona\n", env=env, cwd=tmp_path)
+    _, resumed, _ = await parley("chat", stdin="/persona\n", env=env, cwd=tmp_path)
+
+    assert switched.startswith("This conversation now uses the persona *coder*")
+    assert "senior software engineer" in fake_openai.chat_requests[0]["messages"][0]["content"]
+    assert "senior software engineer" not in fake_openai.chat_requests[1]["messages"][0]["content"]
+    assert fresh.startswith("Hello!\nCurrent persona: *assistant*")
+    assert resumed.startswith("Current persona: *assistant*")  # the latest conversation: --new
+
+
 async def test_a_model_failure_is_one_line_on_stdout_and_exit_status_1(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
