@@ -47,6 +47,7 @@ from core.moderation import (
 from core.personas import Persona, PersonaCatalogue, resolve_persona
 from core.policy import AccessControl, RateLimiter
 from core.pricing import PriceTable
+from core.speakers import without_speaker
 from core.storage.base import (
     ConversationState,
     Delivery,
@@ -447,6 +448,8 @@ class Engine:
             {"role": "system", "content": system},
             *to_openai_messages(window),
         ]
+        speakers = {self._options.bot_name, inbound.user_name}
+        speakers.update(m.author_name for m in window.messages if m.author_name)
         context = ToolContext(
             conversation_id=state.id,
             user_id=inbound.user_id,
@@ -476,7 +479,7 @@ class Engine:
             calls = _ToolCalls()
             reported: UsageChunk | None = None
             try:
-                async for chunk in self._model.stream(request):
+                async for chunk in without_speaker(self._model.stream(request), speakers):
                     if isinstance(chunk, TextChunk):
                         piece = chunk.text
                         if not text_parts and shown:

@@ -70,6 +70,19 @@ async def test_a_turn_streams_stores_and_sends_the_exact_context(
         ]
 
 
+async def test_a_reply_that_starts_with_a_speaker_name_is_shown_and_stored_without_it(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply("Parley: The capital of France is Paris.")
+    async with engine_factory() as runtime:
+        events = await turn(runtime.engine, "What is the capital of France?")
+
+        answer = "The capital of France is Paris."
+        assert "".join(e.text for e in events if isinstance(e, Delta)) == answer
+        assert isinstance(events[-1], Final) and events[-1].text == answer
+        assert (await stored_rows(runtime.store))[-1] == ("assistant", answer)  # type: ignore[arg-type]
+
+
 async def test_the_next_turn_sees_the_previous_exchange(
     engine_factory: EngineFactory, fake_openai: FakeOpenAI
 ) -> None:
