@@ -64,7 +64,10 @@ class Settings(BaseSettings):
 
     openai_api_key: SecretStr | None = Field(None, alias="OPENAI_API_KEY")
     openai_base_url: AnyHttpUrl | None = Field(None, alias="OPENAI_BASE_URL")
-    model: str = Field("gpt-4o-mini", alias="PARLEY_MODEL", min_length=1)
+    model: str = Field("gpt-5-mini", alias="PARLEY_MODEL", min_length=1)
+    reasoning_effort: Literal["", "none", "minimal", "low", "medium", "high"] = Field(
+        "low", alias="PARLEY_REASONING_EFFORT"
+    )
     fallback_model: str | None = Field(None, alias="PARLEY_FALLBACK_MODEL")
     model_timeout: PositiveFloat = Field(60.0, alias="PARLEY_MODEL_TIMEOUT")
     model_retries: NonNegativeInt = Field(2, alias="PARLEY_MODEL_RETRIES")

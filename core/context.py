@@ -27,6 +27,7 @@ CONTEXT_SIZES: tuple[tuple[str, int], ...] = (
     ("gpt-4-32k", 32_768),
     ("gpt-4", 8_192),
     ("gpt-3.5-turbo", 16_385),
+    ("gpt-5-chat", 128_000),
     ("gpt-5", 400_000),
     ("o1-mini", 128_000),
     ("o1", 200_000),
@@ -36,8 +37,11 @@ CONTEXT_SIZES: tuple[tuple[str, int], ...] = (
     ("llama3", 131_072),
     ("mistral", 32_768),
     ("qwen2.5", 32_768),
+    ("qwen3", 32_768),
+    ("gemma-3", 32_768),
+    ("gemma3", 32_768),
     ("gemma", 8_192),
-    ("smollm2", 2_048),
+    ("smollm2", 8_192),
 )
 
 PAGE_SIZE = 64

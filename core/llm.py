@@ -85,8 +85,12 @@ class OpenAIModelClient:
         max_retries: int,
         fallback_model: str | None = None,
         max_retry_after: float = 20.0,
+        reasoning_effort: str = "",
     ) -> None:
         self._max_retry_after = max_retry_after
+        # How long reasoning models think before answering ("" leaves it to the server): a
+        # chat wants an answer in seconds, not the API's default medium effort.
+        self._reasoning_effort = reasoning_effort
         # Too long a Retry-After: the response hook adds `x-should-retry: false`, which the SDK
         # obeys (it does not retry, and raises the status error at once). Retry-Afters within
         # the maximum, backoff and connection errors stay the SDK's own: a retry loop of ours
@@ -164,9 +168,11 @@ class OpenAIModelClient:
         # OpenAI's reasoning models take no temperature but the default.
         if request.temperature is not None and not is_reasoning_model(request.model):
             arguments["temperature"] = request.temperature
+        if self._reasoning_effort and is_reasoning_model(request.model):
+            arguments["reasoning_effort"] = self._reasoning_effort
         if request.tools:
             arguments["tools"] = request.tools
-        for name in refused & {"temperature", "top_p"}:
+        for name in refused & {"temperature", "top_p", "reasoning_effort"}:
             arguments.pop(name, None)
         try:
             stream = await self._client.chat.completions.create(**arguments)
@@ -294,4 +300,4 @@ def _unsupported_parameter(exc: openai.BadRequestError) -> str | None:
     return None
 
 
-_DROPPABLE = frozenset({"temperature", "top_p", "max_tokens"})
+_DROPPABLE = frozenset({"temperature", "top_p", "max_tokens", "reasoning_effort"})

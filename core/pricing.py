@@ -11,7 +11,10 @@ from collections.abc import Mapping
 
 # USD per million (prompt, completion) tokens, OpenAI list prices as of 2026.
 PRICES: dict[str, tuple[float, float]] = {
+    "gpt-5.1": (1.25, 10.0),
+    "gpt-5.1-codex-mini": (0.25, 2.0),
     "gpt-5": (1.25, 10.0),
+    "gpt-5-pro": (15.0, 120.0),
     "gpt-5-mini": (0.25, 2.0),
     "gpt-5-nano": (0.05, 0.40),
     "gpt-4.1": (2.0, 8.0),
@@ -23,8 +26,10 @@ PRICES: dict[str, tuple[float, float]] = {
     "gpt-4": (30.0, 60.0),
     "gpt-3.5-turbo": (0.50, 1.50),
     "o1": (15.0, 60.0),
+    "o1-pro": (150.0, 600.0),
     "o1-mini": (1.10, 4.40),
     "o3": (2.0, 8.0),
+    "o3-pro": (20.0, 80.0),
     "o3-mini": (1.10, 4.40),
     "o4-mini": (1.10, 4.40),
 }

@@ -232,21 +232,44 @@ async def test_reasoning_models_get_max_completion_tokens_and_no_temperature(
 ) -> None:
     fake_openai.reply(ANSWER)
     request = replace(REQUEST, model=model, temperature=0.7)
-    async with model_client(fake_openai) as client:
+    async with model_client(fake_openai, reasoning_effort="low") as client:
         _, error = await collect(client, request)
     assert error is None
     [sent] = fake_openai.chat_requests
     assert sent["max_completion_tokens"] == 64
+    assert sent["reasoning_effort"] == "low"
     assert "max_tokens" not in sent and "temperature" not in sent
+
+
+async def test_a_reasoning_effort_the_model_refuses_is_dropped_once_and_remembered(
+    fake_openai: FakeOpenAI,
+) -> None:
+    fake_openai.error(
+        400,
+        message="Unsupported value: 'reasoning_effort' does not support 'minimal' with this "
+        "model. Supported values are: 'low', 'medium', and 'high'.",
+        param="reasoning_effort",
+        code="unsupported_value",
+    )
+    fake_openai.reply(ANSWER)
+    fake_openai.reply(ANSWER)
+    request = replace(REQUEST, model="o3")
+    async with model_client(fake_openai, reasoning_effort="minimal") as client:
+        _, error = await collect(client, request)
+        assert error is None
+        await collect(client, request)
+    refused, retried, later = fake_openai.chat_requests
+    assert refused["reasoning_effort"] == "minimal"
+    assert "reasoning_effort" not in retried and "reasoning_effort" not in later
 
 
 async def test_other_models_get_max_tokens_and_the_temperature(fake_openai: FakeOpenAI) -> None:
     fake_openai.reply(ANSWER)
-    async with model_client(fake_openai) as client:
+    async with model_client(fake_openai, reasoning_effort="low") as client:
         await collect(client, replace(REQUEST, temperature=0.7))
     [sent] = fake_openai.chat_requests
     assert (sent["max_tokens"], sent["temperature"]) == (64, 0.7)
-    assert "max_completion_tokens" not in sent
+    assert "max_completion_tokens" not in sent and "reasoning_effort" not in sent
 
 
 @pytest.mark.parametrize(

@@ -241,6 +241,9 @@ def test_prices_match_the_longest_family_name_and_provider_prefixes() -> None:
     assert prices.price("gpt-4o-2024-08-06") == (3.0, 12.0)
     assert prices.price("openai/gpt-4.1-nano") == (0.10, 0.40)
     assert prices.price("gpt-4oo") is None  # another name, not a snapshot of gpt-4o
+    assert prices.price("gpt-5-mini-2025-08-07") == (0.25, 2.0)
+    assert prices.price("gpt-5.1-codex") == (1.25, 10.0)
+    assert prices.price("gpt-5-pro") == (15.0, 120.0)
     assert prices.cost("llama3", 10, 10) is None
 
 
