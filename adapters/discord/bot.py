@@ -22,6 +22,7 @@ from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
 
+import aiohttp
 import discord
 import yarl
 from discord import app_commands
@@ -40,6 +41,7 @@ from adapters.discord.translate import (
     thread_name,
 )
 from adapters.http import HttpServer
+from adapters.reach import unreachable
 from adapters.rendering import MessageSink, RateLimited, Rendering
 from core.commands import ATTACHMENT_ONLY_COMMAND, COMMANDS
 from core.config import Settings
@@ -60,6 +62,7 @@ QUIET = discord.AllowedMentions.none()
 # A reply may notify the person it answers, and nobody else (never @everyone or roles).
 ANSWERING = discord.AllowedMentions(everyone=False, users=False, roles=False, replied_user=True)
 READY_TIMEOUT = 60.0
+LOGIN_TIMEOUT = 30.0  # discord.py retries a 5xx for about 25 s
 INTERACTIONS_REMEMBERED = 1000
 # Discord's error code for starting a thread from a message that has one already: a turn run
 # again after a crash that came after the thread was started.
@@ -330,6 +333,9 @@ class DiscordBot(ChatAdapter):
         super().__init__(scheduler=scheduler, store=store, settings=settings)
         assert settings.discord_bot_token is not None
         self._engine = engine
+        # Parley has no voice; discord.py's warnings that voice libraries are missing would be
+        # the only lines besides the error when a start fails.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         intents = discord.Intents.default()
         intents.message_content = True  # a privileged intent: enable it in the portal
         options: dict[str, Any] = {"intents": intents, "allowed_mentions": QUIET}
@@ -363,12 +369,24 @@ class DiscordBot(ChatAdapter):
         token = self._settings.discord_bot_token
         assert token is not None
         try:
-            await self.client.login(token.get_secret_value())
-        except discord.LoginFailure:
+            # discord.py's session waits up to 5 minutes for an answer: too long at start.
+            async with asyncio.timeout(LOGIN_TIMEOUT):
+                await self.client.login(token.get_secret_value())
+        except discord.LoginFailure:  # 401 on GET /users/@me
             await self.client.close()
             raise ConfigError(
                 "DISCORD_BOT_TOKEN: Discord refused it; copy the token from the Developer "
                 "Portal (your application > Bot > Reset Token)"
+            ) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await self.client.close()
+            url = str(self._settings.discord_api_url)
+            raise unreachable("Discord", "DISCORD_API_URL", url, exc) from None
+        except discord.HTTPException as exc:  # 5xx after discord.py's retries, a proxy's page
+            await self.client.close()
+            raise ConfigError(
+                f"DISCORD_API_URL: Discord answered the login with HTTP {exc.status}; "
+                "try again later, or check DISCORD_API_URL"
             ) from None
         await self._sync_commands()
         self._task = asyncio.create_task(self.client.connect(reconnect=True))

@@ -51,6 +51,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from adapters.base import AcceptFailed, ChatAdapter
 from adapters.http import HttpServer
 from adapters.inflight import InFlight
+from adapters.reach import unreachable
 from adapters.rendering import MessageSink, RateLimited, Rendering
 from adapters.slack.translate import (
     SlackMessage,
@@ -76,6 +77,10 @@ EVENTS_PATH = "/slack/events"
 # chat.update rejects text past about 4,000 characters (msg_too_long); leave room for markup.
 MESSAGE_LIMIT = 3_900
 PLACEHOLDER = "…"
+# auth.test's errors that mean the token itself is wrong (any other is Slack failing).
+TOKEN_REFUSED = frozenset(
+    {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
+)
 NAME_CACHE_SECONDS = 3600.0
 NAME_CACHE_SIZE = 5000
 # users.info runs before the ack (the name is stored with the message). Slack wants the ack
@@ -231,6 +236,21 @@ def _api_error(exc: BaseException | None) -> str | None:
     data = getattr(exc.response, "data", None)
     error = data.get("error") if isinstance(data, dict) else None
     return str(error) if error else None
+
+
+def _auth_test_failed(exc: SlackApiError) -> ConfigError:
+    """The start-up line for auth.test's error: a refused token, or Slack failing."""
+    error = _api_error(exc)
+    if error in TOKEN_REFUSED:
+        return ConfigError(
+            f"SLACK_BOT_TOKEN: Slack refused it ({error}); copy the "
+            "Bot User OAuth Token from the app's OAuth & Permissions page"
+        )
+    answer = error or f"HTTP {getattr(exc.response, 'status_code', '?')}"
+    return ConfigError(
+        f"SLACK_API_URL: Slack answered auth.test with {answer}; try again later, "
+        "or check SLACK_API_URL"
+    )
 
 
 def _retry_after(response: Any) -> float:
@@ -389,10 +409,10 @@ class SlackBot(ChatAdapter):
         except BaseException as exc:
             await self.client.session.close()
             if isinstance(exc, SlackApiError):
-                raise ConfigError(
-                    f"SLACK_BOT_TOKEN: Slack refused it ({_api_error(exc)}); copy the "
-                    "Bot User OAuth Token from the app's OAuth & Permissions page"
-                ) from None
+                raise _auth_test_failed(exc) from None
+            if isinstance(exc, aiohttp.ClientError | TimeoutError):
+                url = str(self._settings.slack_api_url)
+                raise unreachable("Slack", "SLACK_API_URL", url, exc) from None
             raise
         self.bot_user_id = str(identity["user_id"])
         self._bot_id = str(identity.get("bot_id") or "")
@@ -406,6 +426,22 @@ class SlackBot(ChatAdapter):
                 hold=self._hold,
                 inflight=self._handlers,
             )
+            try:
+                # slack_sdk retries a refused app token forever: ask for the first WebSocket
+                # URL here (the socket then uses it), so that a wrong token stops the start.
+                opened = await self.client.apps_connections_open(
+                    app_token=app_token.get_secret_value()
+                )
+                self._socket.client.wss_uri = str(opened["url"])
+            except SlackApiError as exc:
+                if _api_error(exc) in TOKEN_REFUSED:
+                    await self._socket.close_async()  # type: ignore[no-untyped-call]
+                    await self.client.session.close()
+                    raise ConfigError(
+                        f"SLACK_APP_TOKEN: Slack refused it ({_api_error(exc)}); copy the "
+                        "App-Level Token (connections:write) from the app's Basic Information page"
+                    ) from None
+                # Anything else (ratelimited, a 5xx) is slack_sdk's to retry, as after a start.
             await self._socket.connect_async()  # type: ignore[no-untyped-call]
             log.info("Slack: connected in Socket Mode as %s", self.bot_user_id)
         return self

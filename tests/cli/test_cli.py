@@ -1,5 +1,6 @@
-"""The `parley` command itself: --version, one-line errors of `parley db`, and logs that
-never show a secret."""
+"""The `parley` command itself: --version, one-line errors (`parley db`, a platform that
+cannot be reached or refuses its token, an unexpected exception), --debug, and logs that never
+show a secret."""
 
 from __future__ import annotations
 
@@ -19,11 +20,16 @@ from tests.durability.processes import (
     slack_settings,
     telegram_settings,
 )
+from tests.fakes.discord_server import BOT_USER, FakeDiscord, message_create
 from tests.fakes.openai_server import FakeOpenAI
 from tests.fakes.slack_server import FakeSlack, app_mention, next_ts
 from tests.fakes.telegram_server import FakeTelegram, private_message
+from tests.platforms.running import run_error
 
 OPENAI_KEY = "sk-proj-never-in-a-log-0123456789"
+SLACK_TOKEN = "xoxb-1234567890-0987654321-AbCdEfGhIjKlMnOpQrStUvWx"
+DISCORD_TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAw.GhIjKl.never-in-a-log-AbCdEfGhIjKlMnOpQrStUv"
+TRACEBACK = "Traceback (most recent call last)"
 
 
 async def test_version_names_the_installed_release(tmp_path: Path) -> None:
@@ -83,7 +89,7 @@ async def test_no_secret_reaches_the_log_even_at_debug_slack(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     fake_openai.reply("Hello!")
-    token = "xoxb-1234567890-0987654321-AbCdEfGhIjKlMnOpQrStUvWx"
+    token = SLACK_TOKEN
     async with (
         FakeSlack() as slack,
         Processes(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/p.db") as processes,
@@ -103,6 +109,147 @@ async def test_no_secret_reaches_the_log_even_at_debug_slack(
         assert await bot.terminate() == 0
     for secret in (token, SLACK_SECRET, OPENAI_KEY):
         assert secret not in bot.stderr
+
+
+async def test_no_secret_reaches_the_log_even_at_debug_discord(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    fake_openai.reply("Hello!")
+    async with (
+        FakeDiscord() as discord,
+        Processes(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/p.db") as processes,
+    ):
+        bot = await processes.start(
+            "discord",
+            PARLEY_LOG_LEVEL="DEBUG",
+            **{**model_settings(fake_openai), "OPENAI_API_KEY": OPENAI_KEY},
+            DISCORD_BOT_TOKEN=DISCORD_TOKEN,
+            DISCORD_API_URL=discord.api_url,
+            DISCORD_GATEWAY_URL=discord.gateway_url,
+        )
+        question = message_create("<@1000> hi", mentions=[BOT_USER])
+        await discord.dispatch("MESSAGE_CREATE", question)
+        await discord.wait_for(
+            lambda: [m["content"] for m in discord.messages_in(question["id"])] == ["Hello!"],
+            what="the answer",
+        )
+        assert await bot.terminate() == 0
+    # The token was in use (REST headers, the gateway's IDENTIFY), and DEBUG logged a lot.
+    assert discord.calls[0].headers["Authorization"] == f"Bot {DISCORD_TOKEN}"
+    assert [p["token"] for p in discord.identify_payloads] == [DISCORD_TOKEN]
+    assert " DEBUG discord." in bot.stderr
+    for secret in (DISCORD_TOKEN, OPENAI_KEY):
+        assert secret not in bot.stderr
+
+
+# Reached on an unused port: nothing listens, the connection is refused.
+UNREACHABLE = {
+    "slack": ("Slack", "SLACK_API_URL", {"SLACK_SIGNING_SECRET": SLACK_SECRET}),
+    "discord": ("Discord", "DISCORD_API_URL", {}),
+}
+
+
+@pytest.mark.parametrize("platform", ["slack", "discord"])
+async def test_a_platform_that_cannot_be_reached_is_one_line_saying_so(
+    tmp_path: Path, unused_tcp_port: int, platform: str
+) -> None:
+    name, setting, others = UNREACHABLE[platform]
+    token = SLACK_TOKEN if platform == "slack" else DISCORD_TOKEN
+    settings = {f"{platform.upper()}_BOT_TOKEN": token, **others}
+    url = f"http://127.0.0.1:{unused_tcp_port}/api/"
+    line = await run_error([platform], tmp_path, **settings, **{setting: url})
+    assert line == (
+        f"parley: {setting}: cannot reach {name} at 127.0.0.1:{unused_tcp_port} "
+        f"(connection refused); check the network and {setting}"
+    )
+
+
+@pytest.mark.parametrize("error", ["invalid_auth", "not_authed"])
+async def test_a_slack_token_slack_refuses_is_one_line_saying_so(
+    tmp_path: Path, error: str
+) -> None:
+    async with FakeSlack() as slack:
+        slack.fail_next("auth.test", error)
+        line = await run_error(
+            ["slack"],
+            tmp_path,
+            SLACK_BOT_TOKEN=SLACK_TOKEN,
+            SLACK_SIGNING_SECRET=SLACK_SECRET,
+            SLACK_API_URL=slack.api_url,
+        )
+    assert line == (
+        f"parley: SLACK_BOT_TOKEN: Slack refused it ({error}); copy the Bot User OAuth Token "
+        "from the app's OAuth & Permissions page"
+    )
+
+
+async def test_a_slack_app_token_slack_refuses_is_one_line_saying_so(tmp_path: Path) -> None:
+    # slack_sdk alone would retry apps.connections.open forever, printing nothing.
+    async with FakeSlack() as slack:
+        slack.fail_next("apps.connections.open", "invalid_auth")
+        line = await run_error(
+            ["slack"],
+            tmp_path,
+            SLACK_BOT_TOKEN=SLACK_TOKEN,
+            SLACK_APP_TOKEN="xapp-1-A1-never-in-a-log-0123456789",
+            SLACK_API_URL=slack.api_url,
+        )
+    assert line == (
+        "parley: SLACK_APP_TOKEN: Slack refused it (invalid_auth); copy the App-Level Token "
+        "(connections:write) from the app's Basic Information page"
+    )
+
+
+async def test_a_discord_token_discord_refuses_is_one_line_saying_so(tmp_path: Path) -> None:
+    async with FakeDiscord() as discord:
+        discord.fail_next("GET", "/users/@me", status=401, body={"message": "401: Unauthorized"})
+        line = await run_error(
+            ["discord"],
+            tmp_path,
+            DISCORD_BOT_TOKEN=DISCORD_TOKEN,
+            DISCORD_API_URL=discord.api_url,
+            DISCORD_GATEWAY_URL=discord.gateway_url,
+        )
+    assert line == (
+        "parley: DISCORD_BOT_TOKEN: Discord refused it; copy the token from the Developer "
+        "Portal (your application > Bot > Reset Token)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "level", "traceback"),
+    [((), "INFO", False), (("--debug",), None, True), ((), "DEBUG", True)],
+    ids=["one-line", "--debug", "PARLEY_LOG_LEVEL=DEBUG"],
+)
+async def test_an_unexpected_error_is_one_line_unless_debugging(
+    tmp_path: Path, arguments: tuple[str, ...], level: str | None, traceback: bool
+) -> None:
+    # A tool plugin with a bug: it raises while it is imported, naming a secret.
+    (tmp_path / "broken_tools.py").write_text(
+        "import os\nraise RuntimeError('plugin broke: ' + os.environ['OPENAI_API_KEY'])\n"
+    )
+    env = environment(
+        DATABASE_URL=f"sqlite:///{tmp_path}/p.db",
+        OPENAI_API_KEY=OPENAI_KEY,
+        PARLEY_TOOL_MODULES="broken_tools",
+        PARLEY_LOG_LEVEL=level,
+    )
+    code, _, err = await parley(*arguments, "chat", stdin="", env=env, cwd=tmp_path)
+    assert code == 2 and OPENAI_KEY not in err
+    if traceback:
+        assert TRACEBACK in err
+        assert err.rstrip().endswith("RuntimeError: plugin broke: [secret]")
+    else:
+        assert TRACEBACK not in err
+        assert err.strip() == (
+            "parley: unexpected RuntimeError: plugin broke: [secret]; "
+            "run again with --debug for details"
+        )
+
+
+async def test_debug_is_documented_in_help(tmp_path: Path) -> None:
+    code, out, _ = await parley("--help", stdin="", env=environment(), cwd=tmp_path)
+    assert code == 0 and "--debug" in out
 
 
 @pytest.mark.parametrize("command", ["chat", "run", "flags", "db"])
