@@ -89,9 +89,11 @@ class Settings(BaseSettings):
     local_model_path: Path | None = Field(None, alias="PARLEY_LOCAL_MODEL_PATH")
     local_context_tokens: PositiveInt = Field(2048, alias="PARLEY_LOCAL_CONTEXT_TOKENS")
 
-    moderation: Annotated[tuple[Literal["rules", "pii", "openai"], ...], NoDecode] = Field(
-        (), alias="PARLEY_MODERATION"
-    )
+    # By default only credentials are redacted: a key pasted into a chat never leaves for the
+    # model service. "none" turns moderation off.
+    moderation: Annotated[
+        tuple[Literal["rules", "pii", "secrets", "openai", "none"], ...], NoDecode
+    ] = Field(("secrets",), alias="PARLEY_MODERATION")
     moderation_policy: Path | None = Field(None, alias="PARLEY_MODERATION_POLICY")
     moderation_model: str = Field(
         "omni-moderation-latest", alias="PARLEY_MODERATION_MODEL", min_length=1
@@ -275,6 +277,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _moderators_configured(self) -> Settings:
+        if "none" in self.moderation:
+            if len(self.moderation) > 1:
+                raise ValueError("PARLEY_MODERATION: 'none' cannot be combined with moderators")
+            self.moderation = ()
         if "rules" in self.moderation and self.moderation_policy is None:
             raise ValueError(
                 "PARLEY_MODERATION includes 'rules' but PARLEY_MODERATION_POLICY names no "

@@ -109,6 +109,10 @@ class PiiConfig(BaseModel):
         return None if value in ("off", False) else value
 
 
+SECRETS_ONLY = PiiConfig(email=None, phone=None, card=None, secret=Action.REDACT)
+"""Moderator "secrets", on by default: API keys, tokens and private keys redacted, both ways."""
+
+
 class PiiRedactor:
     """Finds e-mail addresses, phone numbers, card numbers and secrets (moderator "pii").
 
@@ -116,10 +120,9 @@ class PiiRedactor:
     replaced in the verdict's text, by the kind's entry in REDACTION_MARKERS.
     """
 
-    name: str = "pii"
-
-    def __init__(self, config: PiiConfig | None = None) -> None:
+    def __init__(self, config: PiiConfig | None = None, *, name: str = "pii") -> None:
         self._config = config or PiiConfig()
+        self.name = name
 
     async def check(self, text: str, *, direction: Direction) -> Verdict:
         """The verdict on `text`; see the class docstring."""

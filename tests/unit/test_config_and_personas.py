@@ -116,8 +116,12 @@ def test_a_copy_of_env_example_loads_with_the_defaults(
 
 def test_moderation_and_policy_settings_are_checked_at_start_up(tmp_path: Path) -> None:
     assert config_error(PARLEY_MODERATION="pii,virus-scan").startswith(
-        "invalid setting PARLEY_MODERATION: Input should be 'rules', 'pii' or 'openai'"
+        "invalid setting PARLEY_MODERATION: Input should be 'rules', 'pii', 'secrets', 'openai' "
+        "or 'none' (got 'virus-scan')"
     )
+    assert "cannot be combined" in config_error(PARLEY_MODERATION="none,pii")
+    assert make_settings().moderation == ("secrets",)
+    assert make_settings(PARLEY_MODERATION="none").moderation == ()
     assert "names no policy file" in config_error(PARLEY_MODERATION="rules")
     assert "no model service is configured" in config_error(PARLEY_MODERATION="openai")
     assert "is not a file" in config_error(PARLEY_MODERATION_POLICY=str(tmp_path))

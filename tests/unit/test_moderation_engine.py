@@ -121,6 +121,33 @@ async def test_redaction_removes_personal_data_before_the_model_sees_it(
         assert "4111" not in flag.excerpt and "example.co.uk" not in flag.excerpt
 
 
+async def test_by_default_only_credentials_are_redacted(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply("Noted.")
+    message = "Mail ada@example.org; my key is xoxb-1234567890-abcdefghijkl, keep it"
+    async with engine_factory() as runtime:  # PARLEY_MODERATION unset
+        await turn(runtime.engine, message)
+        redacted = "Mail ada@example.org; my key is [secret removed], keep it"
+
+        assert last_user_content(fake_openai) == f"alice: {redacted}"
+        assert (await stored(runtime))[0] == ("user", redacted)
+        [flag] = await runtime.store.flags()
+        assert (flag.action, flag.categories) == ("redact", ["secrets/secret"])
+        assert "xoxb" not in flag.excerpt
+
+
+async def test_moderation_none_sends_the_message_as_written(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply("Noted.")
+    message = "my key is xoxb-1234567890-abcdefghijkl"
+    async with engine_factory(PARLEY_MODERATION="none") as runtime:
+        await turn(runtime.engine, message)
+        assert last_user_content(fake_openai) == f"alice: {message}"
+        assert await runtime.store.flags() == []
+
+
 async def test_output_redaction_changes_the_final_text_and_what_is_stored(
     engine_factory: EngineFactory, fake_openai: FakeOpenAI
 ) -> None:
