@@ -66,6 +66,7 @@ class Console:
         *,
         user: str,
         bot_name: str,
+        model_label: str = "",
         stdin: TextIO = sys.stdin,
         stdout: TextIO = sys.stdout,
         stderr: TextIO = sys.stderr,
@@ -74,6 +75,7 @@ class Console:
         self._key = key
         self._user = user
         self._bot_name = bot_name
+        self._model_label = model_label
         self._stdin = stdin
         self._stdout = stdout
         self._stderr = stderr
@@ -131,8 +133,9 @@ class Console:
         """Ctrl-C stops a reply being written; at the prompt it quits, as do Ctrl-D and
         /exit. Lines are read by a daemon thread that prompts only when asked, so nothing
         typed is lost and the prompt never cuts into a reply."""
+        answering = f"Answering: {self._model_label}.\n" if self._model_label else ""
         self._write(
-            f"Chatting with {self._bot_name} (conversation {self._key.thread}). "
+            f"Chatting with {self._bot_name} (conversation {self._key.thread}). {answering}"
             "/help lists commands; Ctrl-C stops a reply; /exit, Ctrl-D or Ctrl-C quits.\n"
         )
         loop = asyncio.get_running_loop()

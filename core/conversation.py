@@ -660,7 +660,10 @@ class Engine:
         return self._schema_cache[key]
 
     def _allowed_tools(self, persona: Persona, state: ConversationState) -> list[str]:
-        """The persona's tools, narrowed by the channel's list when it has one."""
+        """The persona's tools, narrowed by the channel's list when it has one; none when
+        no round of tool calls is allowed."""
+        if self._options.tool_steps == 0:
+            return []
         if state.channel_tools is None:
             return list(persona.tools)
         return [name for name in persona.tools if name in state.channel_tools]

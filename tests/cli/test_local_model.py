@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import shutil
 from pathlib import Path
 
 import openai
 import pytest
 
 from bots import local_model
-from bots.local_model import LocalModelServer, LocalModelUnavailable, find_local_model
+from bots.local_model import (
+    LocalModel,
+    LocalModelServer,
+    LocalModelUnavailable,
+    ShippedModel,
+    find_local_model,
+)
 
 
 def test_missing_explicit_model_path_is_a_one_line_error(tmp_path: Path) -> None:
@@ -27,7 +35,71 @@ def test_existing_explicit_model_path_wins(tmp_path: Path) -> None:
     model = tmp_path / "mine.gguf"
     model.write_bytes(b"GGUF")
 
-    assert find_local_model(model) == model
+    assert find_local_model(model) == LocalModel(path=model, alias="mine", title="mine.gguf")
+
+
+def shipped_in_pieces(
+    root: Path, pieces: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> ShippedModel:
+    """Packages `piece_N` on sys.path, each holding one piece, as the `local` extra installs."""
+    for number, content in enumerate(pieces, 1):
+        package = root / f"piece_{number}"
+        (package / "data").mkdir(parents=True)
+        (package / "__init__.py").write_text("raise ImportError('never imported')\n")
+        (package / "data" / "part.bin").write_bytes(content)
+    monkeypatch.syspath_prepend(str(root))
+    whole = b"".join(pieces)
+    return ShippedModel(
+        parts=tuple((f"piece_{n}", "data/part.bin") for n in range(1, len(pieces) + 1)),
+        sha256=hashlib.sha256(whole).hexdigest(),
+        filename="model.gguf",
+        alias="tiny",
+        title="Tiny, for tests",
+    )
+
+
+def test_the_shipped_pieces_are_joined_once_into_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = shipped_in_pieces(
+        tmp_path / "site", [b"GGUF" + b"a" * 100, b"b" * 50, b"c"], monkeypatch
+    )
+    cache = tmp_path / "cache"
+
+    first = find_local_model(shipped=shipped, cache=cache)
+    written = first.path.stat().st_mtime_ns
+    again = find_local_model(shipped=shipped, cache=cache)
+
+    assert first == again == LocalModel(cache / "model.gguf", "tiny", "Tiny, for tests")
+    assert first.path.read_bytes() == b"GGUF" + b"a" * 100 + b"b" * 50 + b"c"
+    assert again.path.stat().st_mtime_ns == written
+    assert [p.name for p in cache.iterdir()] == ["model.gguf"]
+
+
+def test_damaged_pieces_are_one_line_and_leave_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = shipped_in_pieces(tmp_path / "site", [b"GGUF", b"rest"], monkeypatch)
+    (tmp_path / "site" / "piece_2" / "data" / "part.bin").write_bytes(b"RUST")
+    cache = tmp_path / "cache"
+
+    with pytest.raises(LocalModelUnavailable) as info:
+        find_local_model(shipped=shipped, cache=cache)
+
+    message = str(info.value)
+    assert "\n" not in message and "checksum mismatch" in message
+    assert "pip install --force-reinstall 'parley[local]'" in message
+    assert list(cache.iterdir()) == []
+
+
+def test_a_missing_piece_tells_the_user_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = shipped_in_pieces(tmp_path / "site", [b"GGUF", b"rest"], monkeypatch)
+    shutil.rmtree(tmp_path / "site" / "piece_2")
+
+    with pytest.raises(LocalModelUnavailable, match=r"pip install 'parley\[local\]'"):
+        find_local_model(shipped=shipped, cache=tmp_path / "cache")
 
 
 async def test_missing_server_dependencies_tell_the_user_what_to_install(
@@ -36,14 +108,14 @@ async def test_missing_server_dependencies_tell_the_user_what_to_install(
     real_find_spec = importlib.util.find_spec
 
     def find_spec(name: str, package: str | None = None) -> object:
-        return None if name == "llama_cpp" else real_find_spec(name, package)
+        return None if name == "xllamacpp" else real_find_spec(name, package)
 
     monkeypatch.setattr(local_model.importlib.util, "find_spec", find_spec)
     model = tmp_path / "mine.gguf"
     model.write_bytes(b"GGUF")
 
     with pytest.raises(LocalModelUnavailable) as info:
-        async with LocalModelServer(model):
+        async with LocalModelServer(LocalModel(model, "mine", "mine.gguf")):
             pass
 
     message = str(info.value)
@@ -53,8 +125,8 @@ async def test_missing_server_dependencies_tell_the_user_what_to_install(
 
 
 def _needs_llama_cpp() -> None:
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python is not installed (pip install 'parley[local]')")
+    if importlib.util.find_spec("xllamacpp") is None:
+        pytest.skip("xllamacpp is not installed (pip install 'parley[local]')")
 
 
 @pytest.mark.local_model
@@ -62,7 +134,7 @@ async def test_server_that_dies_at_startup_reports_its_last_words(tmp_path: Path
     _needs_llama_cpp()
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF not really")
-    server = LocalModelServer(broken)
+    server = LocalModelServer(LocalModel(broken, "broken", "broken.gguf"))
 
     with pytest.raises(LocalModelUnavailable) as info:
         async with server:

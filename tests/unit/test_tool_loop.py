@@ -338,3 +338,15 @@ async def test_a_model_failure_after_a_tool_step_keeps_the_exchange_and_its_usag
         "tool",
         "user",
     ]
+
+
+async def test_no_tool_steps_means_no_tools_are_offered(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply("It is noon.")
+    async with engine_factory(PARLEY_TOOL_STEPS=0) as runtime:
+        events = await turn(runtime.engine, "what time is it?")
+    assert events[-1] == Final(text="It is noon.", usage=events[-1].usage)  # type: ignore[union-attr]
+    [request] = fake_openai.chat_requests
+    assert "tools" not in request
+    assert [m["role"] for m in request["messages"]] == ["system", "user"]
