@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib.util
+import os
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import openai
@@ -170,6 +174,9 @@ async def test_shipped_model_answers_a_streamed_chat(capfd: pytest.CaptureFixtur
         assert server.context_tokens == 1024
         process = server.process
         assert process is not None
+        # Ctrl-C in `parley chat` reaches the whole process group; it stops a reply, and the
+        # model must go on serving.
+        process.send_signal(signal.SIGINT)
         async with openai.AsyncOpenAI(
             base_url=server.base_url, api_key="local", max_retries=0
         ) as client:
@@ -193,3 +200,38 @@ async def test_shipped_model_answers_a_streamed_chat(capfd: pytest.CaptureFixtur
     assert process.returncode is not None
     # `parley chat` writes replies to stdout: the server must keep out of it.
     assert capfd.readouterr().out == ""
+
+
+PARENT = """
+import asyncio, sys
+from bots.local_model import LocalModelServer, find_local_model
+
+async def main():
+    async with LocalModelServer(find_local_model(), n_ctx=512) as server:
+        print(server.process.pid, flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.local_model
+async def test_the_server_exits_when_parley_is_killed() -> None:
+    _needs_llama_cpp()
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PARENT, stdout=asyncio.subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    child = int(await asyncio.wait_for(parent.stdout.readline(), timeout=60))
+
+    parent.kill()  # no chance to stop its child
+    await parent.wait()
+
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("the model server outlived its parent by 10 s")
