@@ -435,6 +435,10 @@ class StreamingReply:
         await self._stop()
         if self._refused is not None:
             raise self._refused
+        # The final text goes out at once, not an edit interval after the last streamed edit:
+        # the pace keeps streaming edits few, and the answer complete is what the user waits
+        # for. A platform that asks to wait (429) is still obeyed.
+        self._last_call = -math.inf
         parts = self._rendered_parts(markdown)
         for i, text in enumerate(parts):
             if i == len(self._shown) or self._shown[i] != text:
