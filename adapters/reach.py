@@ -10,6 +10,8 @@ import os
 import socket
 from urllib.parse import urlsplit
 
+import aiohttp
+
 from core.errors import ConfigError
 
 
@@ -31,6 +33,10 @@ def _reason(exc: BaseException) -> str:
         return "timed out"
     if isinstance(cause, socket.gaierror):
         return "host name not found"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # A websocket handshake answered with an HTTP error: not a gateway at that URL. Its
+        # text repeats the whole URL, query and all.
+        return f"answered HTTP {exc.status}"
     if isinstance(cause, OSError) and cause.errno:
         return os.strerror(cause.errno).lower()  # "connection refused", "network is unreachable"
     lines = str(exc).strip().splitlines()

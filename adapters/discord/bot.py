@@ -63,6 +63,22 @@ QUIET = discord.AllowedMentions.none()
 ANSWERING = discord.AllowedMentions(everyone=False, users=False, roles=False, replied_user=True)
 READY_TIMEOUT = 60.0
 LOGIN_TIMEOUT = 30.0  # discord.py retries a 5xx for about 25 s
+# The first gateway handshake: discord.py allows it 60 s, far too long to tell a user at start
+# that the gateway cannot be reached (Discord's gateway answers in well under a second).
+GATEWAY_TIMEOUT = 10.0
+# The gateway's close code for a token it refuses (4014, a privileged intent not enabled,
+# reaches us as discord.py's PrivilegedIntentsRequired).
+AUTHENTICATION_FAILED = 4004
+# The privileged intents, as the Developer Portal's switches name them.
+PRIVILEGED_INTENTS = {
+    "members": "Server Members Intent",
+    "presences": "Presence Intent",
+    "message_content": "Message Content Intent",
+}
+TOKEN_REFUSED = (
+    "DISCORD_BOT_TOKEN: Discord refused it; copy the token from the Developer "
+    "Portal (your application > Bot > Reset Token)"
+)
 INTERACTIONS_REMEMBERED = 1000
 # Discord's error code for starting a thread from a message that has one already: a turn run
 # again after a crash that came after the thread was started.
@@ -374,10 +390,7 @@ class DiscordBot(ChatAdapter):
                 await self.client.login(token.get_secret_value())
         except discord.LoginFailure:  # 401 on GET /users/@me
             await self.client.close()
-            raise ConfigError(
-                "DISCORD_BOT_TOKEN: Discord refused it; copy the token from the Developer "
-                "Portal (your application > Bot > Reset Token)"
-            ) from None
+            raise ConfigError(TOKEN_REFUSED) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             await self.client.close()
             url = str(self._settings.discord_api_url)
@@ -389,6 +402,7 @@ class DiscordBot(ChatAdapter):
                 "try again later, or check DISCORD_API_URL"
             ) from None
         await self._sync_commands()
+        _stop_first_connection_on_failure(self.client)
         self._task = asyncio.create_task(self.client.connect(reconnect=True))
         ready = asyncio.create_task(self.client.wait_until_ready())
         done, _ = await asyncio.wait(
@@ -396,11 +410,10 @@ class DiscordBot(ChatAdapter):
         )
         if ready not in done:
             ready.cancel()
+            task = self._task
+            failure = task.exception() if task.done() and not task.cancelled() else None
             await self.aclose()
-            raise ConfigError(
-                "DISCORD_BOT_TOKEN: could not connect to the gateway; if the log says "
-                "PrivilegedIntentsRequired, enable Message Content Intent in the portal"
-            )
+            raise self._gateway_failure(failure) from None
         assert self.client.user is not None
         log.info("Discord: logged in as %s", self.client.user)
         return self
@@ -419,6 +432,35 @@ class DiscordBot(ChatAdapter):
         await self.client.close()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+
+    def _gateway_failure(self, exc: BaseException | None) -> ConfigError:
+        """The one line for a first gateway connection that ended before READY (`None`: it
+        did not get there in time)."""
+        setting = "DISCORD_GATEWAY_URL"
+        if isinstance(exc, _GatewayUnreachable):
+            url = self._settings.discord_gateway_url
+            return unreachable("Discord", setting, url, exc.cause)
+        if isinstance(exc, discord.PrivilegedIntentsRequired):  # close code 4014
+            intents = self.client.intents
+            names = [name for flag, name in PRIVILEGED_INTENTS.items() if getattr(intents, flag)]
+            return ConfigError(
+                f"Discord refused the {' and '.join(names) or 'privileged intents'} this bot "
+                "needs; turn it on in the Developer Portal (your application > Bot > "
+                "Privileged Gateway Intents)"
+            )
+        if isinstance(exc, discord.ConnectionClosed) and exc.code == AUTHENTICATION_FAILED:
+            return ConfigError(TOKEN_REFUSED)
+        if isinstance(exc, discord.ConnectionClosed):  # an invalid shard, API version, ...
+            what = f"closed the connection with code {exc.code}"
+        elif exc is not None:  # e.g. the gateway went away between handshake and READY
+            log.debug("Discord: the gateway connection failed at start", exc_info=exc)
+            what = f"failed ({type(exc).__name__}: {str(exc).strip() or 'no details'})"
+        else:
+            what = f"was not ready within {READY_TIMEOUT:.0f} s"
+        return ConfigError(
+            f"{setting}: the connection to Discord's gateway {what}; check the network and "
+            f"{setting}"
+        )
 
     async def _sync_commands(self) -> None:
         """Uploads the slash commands only when they changed: Discord rate-limits the upload
@@ -664,6 +706,43 @@ def _render(markdown: str) -> str:
     """A part of the answer as posted: a code block the model left open is closed first
     (a part cut inside a block is closed by the split already)."""
     return safe_text(close_open_fence(markdown))
+
+
+class _GatewayUnreachable(BaseException):
+    """The first gateway handshake failed (`cause`: refused, timed out, not a gateway).
+
+    A BaseException on purpose: discord.py retries every Exception its connect loops catch,
+    logging a traceback each time (`Client.connect` then fails on its `ws` still being None,
+    the sharded client retries forever), where a start should stop with one line; this
+    passes through those loops and ends `Client.connect` (or the sharded one) at once.
+    """
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _stop_first_connection_on_failure(client: discord.Client) -> None:
+    """Until the client is first ready, a gateway handshake that fails (or takes over
+    GATEWAY_TIMEOUT) ends `connect` with `_GatewayUnreachable`; afterwards discord.py's
+    own reconnects are untouched, so a later outage never stops the bot.
+
+    discord.py opens every gateway socket through `client.http.ws_connect`, this client's
+    own object: wrapping it there changes no other client and nothing process-wide.
+    """
+    http = client.http
+    connect = http.ws_connect
+
+    async def ws_connect(url: str, **options: Any) -> aiohttp.ClientWebSocketResponse:
+        if client.is_ready():
+            return await connect(url, **options)
+        try:
+            async with asyncio.timeout(GATEWAY_TIMEOUT):
+                return await connect(url, **options)
+        except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+            raise _GatewayUnreachable(exc) from exc
+
+    http.ws_connect = ws_connect  # type: ignore[method-assign]
 
 
 def _guard_parsers(client: discord.Client) -> None:

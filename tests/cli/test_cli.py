@@ -4,6 +4,7 @@ show a secret."""
 
 from __future__ import annotations
 
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -200,20 +201,103 @@ async def test_a_slack_app_token_slack_refuses_is_one_line_saying_so(tmp_path: P
     )
 
 
+async def run_discord_error(tmp_path: Path, discord: FakeDiscord, **settings: str) -> str:
+    """`parley run discord` against the fake (these settings overriding), expected to stop
+    at once with one line, which is returned."""
+    fake = {"DISCORD_API_URL": discord.api_url, "DISCORD_GATEWAY_URL": discord.gateway_url}
+    merged = {"DISCORD_BOT_TOKEN": DISCORD_TOKEN, **fake, **settings}
+    return await run_error(["discord"], tmp_path, **merged)
+
+
+DISCORD_TOKEN_REFUSED = (
+    "parley: DISCORD_BOT_TOKEN: Discord refused it; copy the token from the Developer "
+    "Portal (your application > Bot > Reset Token)"
+)
+
+
 async def test_a_discord_token_discord_refuses_is_one_line_saying_so(tmp_path: Path) -> None:
     async with FakeDiscord() as discord:
         discord.fail_next("GET", "/users/@me", status=401, body={"message": "401: Unauthorized"})
-        line = await run_error(
-            ["discord"],
-            tmp_path,
+        line = await run_discord_error(tmp_path, discord)
+    assert line == DISCORD_TOKEN_REFUSED
+
+
+@pytest.mark.parametrize("gateway", ["closed port", "not a gateway"])
+async def test_a_discord_gateway_that_cannot_be_reached_is_one_line_saying_so(
+    tmp_path: Path, unused_tcp_port: int, gateway: str
+) -> None:
+    # The REST API answers (the login works); the gateway refuses the connection, or is a
+    # web server without a gateway (its handshake answers 404).
+    async with FakeDiscord() as discord:
+        port, reason = (unused_tcp_port, "connection refused")
+        if gateway == "not a gateway":
+            port, reason = (discord.port, "answered HTTP 404")
+        started = time.monotonic()
+        line = await run_discord_error(
+            tmp_path, discord, DISCORD_GATEWAY_URL=f"ws://127.0.0.1:{port}/gateway-elsewhere"
+        )
+        elapsed = time.monotonic() - started
+    assert line == (
+        f"parley: DISCORD_GATEWAY_URL: cannot reach Discord at 127.0.0.1:{port} ({reason}); "
+        "check the network and DISCORD_GATEWAY_URL"
+    )
+    assert TRACEBACK not in line  # run_error checked there is no other line
+    # Not a benchmark: discord.py alone took about a minute and blamed the token.
+    assert elapsed < 20
+
+
+async def test_a_discord_gateway_outage_after_the_start_is_retried_as_before(
+    fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    # Only the first connection stops the start; later, discord.py's reconnects carry on.
+    fake_openai.reply("Hello!")
+    async with (
+        FakeDiscord() as discord,
+        Processes(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/p.db") as processes,
+    ):
+        bot = await processes.start(
+            "discord",
+            **model_settings(fake_openai),
             DISCORD_BOT_TOKEN=DISCORD_TOKEN,
             DISCORD_API_URL=discord.api_url,
             DISCORD_GATEWAY_URL=discord.gateway_url,
         )
-    assert line == (
-        "parley: DISCORD_BOT_TOKEN: Discord refused it; copy the token from the Developer "
-        "Portal (your application > Bot > Reset Token)"
-    )
+        await discord.connected()
+        discord.gateway_refusals = 2
+        await discord.drop_connection(4000)  # resumable: discord.py reconnects at once
+        await discord.wait_for(lambda: discord.gateway_refusals == 0, what="the refused retries")
+        await discord.resumed(timeout=30)
+        question = message_create("<@1000> hi", mentions=[BOT_USER])
+        await discord.dispatch("MESSAGE_CREATE", question)
+        await discord.wait_for(
+            lambda: [m["content"] for m in discord.messages_in(question["id"])] == ["Hello!"],
+            what="the answer after the outage",
+        )
+        assert bot.alive
+        assert await bot.terminate() == 0
+    assert "Attempting a reconnect" in bot.stderr  # discord.py's own retry, as before
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (
+            4014,
+            "parley: Discord refused the Message Content Intent this bot needs; turn it on in "
+            "the Developer Portal (your application > Bot > Privileged Gateway Intents)",
+        ),
+        (4004, DISCORD_TOKEN_REFUSED),
+    ],
+    ids=["intent not enabled", "token refused"],
+)
+async def test_a_discord_gateway_refusing_the_session_is_one_line_saying_why(
+    tmp_path: Path, code: int, expected: str
+) -> None:
+    async with FakeDiscord() as discord:
+        discord.identify_close_code = code
+        line = await run_discord_error(tmp_path, discord)
+        assert len(discord.identify_payloads) == 1  # refused once, not retried
+    assert line == expected
 
 
 @pytest.mark.parametrize(

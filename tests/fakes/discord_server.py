@@ -18,8 +18,12 @@
 - The gateway at `fake.gateway_url` (`ws://127.0.0.1:PORT/gateway`) for
   `discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY`: HELLO, heartbeat ACKs, IDENTIFY ->
   READY (+ GUILD_CREATE per guild), RESUME -> replay of missed dispatches + RESUMED, op 8 ->
-  empty GUILD_MEMBERS_CHUNK. READY's `resume_gateway_url` is `fake.resume_gateway_url`
-  (`ws://127.0.0.1:PORT/resume`, a different path so tests can tell a resume happened there).
+  empty GUILD_MEMBERS_CHUNK; with `fake.identify_close_code` set, IDENTIFY is answered by
+  closing the socket with that code instead (4004 a refused token, 4014 an intent not
+  enabled in the Developer Portal); `fake.gateway_refusals = N` answers the next N gateway
+  handshakes with HTTP 503, as an outage does. READY's `resume_gateway_url` is
+  `fake.resume_gateway_url` (`ws://127.0.0.1:PORT/resume`, a different path so tests can
+  tell a resume happened there).
   discord.py 2.7.1 asks for `compress=zlib-stream` in the URL query (or `zstd-stream` when
   `zstandard` is installed); by default the fake honours zlib-stream (binary frames, one
   zlib context per connection, every message ending in Z_SYNC_FLUSH) and sends text frames
@@ -549,6 +553,8 @@ class FakeDiscord:
         self.interactions: dict[str, dict[str, Any]] = {}  # token -> dispatched payload
         self.typing: list[str] = []  # channel ids
         self.identify_payloads: list[dict[str, Any]] = []
+        self.identify_close_code: int | None = None  # close IDENTIFY's socket with this code
+        self.gateway_refusals = 0  # handshakes still to answer with 503
         self.resume_payloads: list[dict[str, Any]] = []
         self.gateway_connections: list[dict[str, Any]] = []  # {"path", "query"} per connect
         self.gateway_received: list[dict[str, Any]] = []  # every frame the client sent
@@ -812,7 +818,11 @@ class FakeDiscord:
         except ConnectionError:
             pass
 
-    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+    async def _gateway(self, request: web.Request) -> web.StreamResponse:
+        if self.gateway_refusals > 0:
+            self.gateway_refusals -= 1
+            await self._notify()
+            return web.Response(status=503, text="gateway unavailable")
         socket = web.WebSocketResponse(max_msg_size=0)
         await socket.prepare(request)
         query = dict(request.query)
@@ -857,6 +867,9 @@ class FakeDiscord:
             await self._send(conn, {"op": 11, "d": None, "s": None, "t": None})
         elif op == 2:  # identify
             self.identify_payloads.append(data)
+            if self.identify_close_code is not None:  # as Discord refuses a session
+                await conn.socket.close(code=self.identify_close_code)
+                return
             self.session_id = uuid.uuid4().hex
             self.sequence = 0
             self._log = []
