@@ -38,6 +38,7 @@ class Reply:
     finish: bool = True
     done: bool = True
     cut_after: int | None = None
+    events: list[str] = field(default_factory=list)  # raw `data:` payloads after the text
 
 
 @dataclass
@@ -227,6 +228,8 @@ class FakeOpenAI:
                 await asyncio.sleep(step.chunk_delay)
         if step.cut_after is not None:
             return _cut(request, response)
+        for event in step.events:
+            await response.write(f"data: {event}\n\n".encode())
         for index, (name, arguments) in enumerate(step.tool_calls):
             for delta in _tool_call_deltas(index, name, arguments, whole=step.whole):
                 await _send(response, _chunk(model, {"tool_calls": [delta]}))

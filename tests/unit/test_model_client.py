@@ -316,3 +316,35 @@ async def test_a_refused_parameter_that_cannot_be_dropped_is_an_error(
     async with model_client(fake_openai) as client:
         _, error = await collect(client)
     assert error is not None and len(fake_openai.chat_requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("event", "kind"),
+    [
+        ('{"error": {"message": "overloaded", "type": "server_error"}}', ModelFailure.SERVER_ERROR),
+        ("[1, 2]", ModelFailure.SERVER_ERROR),
+        ('{"choices": "none"}', ModelFailure.SERVER_ERROR),
+        ("{not json", ModelFailure.SERVER_ERROR),
+    ],
+)
+async def test_an_unreadable_or_error_event_in_the_stream_is_a_model_error(
+    fake_openai: FakeOpenAI, event: str, kind: ModelFailure
+) -> None:
+    fake_openai.reply("Hello there", events=[event])
+    async with model_client(fake_openai, max_retries=0) as client:
+        chunks, error = await collect(client)
+    assert text_of(chunks) == "Hello there"  # what came before it stands
+    assert error is not None and error.kind is kind
+
+
+async def test_tool_call_fragments_and_usage_are_read_from_the_raw_chunks(
+    fake_openai: FakeOpenAI,
+) -> None:
+    fake_openai.call(("calculate", '{"expression": "2+2"}'), text="Let me see.", usage=(12, 7))
+    async with model_client(fake_openai) as client:
+        chunks, error = await collect(client)
+    assert error is None
+    calls = [c for c in chunks if isinstance(c, ToolCallChunk)]
+    assert calls[0].id and calls[0].name == "calculate" and calls[0].index == 0
+    assert "".join(c.arguments for c in calls) == '{"expression": "2+2"}'
+    assert chunks[-1] == UsageChunk(12, 7, "gpt-4o-mini")
