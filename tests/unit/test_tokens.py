@@ -38,3 +38,19 @@ def test_truncation_keeps_a_prefix_within_the_limit() -> None:
         assert text.startswith(cut)
         assert 40 <= counter.count(cut) <= 50
         assert counter.truncate("short", 50) == "short"
+
+
+def test_truncation_never_cuts_a_character_in_two() -> None:
+    counter = counter_for_model("gpt-4o")
+    # "🎉" is two tokens here: a cut between them keeps the text before it.
+    assert counter.truncate("日本語🎉", 3) == "日本語"
+    assert counter.truncate("日本語🎉", 4) == "日本語🎉"
+    assert counter.truncate("🎉", 1) == ""
+
+
+def test_counts_match_tiktoken() -> None:
+    # As tiktoken 0.14.0 counts them, with these encodings' published tables.
+    assert counter_for_model("gpt-4o").count("Hello, world! 12345678") == 8
+    assert counter_for_model("gpt-4").count("Hello, world! 12345678") == 8
+    assert counter_for_model("gpt-4o").count("日本語🎉") == 4
+    assert counter_for_model("gpt-4").count("日本語🎉") == 7
