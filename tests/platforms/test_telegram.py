@@ -72,7 +72,8 @@ async def texts_become(
 async def test_a_private_message_is_answered_with_typing_then_a_growing_reply(
     bot_factory: Callable[..., Any], telegram: FakeTelegram, fake_openai: FakeOpenAI
 ) -> None:
-    fake_openai.reply("Hello **Alice**, nice to meet you.", chunk_delay=0.02)
+    # The model takes a second to start: "typing…" shows meanwhile.
+    fake_openai.reply("Hello **Alice**, nice to meet you.", delay=1.0, chunk_delay=0.02)
     async with bot_factory():
         telegram.push(private_message("hi there"))
         await texts_become(telegram, 1, ["Hello <b>Alice</b>, nice to meet you."])
@@ -90,6 +91,17 @@ async def test_a_private_message_is_answered_with_typing_then_a_growing_reply(
         [commands] = telegram.calls_to("setMyCommands")
         names = [c["command"] for c in commands.args["commands"]]
         assert names == ["ask", "help", "reset", "persona", "personas", "usage"]
+
+
+async def test_a_quick_answer_needs_no_typing_action(
+    bot_factory: Callable[..., Any], telegram: FakeTelegram, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply("Hello Alice.")
+    async with bot_factory():
+        telegram.push(private_message("hi there"))
+        await texts_become(telegram, 1, ["Hello Alice."])
+        await asyncio.sleep(0.7)  # past the moment "typing…" would have been sent
+    assert telegram.calls_to("sendChatAction") == []
 
 
 async def test_in_groups_only_mentions_replies_and_commands_are_answered(

@@ -297,7 +297,7 @@ async def test_a_blocked_bot_gives_up_at_once_and_keeps_answering_other_chats(
     telegram: FakeTelegram, fake_openai: FakeOpenAI, database_url: str
 ) -> None:
     unread = "Nobody will read this answer, however long it streams."
-    fake_openai.reply(unread, chunk_delay=0.03)
+    fake_openai.reply(unread, delay=1.0, chunk_delay=0.03)  # long enough to show "typing…"
     fake_openai.reply("Hello Bob.")
     fake_openai.reply("Still here, Bob.")
     telegram.block(ALICE)  # Alice blocked the bot: every call to her chat answers 403
