@@ -178,12 +178,13 @@ class OpenAIModelClient:
             # The SDK's own request (retries, errors, SSE, error events), with each chunk left
             # as the parsed JSON: building its pydantic object took about 40 times as long as
             # parsing, for every one of a reply's ~75 chunks.
-            stream: openai.AsyncStream[dict[str, Any]] = await self._client.post(
+            # `object`, not `dict[str, Any]`: the SDK walks every value of a typed dict.
+            stream: openai.AsyncStream[Any] = await self._client.post(
                 "/chat/completions",
                 body=arguments,
                 cast_to=object,
                 stream=True,
-                stream_cls=openai.AsyncStream[dict[str, Any]],
+                stream_cls=openai.AsyncStream[object],
             )
         except openai.BadRequestError as exc:
             param = _unsupported_parameter(exc)
