@@ -335,6 +335,7 @@ class StreamingReply:
         existing: Sequence[str] = (),
         first_post: Callable[[str], str | None] | None = None,
         on_posted: Callable[[list[str]], Awaitable[None]] | None = None,
+        hold: float = 0.0,
     ) -> None:
         """Prepares a reply; nothing is posted before `start`.
 
@@ -357,6 +358,8 @@ class StreamingReply:
                 be stored before anything else happens to them.
             first_post: While nothing is posted, what of the streamed text to post first
                 (None: wait for more); `finish` posts the final text whatever it is.
+            hold: Seconds after `begin` before the first streamed call (the placeholder,
+                or the first words): a reply finished sooner goes out whole, in one call.
 
         Raises:
             ValueError: `max_attempts` is below 1.
@@ -378,6 +381,7 @@ class StreamingReply:
         self._shown: list[str | None] = [None] * len(self._ids)
         self._on_posted = on_posted
         self._first_post = first_post
+        self._hold = hold
         self._latest = ""
         self._last_call = -math.inf
         self._not_before = -math.inf  # set by a RateLimited, for every call after it
@@ -482,6 +486,8 @@ class StreamingReply:
         A refusal for good (a blocked bot, a deleted chat) ends it: no later call can land,
         and `finish` raises it instead of calling again."""
         try:
+            if self._hold > 0:
+                await self._sleep(self._hold)  # finish() cancels it: the reply goes out whole
             if placeholder and self._placeholder is not None and not self._ids:
                 try:
                     async with self._calling:

@@ -97,7 +97,9 @@ async def final_texts(slack: FakeSlack, channel: str, thread: str, expected: lis
 async def test_a_mention_is_answered_in_its_thread(
     bot_factory: Callable[..., Any], slack: FakeSlack, fake_openai: FakeOpenAI
 ) -> None:
-    fake_openai.reply("**Four.** See [the docs](https://example.com/math).", chunk_delay=0.01)
+    # The model takes a moment to start: the placeholder shows meanwhile.
+    answer = "**Four.** See [the docs](https://example.com/math)."
+    fake_openai.reply(answer, delay=0.8, chunk_delay=0.01)
     async with bot_factory() as running:
         ts = next_ts()
         started = time.monotonic()
@@ -111,6 +113,20 @@ async def test_a_mention_is_answered_in_its_thread(
         assert sent[-1] == {"role": "user", "content": "alice: what is 2+2?"}
         # It grew through edits, not one per token: the reply had 13 chunks.
         assert 1 <= len(slack.calls_to("chat.update")) < 13
+
+
+async def test_a_quick_answer_goes_up_in_one_call(
+    bot_factory: Callable[..., Any], slack: FakeSlack, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply("Four.")
+    async with bot_factory() as running:
+        ts = next_ts()
+        await running.deliver(app_mention("<@UBOT> what is 2+2?", ts=ts))
+        await final_texts(slack, "C1", ts, ["Four."])
+        await asyncio.sleep(0.7)  # past the moment the placeholder would have gone up
+    [posted] = slack.calls_to("chat.postMessage")
+    assert posted.args["text"] == "Four."
+    assert slack.calls_to("chat.update") == []
 
 
 async def test_a_thread_follow_up_needs_no_mention_and_speakers_are_named(
@@ -275,7 +291,7 @@ async def test_model_output_cannot_ping_the_channel_or_forge_mentions(
 async def test_a_rate_limited_update_is_retried_after_retry_after(
     bot_factory: Callable[..., Any], slack: FakeSlack, fake_openai: FakeOpenAI
 ) -> None:
-    fake_openai.reply("The complete answer, delivered in the end.")
+    fake_openai.reply("The complete answer, delivered in the end.", delay=0.8)
     slack.fail_next("chat.update", "ratelimited", status=429, retry_after=1)
     async with bot_factory() as running:
         ts = next_ts()

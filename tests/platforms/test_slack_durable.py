@@ -109,7 +109,7 @@ async def test_a_failed_placeholder_does_not_stop_the_answer(
     slack: FakeSlack, fake_openai: FakeOpenAI, database_url: str
 ) -> None:
     answer = "Answered even though the placeholder never appeared."
-    fake_openai.reply(answer, chunk_delay=0.02)
+    fake_openai.reply(answer, delay=0.8, chunk_delay=0.02)  # the placeholder is tried first
     slack.outage(server_error(502), methods={"chat.postMessage"})
     async with running(slack_settings(slack, fake_openai, database_url, **fast())) as bot:
         ts = next_ts()

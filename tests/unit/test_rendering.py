@@ -489,3 +489,30 @@ async def test_without_a_placeholder_the_first_text_is_posted_then_edited() -> N
         ("post", render("Hello")),
         ("edit", render("Hello world")),
     ]
+
+
+async def test_a_reply_finished_within_the_hold_goes_out_in_one_call() -> None:
+    sink = FakeSink()
+    reply = StreamingReply(sink, render=render, limit=4096, interval=0.01, hold=0.3)
+    reply.begin()
+    reply.update("Hello")
+    await asyncio.sleep(0.05)
+    ids = await reply.finish("Hello, world.")
+    await asyncio.sleep(0.4)  # past the hold: nothing more goes out
+    assert [(c.kind, c.text) for c in sink.calls] == [("post", render("Hello, world."))]
+    assert ids == ["m1"]
+
+
+async def test_a_slower_reply_shows_its_placeholder_once_the_hold_is_over() -> None:
+    sink = FakeSink()
+    reply = StreamingReply(sink, render=render, limit=4096, interval=0.01, hold=0.2)
+    started = time.monotonic()
+    reply.begin()
+    await asyncio.sleep(0.3)
+    reply.update("Hello")
+    await asyncio.sleep(0.05)
+    await reply.finish("Hello, world.")
+    placeholder, *_ = sink.calls
+    assert (placeholder.kind, placeholder.text) == ("post", "…")
+    assert placeholder.at - started >= 0.2 - 0.01
+    assert sink.messages == {"m1": render("Hello, world.")}
