@@ -178,7 +178,8 @@ def find_local_model(
     if parts is None:
         raise LocalModelUnavailable(f"No model configured: {_INSTALL_HINT}")
     folder = cache or platformdirs.user_cache_path("parley", appauthor=False) / "models"
-    target = folder / shipped.filename
+    # Named by its checksum too: a later Parley shipping other weights never takes this file.
+    target = folder / f"{shipped.sha256[:12]}-{shipped.filename}"
     _join(parts, target, shipped.sha256)
     return LocalModel(path=target, alias=shipped.alias, title=shipped.title)
 

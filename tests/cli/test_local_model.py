@@ -74,10 +74,11 @@ def test_the_shipped_pieces_are_joined_once_into_the_cache(
     written = first.path.stat().st_mtime_ns
     again = find_local_model(shipped=shipped, cache=cache)
 
-    assert first == again == LocalModel(cache / "model.gguf", "tiny", "Tiny, for tests")
+    joined = cache / f"{shipped.sha256[:12]}-model.gguf"
+    assert first == again == LocalModel(joined, "tiny", "Tiny, for tests")
     assert first.path.read_bytes() == b"GGUF" + b"a" * 100 + b"b" * 50 + b"c"
     assert again.path.stat().st_mtime_ns == written
-    assert [p.name for p in cache.iterdir()] == ["model.gguf"]
+    assert list(cache.iterdir()) == [joined]
 
 
 def test_damaged_pieces_are_one_line_and_leave_no_file(
