@@ -124,9 +124,7 @@ async def test_no_secret_reaches_the_log_even_at_debug_discord(
             "discord",
             PARLEY_LOG_LEVEL="DEBUG",
             **{**model_settings(fake_openai), "OPENAI_API_KEY": OPENAI_KEY},
-            DISCORD_BOT_TOKEN=DISCORD_TOKEN,
-            DISCORD_API_URL=discord.api_url,
-            DISCORD_GATEWAY_URL=discord.gateway_url,
+            **discord_settings(discord),
         )
         question = message_create("<@1000> hi", mentions=[BOT_USER])
         await discord.dispatch("MESSAGE_CREATE", question)
@@ -201,12 +199,18 @@ async def test_a_slack_app_token_slack_refuses_is_one_line_saying_so(tmp_path: P
     )
 
 
+def discord_settings(discord: FakeDiscord) -> dict[str, str]:
+    return {
+        "DISCORD_BOT_TOKEN": DISCORD_TOKEN,
+        "DISCORD_API_URL": discord.api_url,
+        "DISCORD_GATEWAY_URL": discord.gateway_url,
+    }
+
+
 async def run_discord_error(tmp_path: Path, discord: FakeDiscord, **settings: str) -> str:
     """`parley run discord` against the fake (these settings overriding), expected to stop
     at once with one line, which is returned."""
-    fake = {"DISCORD_API_URL": discord.api_url, "DISCORD_GATEWAY_URL": discord.gateway_url}
-    merged = {"DISCORD_BOT_TOKEN": DISCORD_TOKEN, **fake, **settings}
-    return await run_error(["discord"], tmp_path, **merged)
+    return await run_error(["discord"], tmp_path, **{**discord_settings(discord), **settings})
 
 
 DISCORD_TOKEN_REFUSED = (
@@ -258,9 +262,7 @@ async def test_a_discord_gateway_outage_after_the_start_is_retried_as_before(
         bot = await processes.start(
             "discord",
             **model_settings(fake_openai),
-            DISCORD_BOT_TOKEN=DISCORD_TOKEN,
-            DISCORD_API_URL=discord.api_url,
-            DISCORD_GATEWAY_URL=discord.gateway_url,
+            **discord_settings(discord),
         )
         await discord.connected()
         discord.gateway_refusals = 2
