@@ -33,9 +33,10 @@ log = logging.getLogger(__name__)
 # While the database is down, a message the platform will not send again (Telegram polling,
 # the Discord gateway) is kept in memory and accepted again after this many seconds.
 HOLD_RETRY_SECONDS = 5.0
-# A turn's first platform call (the placeholder, or Telegram's first words) waits this long:
-# an answer complete by then goes out in one call instead of a post and an edit, which halves
-# the platform calls of quick answers. Slower ones show their placeholder a moment later.
+# A turn's first platform call (the placeholder, Telegram's first words or its "typing…")
+# waits this long: an answer complete by then goes out in one call instead of a post and an
+# edit, which halves the platform calls of quick answers. Slower ones show their placeholder
+# a moment later.
 FIRST_CALL_AFTER = 0.5
 
 
@@ -153,7 +154,7 @@ class ChatAdapter:
         reply = self.reply(turn.address, posted=turn.posted, on_posted=posted)
         if not self.streams(turn.address):
             return FinalOnly(reply)
-        return TurnReply(reply, accepted=self.typing(turn.address))
+        return TurnReply(reply, accepted=self.typing(turn.address), hold=FIRST_CALL_AFTER)
 
     async def _refuse(self, address: dict[str, Any], text: str) -> None:
         await show_once(self.reply(address), text)

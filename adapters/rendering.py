@@ -628,7 +628,8 @@ class TurnReply:
     The placeholder goes up when the turn starts, text streams in with the running tool shown
     beneath it, and `deliver` replaces it all with the final text until that lands. Nothing
     here makes the turn wait: platform calls run in the StreamingReply's background task.
-    `accepted` (Telegram's typing action) runs in a task of its own until the first text.
+    `accepted` (Telegram's typing action) runs in a task of its own from `hold` seconds after
+    the start until the first text: an answer quicker than that needs no sign of life.
     """
 
     edits_in_place = True
@@ -638,9 +639,11 @@ class TurnReply:
         reply: StreamingReply,
         *,
         accepted: Callable[[], Awaitable[None]] | None = None,
+        hold: float = 0.0,
     ) -> None:
         self._reply = reply
         self._accepted = accepted
+        self._hold = hold
         self._side: asyncio.Task[None] | None = None
         self._text = ""
         self._status = ""
@@ -650,7 +653,7 @@ class TurnReply:
             case Accepted():
                 self._reply.begin()
                 if self._accepted is not None:
-                    self._side = asyncio.create_task(self._accepted(), name="parley-accepted")
+                    self._side = asyncio.create_task(self._after_hold(), name="parley-accepted")
             case Delta(text=piece):
                 self._text += piece
                 self._update()
@@ -670,6 +673,11 @@ class TurnReply:
     async def aclose(self) -> None:
         await self._stop_side()
         await self._reply.aclose()
+
+    async def _after_hold(self) -> None:
+        assert self._accepted is not None
+        await asyncio.sleep(self._hold)
+        await self._accepted()
 
     def _update(self) -> None:
         self._reply.update(_with_status(self._text, self._status))

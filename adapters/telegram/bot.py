@@ -67,11 +67,9 @@ os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 PLATFORM = "telegram"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
-# Telegram shows "typing…" for 5 seconds; renewed until the first words appear. Not sent at
-# all when they appear within TYPING_AFTER: a quick answer needs no sign of life, and the
-# call costs as much as an edit.
+# Telegram shows "typing…" for 5 seconds; renewed until the first words appear (not shown at
+# all for an answer that comes within the turn's first-call hold, adapters/base.py).
 TYPING_EVERY = 4.5
-TYPING_AFTER = 0.5
 MENU = [
     BotCommand("ask", "ask a question (in groups: /ask@bot question)"),
     *(BotCommand(name, text[:256]) for name, text in COMMANDS.items()),
@@ -436,7 +434,6 @@ class TelegramBot(ChatAdapter):
 
     def typing(self, address: dict[str, Any]) -> Callable[[], Awaitable[None]]:
         async def typing() -> None:
-            await asyncio.sleep(TYPING_AFTER)
             while True:
                 try:
                     await self.application.bot.send_chat_action(
