@@ -5,6 +5,8 @@ show a secret."""
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from tests.cli.test_chat import parley
 from tests.durability.processes import (
     SLACK_SECRET,
     TELEGRAM_TOKEN,
+    ParleyProcess,
     Processes,
     environment,
     model_settings,
@@ -31,6 +34,20 @@ OPENAI_KEY = "sk-proj-never-in-a-log-0123456789"
 SLACK_TOKEN = "xoxb-1234567890-0987654321-AbCdEfGhIjKlMnOpQrStUvWx"
 DISCORD_TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAw.GhIjKl.never-in-a-log-AbCdEfGhIjKlMnOpQrStUv"
 TRACEBACK = "Traceback (most recent call last)"
+
+
+@asynccontextmanager
+async def bot_at_debug(
+    tmp_path: Path, model: FakeOpenAI, platform: str, settings: dict[str, object]
+) -> AsyncIterator[ParleyProcess]:
+    """`parley run PLATFORM` at DEBUG, with the OpenAI key set, until the block ends."""
+    async with Processes(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/p.db") as processes:
+        yield await processes.start(
+            platform,
+            PARLEY_LOG_LEVEL="DEBUG",
+            **{**model_settings(model), "OPENAI_API_KEY": OPENAI_KEY},
+            **settings,
+        )
 
 
 async def test_version_names_the_installed_release(tmp_path: Path) -> None:
@@ -68,14 +85,8 @@ async def test_no_secret_reaches_the_log_even_at_debug_telegram(
     fake_openai.reply("Hello!")
     async with (
         FakeTelegram() as telegram,
-        Processes(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/p.db") as processes,
+        bot_at_debug(tmp_path, fake_openai, "telegram", telegram_settings(telegram)) as bot,
     ):
-        bot = await processes.start(
-            "telegram",
-            PARLEY_LOG_LEVEL="DEBUG",
-            **{**model_settings(fake_openai), "OPENAI_API_KEY": OPENAI_KEY},
-            **telegram_settings(telegram),
-        )
         telegram.push(private_message("hi"))
         await telegram.wait_for(lambda: telegram.texts_in(1) == ["Hello!"], what="the answer")
         assert await bot.terminate() == 0
@@ -90,17 +101,15 @@ async def test_no_secret_reaches_the_log_even_at_debug_slack(
     fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
     fake_openai.reply("Hello!")
-    token = SLACK_TOKEN
     async with (
         FakeSlack() as slack,
-        Processes(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/p.db") as processes,
-    ):
-        bot = await processes.start(
+        bot_at_debug(
+            tmp_path,
+            fake_openai,
             "slack",
-            PARLEY_LOG_LEVEL="DEBUG",
-            **{**model_settings(fake_openai), "OPENAI_API_KEY": OPENAI_KEY},
-            **{**slack_settings(slack), "SLACK_BOT_TOKEN": token},
-        )
+            {**slack_settings(slack), "SLACK_BOT_TOKEN": SLACK_TOKEN},
+        ) as bot,
+    ):
         ts = next_ts()
         await send_slack_event(bot, app_mention("<@UBOT> hi", ts=ts))
         await slack.wait_for(
@@ -108,7 +117,7 @@ async def test_no_secret_reaches_the_log_even_at_debug_slack(
             what="the answer",
         )
         assert await bot.terminate() == 0
-    for secret in (token, SLACK_SECRET, OPENAI_KEY):
+    for secret in (SLACK_TOKEN, SLACK_SECRET, OPENAI_KEY):
         assert secret not in bot.stderr
 
 
@@ -118,14 +127,8 @@ async def test_no_secret_reaches_the_log_even_at_debug_discord(
     fake_openai.reply("Hello!")
     async with (
         FakeDiscord() as discord,
-        Processes(tmp_path, DATABASE_URL=f"sqlite:///{tmp_path}/p.db") as processes,
+        bot_at_debug(tmp_path, fake_openai, "discord", discord_settings(discord)) as bot,
     ):
-        bot = await processes.start(
-            "discord",
-            PARLEY_LOG_LEVEL="DEBUG",
-            **{**model_settings(fake_openai), "OPENAI_API_KEY": OPENAI_KEY},
-            **discord_settings(discord),
-        )
         question = message_create("<@1000> hi", mentions=[BOT_USER])
         await discord.dispatch("MESSAGE_CREATE", question)
         await discord.wait_for(
