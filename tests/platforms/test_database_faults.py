@@ -219,15 +219,16 @@ def recoveries(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 async def terminate_backends(url: str) -> int:
     """`pg_terminate_backend` on every other backend of the database, from a connection of
-    the test's own (as an administrator or a failover would); returns how many died."""
+    the test's own (as an administrator or a failover would); returns how many it killed. A
+    backend that ends by itself between the listing and the kill (a pool closing a connection)
+    makes `pg_terminate_backend` answer false: that is no failure, it is gone either way."""
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     admin = await asyncpg.connect(dsn)
     try:
         killed = [row[0] for row in await admin.fetch(TERMINATE_OTHERS)]
     finally:
         await admin.close()
-    assert all(killed)
-    return len(killed)
+    return sum(killed)
 
 
 @pytest.mark.postgres
