@@ -24,7 +24,6 @@ from core.pricing import PriceTable
 from core.scheduler import Scheduler
 from core.storage import SessionStore, SqlStore, create_database_engine, migrate
 from core.storage.database import current_revision, head_revision
-from core.tokens import counter_for_model
 from core.tools import ToolRegistry
 
 if TYPE_CHECKING:
@@ -296,7 +295,6 @@ async def build_engine(
             sql_store = await open_store(settings)
             stack.push_async_callback(sql_store.close)
             store = sql_store
-        counter_for_model(model_name)  # load the tokenizer now, not during the first turn
         limits = Limits(
             requests_per_minute=settings.user_rpm, tokens_per_day=settings.user_tokens_per_day
         )

@@ -6,13 +6,14 @@ depends on the window's size and never on the length of the conversation's histo
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
 from core.storage.base import SessionStore, StoredMessage
-from core.tokens import MESSAGE_OVERHEAD, TokenCounter
+from core.tokens import MESSAGE_OVERHEAD, TokenCounter, message_tokens
 from core.wording import TRUNCATED_MARKER
 
 DEFAULT_CONTEXT_TOKENS = 8192
@@ -64,15 +65,18 @@ class Window:
 
     Attributes:
         messages: The messages in the window, oldest first.
-        tokens: Their stored token counts, summed (after any truncation).
+        tokens: Their token counts (bounds, or exact counts when `exact`), summed, after
+            any truncation.
         dropped: Older messages exist that did not fit.
         oldest_id: Id of the oldest message in the window (None when empty).
+        exact: The counts are exact: by their stored bounds the messages did not all fit.
     """
 
     messages: list[StoredMessage]
     tokens: int
     dropped: bool
     oldest_id: int | None
+    exact: bool = False
 
 
 class WindowCache:
@@ -123,41 +127,65 @@ async def build_window(
     budget: int,
     counter: TokenCounter,
     cache: WindowCache | None = None,
+    exact_budget: Callable[[], int] | None = None,
 ) -> Window:
     """Newest whole turns that fit in `budget` tokens; the newest turn always goes in.
 
     A turn is a user message and everything after it up to the next user message (the reply,
     tool calls and their results), so a tool call is never separated from its result. When the
     newest turn alone is too large, its largest message is truncated with a marker.
+
+    Stored counts are upper bounds. The first time they do not fit, the messages are counted
+    exactly (`Window.exact`) and `budget` becomes `exact_budget()`, the budget counted so.
     """
     chosen: list[StoredMessage] = []  # newest first, as stored
     fitted: list[StoredMessage] = []  # the newest turn, as sent (maybe truncated)
     used = 0
     pending: list[StoredMessage] = []  # the turn being gathered, newest first
     dropped = True
-    newest_first = _newest_first(store, conversation_id, after_id, budget, cache)
+    exact = False
+
+    def overflows(tokens: int) -> bool:
+        """Whether `tokens` more do not fit; when by bounds they do not, the counts so far
+        become exact first."""
+        nonlocal exact, budget, chosen, pending, used
+        if used + tokens <= budget or exact or not counter.loose_bounds:
+            return used + tokens > budget
+        exact = True
+        if exact_budget is not None:
+            budget = max(budget, exact_budget())
+        chosen = [counted(m, counter) for m in chosen]
+        pending = [counted(m, counter) for m in pending]
+        used = sum(m.token_count for m in chosen)
+        return used + sum(m.token_count for m in pending) > budget
+
+    newest_first = _newest_first(store, conversation_id, after_id, lambda: budget, cache)
     async with aclosing(newest_first) as newest:
         async for message in newest:
             if message is None:  # older messages exist, and cannot fit
                 break
-            pending.append(message)
+            pending.append(counted(message, counter) if exact else message)
             if message.role != "user":
                 continue
-            turn_tokens = sum(m.token_count for m in pending)
             if not chosen:
-                fitted, turn_tokens = _fit(pending, budget, counter)
-            elif used + turn_tokens > budget:
+                turn_tokens = sum(m.token_count for m in pending)
+                if overflows(turn_tokens):
+                    fitted, turn_tokens = _fit(pending, budget, counter)
+                else:
+                    fitted, turn_tokens = list(pending), sum(m.token_count for m in pending)
+            elif overflows(sum(m.token_count for m in pending)):
                 break
+            else:
+                turn_tokens = sum(m.token_count for m in pending)
             chosen.extend(pending)
             used += turn_tokens
             pending = []
         else:
             # History exhausted. Messages older than the oldest user message (a greeting, say)
             # go in if they fit.
-            leftover = sum(m.token_count for m in pending)
-            if used + leftover <= budget:
+            if not overflows(sum(m.token_count for m in pending)):
                 chosen.extend(pending)
-                used += leftover
+                used += sum(m.token_count for m in pending)
                 pending = []
             dropped = bool(pending)
     if cache is not None:
@@ -168,14 +196,26 @@ async def build_window(
         tokens=used,
         dropped=dropped,
         oldest_id=messages[0].id if messages else None,
+        exact=exact,
     )
+
+
+def counted(message: StoredMessage, counter: TokenCounter) -> StoredMessage:
+    """The message with its exact count (the sum its stored bound bounds)."""
+    if message.counted:
+        return message
+    name = message.author_name if message.role == "user" else ""
+    tokens = message_tokens(counter, message.content, name, exact=True)
+    if message.tool_calls:
+        tokens += counter.count(json.dumps(message.tool_calls))
+    return replace(message, token_count=tokens, counted=True)
 
 
 async def _newest_first(
     store: SessionStore,
     conversation_id: int,
     after_id: int,
-    budget: int,
+    budget: Callable[[], int],
     cache: WindowCache | None,
 ) -> AsyncGenerator[StoredMessage | None, None]:
     """The conversation's messages after `after_id`, newest first, read a page at a time.
@@ -197,7 +237,7 @@ async def _newest_first(
                 yield message
             if entry.complete:
                 return
-            if budget <= entry.budget:
+            if budget() <= entry.budget:
                 yield None
                 return
             before_id = known[-1].id if known else None

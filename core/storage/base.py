@@ -90,7 +90,8 @@ class LeaseLost(Exception):
 
 @dataclass(frozen=True, slots=True)
 class NewMessage:
-    """A message to store. `token_count` is computed once, by the caller, before storing."""
+    """A message to store. `token_count`, an upper bound of its prompt tokens (see
+    `core.tokens`), is computed once, by the caller, before storing."""
 
     role: str
     content: str
@@ -103,7 +104,11 @@ class NewMessage:
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """A message read back for a context window."""
+    """A message read back for a context window.
+
+    `token_count` is the stored upper bound (see `core.tokens`) unless `counted`: the window
+    recounts a message exactly when bounds do not fit, and caches it so.
+    """
 
     id: int
     role: str
@@ -112,6 +117,7 @@ class StoredMessage:
     author_name: str = ""
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+    counted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

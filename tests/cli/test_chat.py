@@ -254,3 +254,45 @@ async def test_chat_continues_from_any_folder_with_the_default_database(
     first, reply, second = (m["content"] for m in fake_openai.chat_requests[-1]["messages"][1:])
     assert first.endswith(": I am Sam") and reply == "Hi Sam."
     assert second.endswith(": Who am I?")
+
+
+TABLES_LOADED = (
+    "import sys\n"
+    "from bots.cli import main\n"
+    "try:\n"
+    "    main(['chat'])\n"
+    "finally:\n"
+    "    print('tables loaded:', 'bpe_openai._bindings' in sys.modules, file=sys.stderr)\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("context_tokens", "loaded"),
+    [("", False), ("1500", True)],
+    ids=["the window fits by bounds", "it fits only counted exactly"],
+)
+async def test_token_tables_load_only_when_a_window_does_not_fit_by_bounds(
+    fake_openai: FakeOpenAI, tmp_path: Path, context_tokens: str, loaded: bool
+) -> None:
+    lines = [f"line {i}: " + " ".join(["hello"] * 60) for i in range(3)]  # 367 bytes, 64 tokens
+    for i in range(3):
+        fake_openai.reply(f"answer {i}")
+    env = environment(fake_openai, tmp_path, PARLEY_CONTEXT_TOKENS=context_tokens)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        TABLES_LOADED,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    )
+    out, err = await process.communicate("".join(f"{line}\n" for line in lines).encode())
+    assert out.decode() == "answer 0\nanswer 1\nanswer 2\n", err.decode()
+    assert f"tables loaded: {loaded}" in err.decode()
+    # Either way the model saw the whole conversation: with 1,500 tokens of context (1,024
+    # kept for the reply) three lines of 367 bytes and the system prompt fit only when
+    # counted exactly.
+    last = fake_openai.chat_requests[-1]["messages"]
+    assert [m["content"].split(": ", 1)[1] for m in last[1::2]] == lines

@@ -20,7 +20,7 @@ from core.storage import (
 )
 from core.storage.base import TurnState
 from core.storage.tables import messages, turns
-from core.tokens import ApproximateCounter, counter_for_model
+from core.tokens import ApproximateCounter, ExactCounter, counter_for_model, message_tokens
 from tests.conftest import EngineFactory
 from tests.fakes.openai_server import FakeOpenAI
 from tests.helpers import KEY, turn
@@ -238,3 +238,79 @@ async def test_a_failing_summary_leaves_the_delivered_answer_as_it_was(
     assert rows[2] == (TurnState.DELIVERED, "answer 2 " + "blah " * 100)
     # No summary was stored: the next turn's system prompt carries none.
     assert wording.SUMMARY_PREFIX not in fake_openai.chat_requests[-1]["messages"][0]["content"]
+
+
+class RecordingCounter(ExactCounter):
+    """o200k_base, noting every text it counts exactly."""
+
+    def __init__(self) -> None:
+        super().__init__("o200k_base")
+        self.counted: list[str] = []
+
+    def count(self, text: str) -> int:
+        self.counted.append(text)
+        return super().count(text)
+
+
+async def add_texts(store: SqlStore, conversation: int, texts: list[str]) -> None:
+    """Exchanges stored as the engine stores them: with their bounds as token counts."""
+    counter = ExactCounter("o200k_base")
+    async with store.engine.begin() as connection:
+        await connection.execute(
+            messages.insert(),
+            [
+                {
+                    "conversation_id": conversation,
+                    "role": role,
+                    "content": text,
+                    "token_count": message_tokens(counter, text),
+                }
+                for i, text in enumerate(texts)
+                for role in [("user", "assistant")[i % 2]]
+            ],
+        )
+
+
+async def test_stored_bounds_that_do_not_fit_are_counted_exactly(store: CountingStore) -> None:
+    conversation = (await store.conversation(key=KEY)).id
+    texts = [f"message {i}: " + "hello " * 50 for i in range(8)]  # 313 bytes, 55 tokens
+    await add_texts(store, conversation, texts)
+    counter = RecordingCounter()
+    arguments = {"conversation_id": conversation, "after_id": 0, "counter": counter}
+
+    roomy = await build_window(store, budget=3_000, **arguments)  # 8 x 317 fit by bounds
+    assert (len(roomy.messages), roomy.exact, counter.counted) == (8, False, [])
+
+    exact = [message_tokens(counter, text, exact=True) for text in texts]
+    assert sum(exact) == 472
+    # By bounds one message fits in 400 tokens; counted exactly, all 8 fit in the 500 that
+    # the budget is when counted exactly (the system prompt's and tools' exact share).
+    window = await build_window(store, budget=400, exact_budget=lambda: 500, **arguments)
+    assert [m.content for m in window.messages] == texts
+    assert window.exact and not window.dropped
+    assert [m.token_count for m in window.messages] == exact
+    assert window.tokens == 472
+
+    tight = await build_window(store, budget=300, **arguments)  # no exact budget: 300 stays
+    assert tight.exact and tight.dropped
+    assert [m.content for m in tight.messages] == texts[-4:]  # two whole turns of 2 x 59
+    assert tight.tokens == sum(exact[-4:]) <= 300
+
+
+async def test_a_cached_window_counts_only_new_messages_exactly(store: CountingStore) -> None:
+    conversation = (await store.conversation(key=KEY)).id
+    texts = [f"message {i}: " + "hello " * 50 for i in range(8)]
+    await add_texts(store, conversation, texts)
+    counter = RecordingCounter()
+    cache = WindowCache()
+    arguments = {"conversation_id": conversation, "after_id": 0, "counter": counter}
+    first = await build_window(store, budget=600, cache=cache, **arguments)
+    assert first.exact and not first.dropped
+    assert sorted(counter.counted) == sorted(texts)
+
+    await add_texts(store, conversation, ["and one more", "an answer " + "hello " * 50])
+    counter.counted.clear()
+    second = await build_window(store, budget=600, cache=cache, **arguments)
+    assert second.exact and len(second.messages) == 10
+    assert counter.counted == ["an answer " + "hello " * 50, "and one more"]
+    assert second == await build_window(store, budget=600, **arguments)  # as read afresh

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+import subprocess
+import sys
+
 from core.tokens import ApproximateCounter, ExactCounter, counter_for_model, encoding_for_model
 
 
@@ -54,3 +58,32 @@ def test_counts_match_tiktoken() -> None:
     assert counter_for_model("gpt-4").count("Hello, world! 12345678") == 8
     assert counter_for_model("gpt-4o").count("日本語🎉") == 4
     assert counter_for_model("gpt-4").count("日本語🎉") == 7
+
+
+def test_the_bound_is_never_below_the_count() -> None:
+    rng = random.Random(3)
+    alphabet = "abc XYZ 0123 ,.!?\n\t 日本語 наш ä é 🎉👍🏽 \u200b\U0001f9d1\u200d\U0001f4bb"
+    texts = ["", " ", "\n\n\n", "a" * 5000, "🎉" * 300, "1234567890" * 50]
+    texts += ["".join(rng.choices(alphabet, k=rng.randint(1, 400))) for _ in range(300)]
+    for model in ("gpt-4o", "gpt-4"):
+        counter = counter_for_model(model)
+        for text in texts:
+            assert counter.count(text) <= counter.bound(text) == len(text.encode("utf-8"))
+    approximate = ApproximateCounter()
+    assert all(approximate.bound(text) == approximate.count(text) for text in texts)
+
+
+def test_the_tables_load_only_for_an_exact_count() -> None:
+    script = (
+        "import sys\n"
+        "from core.tokens import counter_for_model, message_tokens\n"
+        "counter = counter_for_model('gpt-5-mini')\n"
+        "bound = message_tokens(counter, 'Hello there, how are you?', 'alice')\n"
+        "short = counter.truncate('Hello', 10)\n"
+        "print(bound, short, 'bpe_openai._bindings' in sys.modules)\n"
+        "print(counter.count('Hello there, how are you?'), 'bpe_openai._bindings' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.splitlines() == ["34 Hello False", "7 True"]

@@ -289,7 +289,7 @@ async def test_tool_results_are_shortened_to_fit_the_context(
     assert result.startswith('<tool_result name="slow_echo">\necho: word word')
     assert result.endswith(f"{wording.TRUNCATED_MARKER}\n</tool_result>\n{DATA_NOTICE}")
     counter = counter_for_model("gpt-4o-mini")
-    prompt = sum(message_tokens(counter, str(m["content"])) for m in second["messages"])
+    prompt = sum(message_tokens(counter, str(m["content"]), exact=True) for m in second["messages"])
     tools = counter.count(json.dumps(second["tools"]))
     # Everything sent leaves room for the reply (1,024 tokens) within the 3,000-token context.
     assert (
