@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     # Unset (or empty): a SQLite file in the user's data directory, so `parley chat` finds
     # its history from any folder.
     database_url: str = Field(default_factory=lambda: default_database_url(), alias="DATABASE_URL")
-    db_pool_size: PositiveInt = Field(20, alias="PARLEY_DB_POOL_SIZE")
+    db_pool_size: PositiveInt = Field(10, alias="PARLEY_DB_POOL_SIZE")
     auto_migrate: bool = Field(True, alias="PARLEY_AUTO_MIGRATE")
     db_retry_seconds: NonNegativeFloat = Field(30.0, alias="PARLEY_DB_RETRY_SECONDS")
 
