@@ -730,7 +730,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         help="the platform's PARLEY_*_UPDATE_INTERVAL (default: the product's, 1.0 s)",
     )
-    parser.add_argument("--pool-size", type=int, help="PARLEY_DB_POOL_SIZE (default: the product's, 10)")
+    parser.add_argument(
+        "--pool-size", type=int, help="PARLEY_DB_POOL_SIZE (default: the product's, 10)"
+    )
     parser.add_argument("--warmup", type=int, default=5, help="untimed one-message chats first (5)")
     parser.add_argument(
         "--settle", type=float, default=1.5, help="seconds to wait after the last answer (1.5)"
