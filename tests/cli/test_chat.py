@@ -14,10 +14,13 @@ from tests.fakes.openai_server import FakeOpenAI
 
 
 async def parley(*args: str, stdin: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    return await python("-m", "bots", *args, stdin=stdin, env=env, cwd=cwd)
+
+
+async def python(*args: str, stdin: str, env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
+    """This interpreter in a subprocess: exit status, stdout, stderr."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "bots",
         *args,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -224,18 +227,10 @@ async def test_chat_needs_no_platform_extra(fake_openai: FakeOpenAI, tmp_path: P
         "from bots.cli import main\n"
         "sys.exit(main(['chat']))\n"
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        script,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=environment(fake_openai, tmp_path),
-        cwd=tmp_path,
+    code, out, err = await python(
+        "-c", script, stdin="hello\n", env=environment(fake_openai, tmp_path), cwd=tmp_path
     )
-    out, err = await process.communicate(b"hello\n")
-    assert (process.returncode, out.decode()) == (0, "Hi.\n"), err.decode()
+    assert (code, out) == (0, "Hi.\n"), err
 
 
 async def test_chat_continues_from_any_folder_with_the_default_database(
@@ -260,7 +255,7 @@ TABLES_LOADED = (
     "import sys\n"
     "from bots.cli import main\n"
     "try:\n"
-    "    main(['chat'])\n"
+    "    sys.exit(main(['chat']))\n"
     "finally:\n"
     "    print('tables loaded:', 'bpe_openai._bindings' in sys.modules, file=sys.stderr)\n"
 )
@@ -278,19 +273,10 @@ async def test_token_tables_load_only_when_a_window_does_not_fit_by_bounds(
     for i in range(3):
         fake_openai.reply(f"answer {i}")
     env = environment(fake_openai, tmp_path, PARLEY_CONTEXT_TOKENS=context_tokens)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        TABLES_LOADED,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=tmp_path,
-    )
-    out, err = await process.communicate("".join(f"{line}\n" for line in lines).encode())
-    assert out.decode() == "answer 0\nanswer 1\nanswer 2\n", err.decode()
-    assert f"tables loaded: {loaded}" in err.decode()
+    stdin = "".join(f"{line}\n" for line in lines)
+    code, out, err = await python("-c", TABLES_LOADED, stdin=stdin, env=env, cwd=tmp_path)
+    assert (code, out) == (0, "answer 0\nanswer 1\nanswer 2\n"), err
+    assert f"tables loaded: {loaded}" in err
     # Either way the model saw the whole conversation: with 1,500 tokens of context (1,024
     # kept for the reply) three lines of 367 bytes and the system prompt fit only when
     # counted exactly.
