@@ -1,4 +1,5 @@
-"""One aiohttp server for every platform that receives HTTP (Slack events, Telegram webhook).
+"""One aiohttp server for everything Parley serves over HTTP: Slack events, the Telegram
+webhook, the API and its pages.
 
 Platforms add their routes before it starts, so they share PARLEY_HTTP_HOST:PARLEY_HTTP_PORT
 (one port to open in a firewall, one proxy rule), each under its own path.
@@ -29,9 +30,26 @@ class HttpServer:
         self._runner: web.AppRunner | None = None
         self.paths: list[str] = []
 
+    @property
+    def app(self) -> web.Application:
+        return self._app
+
     def add_post(self, path: str, handler: Handler) -> None:
         self._app.router.add_post(path, _well_formed(handler))
         self.paths.append(path)
+
+    def add_get(self, path: str, handler: Handler) -> None:
+        self._app.router.add_get(path, handler)
+        self.paths.append(path)
+
+    def add_app(self, prefix: str, app: web.Application) -> None:
+        """An application of its own (its own middlewares) under `prefix`."""
+        self._app.add_subapp(prefix, app)
+        self.paths.append(prefix)
+
+    def add_static(self, prefix: str, folder: str) -> None:
+        self._app.router.add_static(prefix, folder)
+        self.paths.append(prefix)
 
     async def __aenter__(self) -> HttpServer:
         self._runner = web.AppRunner(self._app, handle_signals=False, access_log=None)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bots.platforms import PLATFORMS, configured
+from bots.platforms import HTTP, PLATFORMS, configured
 from bots.tools import SHIPPED_TOOL_MODULES
 from core.config import Settings
 from core.conversation import Engine, EngineOptions
@@ -42,6 +42,8 @@ class Runtime:
     store: SessionStore
     model_label: str
     """Who answers, in words for the user: the model's name, or the embedded model's title."""
+    personas: PersonaCatalogue
+    default_persona: str
 
 
 def load_tools(settings: Settings, catalogue: PersonaCatalogue) -> ToolRegistry:
@@ -171,21 +173,33 @@ async def chat_platforms(
 ) -> AsyncIterator[Platforms]:
     """Start the named platforms (or every configured one) on the runtime; stop them on exit."""
     for name in names:
+        if name == HTTP:
+            continue
         if name not in PLATFORMS:
-            raise ConfigError(f"parley run: unknown platform '{name}'; use {', '.join(PLATFORMS)}")
+            known = ", ".join([*PLATFORMS, HTTP])
+            raise ConfigError(f"parley run: unknown platform '{name}'; use {known}")
         if not configured(settings, name):
             raise ConfigError(f"parley run {name}: {PLATFORMS[name]} is not set")
-    chosen = list(names) or [name for name in PLATFORMS if configured(settings, name)]
-    if not chosen:
+    chosen = [n for n in names if n != HTTP] or (
+        [] if names else [name for name in PLATFORMS if configured(settings, name)]
+    )
+    serve_api = HTTP in names or (not names and await _api_configured(settings, runtime))
+    if not chosen and not serve_api:
         needed = ", ".join(PLATFORMS.values())
-        raise ConfigError(f"no chat platform is configured: set one of {needed} (see README)")
+        raise ConfigError(
+            f"no chat platform is configured: set one of {needed}, or create an API key "
+            "(parley keys create NAME) for `parley run http` (see README)"
+        )
     try:
         from adapters.http import HttpServer  # aiohttp: only the platform extras install it
     except ImportError:
+        extra = chosen[0] if chosen else HTTP
         raise ConfigError(
-            f"parley run needs the extra of each platform: pip install 'parley[{chosen[0]}]'"
+            f"parley run needs the extra of each platform: pip install 'parley[{extra}]'"
         ) from None
     http = HttpServer(settings.http_host, settings.http_port)
+    if serve_api:
+        _mount_api(http, settings, runtime)
     scheduler = Scheduler(
         engine=runtime.engine,
         store=runtime.store,
@@ -206,6 +220,36 @@ async def chat_platforms(
         if http.paths:  # started last, so no request arrives before every bot is ready
             await stack.enter_async_context(http)
         yield Platforms(bots=list(bots), http=http if http.paths else None, scheduler=scheduler)
+
+
+async def _api_configured(settings: Settings, runtime: Runtime) -> bool:
+    """Whether anyone could use the API: a JWT setting, or an API key in the database."""
+    if settings.jwt_secret or settings.jwt_jwks_url:
+        return True
+    if not isinstance(runtime.store, SqlStore):
+        return False
+    from core.storage.api import ApiStore
+
+    return any(key.revoked_at is None for key in await ApiStore(runtime.store).keys())
+
+
+def _mount_api(http: HttpServer, settings: Settings, runtime: Runtime) -> None:
+    if not isinstance(runtime.store, SqlStore):
+        raise ConfigError("parley run http needs the SQL store (DATABASE_URL)")
+    try:
+        from adapters.web.server import mount
+    except ImportError as exc:
+        raise ConfigError(
+            f"parley run http needs the http extra: pip install 'parley[http]' ({exc})"
+        ) from None
+    mount(
+        http,
+        engine=runtime.engine,
+        store=runtime.store,
+        settings=settings,
+        personas=runtime.personas,
+        default_persona=runtime.default_persona,
+    )
 
 
 def _platform(
@@ -320,4 +364,10 @@ async def build_engine(
             prices=PriceTable(settings.prices),
             clock=clock or (lambda: datetime.now(UTC)),
         )
-        yield Runtime(engine=engine, store=store, model_label=model_label)
+        yield Runtime(
+            engine=engine,
+            store=store,
+            model_label=model_label,
+            personas=catalogue,
+            default_persona=default.name,
+        )

@@ -67,9 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Reads: SLACK_BOT_TOKEN (+ SLACK_APP_TOKEN or SLACK_SIGNING_SECRET), TELEGRAM_BOT_TOKEN,\n"
         "DISCORD_BOT_TOKEN, the model and DATABASE_URL; PARLEY_HTTP_HOST/PORT for HTTP events\n"
         "and webhooks. Stops cleanly on Ctrl-C or SIGTERM.\n\n"
-        "examples:\n  parley run\n  parley run telegram\n  parley run slack discord",
+        "`parley run http` serves the HTTP API, the web chat and the admin console (on by\n"
+        "itself when an API key exists or PARLEY_JWT_* is set; see docs/API.md).\n\n"
+        "examples:\n  parley run\n  parley run telegram\n  parley run slack discord\n"
+        "  parley run http",
     )
-    run.add_argument("platforms", nargs="*", metavar="PLATFORM", help=", ".join(PLATFORMS))
+    run.add_argument(
+        "platforms", nargs="*", metavar="PLATFORM", help=", ".join([*PLATFORMS, "http"])
+    )
 
     flags = command(
         "flags",
@@ -83,6 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     flags.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     flags.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    keys = command(
+        "keys",
+        "create, list and revoke keys for the HTTP API (parley run http)",
+        "Reads: DATABASE_URL. A new key is printed once on stdout; only its SHA-256 is kept.\n"
+        "Each key is a user for limits and budgets; admin keys may use /admin.\n\n"
+        "examples:\n  parley keys create alice\n  parley keys create ops --admin\n"
+        "  parley keys list\n  parley keys revoke alice",
+    )
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = key_commands.add_parser("create", help="make a key and print it once")
+    create.add_argument("name", type=_key_name, help="who or what uses it, e.g. alice or my-app")
+    create.add_argument("--admin", action="store_true", help="it may use the admin console")
+    key_commands.add_parser("list", help="the keys: name, prefix, admin, created, last used")
+    revoke = key_commands.add_parser("revoke", help="stop a key at once")
+    revoke.add_argument("name")
 
     db = command(
         "db",
@@ -116,6 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_run(settings, arguments.platforms))
         if arguments.command == "flags":
             return asyncio.run(_flags(settings, arguments))
+        if arguments.command == "keys":
+            return asyncio.run(_keys(settings, arguments))
         return asyncio.run(_db(settings, arguments.db_command, getattr(arguments, "revision", "")))
     except ConfigError as exc:
         print(f"parley: {redact.redact(str(exc))}", file=sys.stderr)
@@ -213,6 +236,52 @@ async def _flags(settings: Settings, arguments: argparse.Namespace) -> int:
     if not flags and not arguments.json:
         print("No moderation flags" + (" in that period." if arguments.since else "."))
     return 0
+
+
+async def _keys(settings: Settings, arguments: argparse.Namespace) -> int:
+    from bots.bootstrap import open_store
+    from core.storage.api import ApiStore
+
+    store = await open_store(settings)
+    try:
+        keys = ApiStore(store)
+        if arguments.keys_command == "create":
+            try:
+                key = await keys.create_key(name=arguments.name, admin=arguments.admin)
+            except ValueError as exc:
+                raise ConfigError(f"parley keys create: {exc}") from None
+            print(key)
+            print(
+                f"Key for {arguments.name}{' (admin)' if arguments.admin else ''}: shown only "
+                "now; keep it somewhere safe. `parley keys revoke NAME` stops it.",
+                file=sys.stderr,
+            )
+        elif arguments.keys_command == "revoke":
+            if not await keys.revoke_key(name=arguments.name):
+                raise ConfigError(f"parley keys revoke: no live key named {arguments.name!r}")
+            print(f"Revoked the key of {arguments.name}.")
+        else:
+            listed = await keys.keys()
+            for k in listed:
+                used = f"{k.last_used_at:%Y-%m-%d %H:%M}Z" if k.last_used_at else "never"
+                state = f"revoked {k.revoked_at:%Y-%m-%d}" if k.revoked_at else "live"
+                print(
+                    f"{k.name:20} {k.prefix}…  {'admin' if k.admin else 'user ':5}  "
+                    f"created {k.created_at:%Y-%m-%d}  last used {used}  {state}"
+                )
+            if not listed:
+                print("No API keys. `parley keys create NAME` makes one.")
+    finally:
+        await store.close()
+    return 0
+
+
+def _key_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}", text):
+        raise argparse.ArgumentTypeError(
+            "letters, digits and _ . @ - (at most 64, starting with a letter or digit)"
+        )
+    return text
 
 
 def _flag_json(flag: StoredFlag) -> dict[str, object]:

@@ -11,6 +11,10 @@ PLATFORMS = {
     "discord": "DISCORD_BOT_TOKEN",
 }
 
+# Not a chat platform: the API and its pages (`parley run http`); on by itself when an API key
+# exists or a JWT setting is set.
+HTTP = "http"
+
 
 def configured(settings: Settings, platform: str) -> bool:
     return getattr(settings, f"{platform}_bot_token") is not None

@@ -126,6 +126,14 @@ class Settings(BaseSettings):
 
     http_host: str = Field("127.0.0.1", alias="PARLEY_HTTP_HOST", min_length=1)
     http_port: int = Field(8080, alias="PARLEY_HTTP_PORT", ge=0, le=65535)
+    http_cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), alias="PARLEY_HTTP_CORS_ORIGINS"
+    )
+    jwt_secret: SecretStr | None = Field(None, alias="PARLEY_JWT_SECRET")
+    jwt_jwks_url: AnyHttpUrl | None = Field(None, alias="PARLEY_JWT_JWKS_URL")
+    jwt_audience: str | None = Field(None, alias="PARLEY_JWT_AUDIENCE")
+    jwt_issuer: str | None = Field(None, alias="PARLEY_JWT_ISSUER")
+    jwt_admin_role: str = Field("parley-admin", alias="PARLEY_JWT_ADMIN_ROLE", min_length=1)
 
     slack_bot_token: SecretStr | None = Field(None, alias="SLACK_BOT_TOKEN")
     slack_app_token: SecretStr | None = Field(None, alias="SLACK_APP_TOKEN")
@@ -178,6 +186,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "tool_modules",
+        "http_cors_origins",
         "discord_shard_ids",
         "moderation",
         "admins",

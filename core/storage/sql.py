@@ -92,6 +92,15 @@ class SqlStore:
             await self._sqlite.close()
         await self.engine.dispose()
 
+    @property
+    def postgres(self) -> bool:
+        return self._postgres
+
+    async def run(self, work: Work[T], *, write: bool = True) -> T:
+        """`work(connection)` as one transaction, retried as the store's own are (for queries
+        of other modules, such as `core.storage.api`)."""
+        return await self._run(work, write=write)
+
     async def _run(self, work: Work[T], *, write: bool = True) -> T:
         """Runs `work` as one transaction, again on a transient error (a dropped connection,
         a locked file) until `retry_seconds` pass; then DatabaseUnavailable. A transaction

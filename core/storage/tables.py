@@ -184,8 +184,27 @@ moderation_flags = Table(
     # What was checked, with personal data scrubbed, so a reviewer can judge the flag.
     Column("excerpt", Text, nullable=False, server_default=""),
     _now(),
+    # A person's review in the admin console: dismissed or confirmed; NULL: not yet reviewed.
+    Column("review", String(16)),
+    Column("reviewed_by", String(128), nullable=False, server_default=""),
+    Column("reviewed_at", DateTime(timezone=True)),
     Index(None, "created_at"),
     Index(None, "platform", "user_id"),
+)
+
+# Keys for the HTTP API: only a SHA-256 of each is kept (keys are 256 random bits, so a fast
+# hash is as safe as a slow one). The name is the key's user for limits and budgets.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),  # shown in `parley keys list`
+    Column("admin", Boolean, nullable=False, server_default=false()),
+    _now(),
+    Column("last_used_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
 )
 
 access_rules = Table(

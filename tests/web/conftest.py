@@ -1,0 +1,110 @@
+"""Parley over HTTP as `parley run http` wires it, on a free port, with the scripted model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from sqlalchemy import func, select
+
+from adapters.http import HttpServer
+from bots.bootstrap import build_engine, chat_platforms
+from core.storage.api import ApiStore
+from core.storage.sql import SqlStore
+from core.storage.tables import conversations, messages
+from tests.conftest import make_settings
+from tests.fakes.openai_server import FakeOpenAI
+
+ALLOWED_ORIGIN = "https://app.example.com"
+
+
+@dataclass
+class Served:
+    url: str
+    user_key: str  # alice's
+    admin_key: str  # root's
+    store: SqlStore
+    keys: ApiStore
+    http: aiohttp.ClientSession
+    server: HttpServer
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.user_key}"}
+
+    async def call(
+        self, method: str, path: str, *, key: str | None = None, **options: Any
+    ) -> tuple[int, Any]:
+        headers = {**self.auth(key), **options.pop("headers", {})}
+        async with self.http.request(method, self.url + path, headers=headers, **options) as r:
+            body = await r.text()
+            return r.status, json.loads(body) if body and r.content_type.endswith("json") else body
+
+    async def start(self, persona: str | None = None, key: str | None = None) -> str:
+        status, body = await self.call(
+            "POST", "/api/v1/conversations", key=key, json={"persona": persona} if persona else {}
+        )
+        assert status == 201, body
+        conversation: str = body["id"]
+        return conversation
+
+    async def events(
+        self, conversation: str, text: str, **headers: str
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Send a message; the server-sent events of its reply, in order."""
+        async with self.http.post(
+            f"{self.url}/api/v1/conversations/{conversation}/messages",
+            json={"text": text},
+            headers={**self.auth(), "Accept": "text/event-stream", **headers},
+        ) as response:
+            assert response.status == 200, await response.text()
+            assert response.content_type == "text/event-stream"
+            return parse_events(await response.text())
+
+    async def rows(self) -> tuple[int, int]:
+        """(conversations, messages) stored."""
+        async with self.store.engine.connect() as connection:
+            counted = [
+                (await connection.execute(select(func.count()).select_from(table))).scalar_one()
+                for table in (conversations, messages)
+            ]
+        return counted[0], counted[1]
+
+
+def parse_events(body: str) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for block in body.split("\n\n"):
+        if not block.strip():
+            continue
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+@pytest.fixture
+async def served(database_url: str, fake_openai: FakeOpenAI) -> AsyncIterator[Served]:
+    settings = make_settings(
+        OPENAI_BASE_URL=fake_openai.base_url,
+        OPENAI_API_KEY="sk-test",
+        PARLEY_MODEL="gpt-4o-mini",
+        PARLEY_MODEL_RETRIES=0,
+        DATABASE_URL=database_url,
+        PARLEY_HTTP_PORT=0,
+        PARLEY_HTTP_CORS_ORIGINS=ALLOWED_ORIGIN,
+        PARLEY_JWT_SECRET="jwt-test-secret-of-at-least-32-bytes!",
+    )
+    async with build_engine(settings) as runtime:
+        assert isinstance(runtime.store, SqlStore)
+        keys = ApiStore(runtime.store)
+        user_key = await keys.create_key(name="alice")
+        admin_key = await keys.create_key(name="root", admin=True)
+        async with (
+            chat_platforms(settings, runtime, ["http"]) as platforms,
+            aiohttp.ClientSession() as http,
+        ):
+            assert platforms.http is not None
+            url = f"http://127.0.0.1:{platforms.http.port}"
+            yield Served(url, user_key, admin_key, runtime.store, keys, http, platforms.http)
