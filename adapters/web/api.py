@@ -250,9 +250,10 @@ class ConversationsApi:
 class AdminApi:
     """`/api/v1/admin`: for admin credentials only (the middleware checks)."""
 
-    def __init__(self, *, store: SqlStore, api: ApiStore) -> None:
+    def __init__(self, *, store: SqlStore, api: ApiStore, personas: PersonaCatalogue) -> None:
         self._store = store
         self._api = api
+        self._personas = personas
 
     def routes(self) -> list[web.RouteDef]:
         channel = "/admin/channels/{platform}/{workspace}/{channel}"
@@ -336,6 +337,10 @@ class AdminApi:
         unknown = set(body) - known
         if unknown:
             raise bad_request(f"not channel settings: {', '.join(sorted(unknown))}")
+        persona = body.get("persona")
+        if persona is not None and self._personas.get(str(persona)) is None:
+            known = ", ".join(p.name for p in self._personas)
+            raise not_found(f"no persona {persona!r}; the personas are {known}")
         key = _channel_key(request)
         if body:
             await self._store.update_channel(key=key, **body)

@@ -68,6 +68,7 @@ async def test_upgrade_creates_exactly_the_schema_tables(engine: AsyncEngine) ->
         "moderation_flags",
         "access_rules",
         "user_requests",
+        "api_keys",
     } == SCHEMA_TABLES
 
 
@@ -78,7 +79,7 @@ async def test_migrated_schema_matches_the_tables(engine: AsyncEngine) -> None:
 
 
 async def test_revisions_agree_after_upgrade(engine: AsyncEngine) -> None:
-    assert head_revision() == "0004"
+    assert head_revision() == "0005"
     assert await current_revision(engine) is None
 
     await migrate(engine)
@@ -95,7 +96,7 @@ async def test_downgrade_to_base_then_upgrade_again(engine: AsyncEngine) -> None
 
     await migrate(engine)
     assert await table_names(engine) == SCHEMA_TABLES | {"alembic_version"}
-    assert await current_revision(engine) == "0004"
+    assert await current_revision(engine) == "0005"
     assert await schema_differences(engine) == []
 
 
@@ -123,8 +124,8 @@ def run_cli(*arguments: str, database: Path) -> str:
 def test_db_commands_of_the_cli(tmp_path: Path) -> None:
     database = tmp_path / "cli.db"
 
-    assert run_cli("db", "upgrade", database=database) == "database at 0004"
-    assert run_cli("db", "current", database=database) == "0004"
+    assert run_cli("db", "upgrade", database=database) == "database at 0005"
+    assert run_cli("db", "current", database=database) == "0005"
     assert run_cli("db", "downgrade", "base", database=database) == "database at base"
     assert run_cli("db", "current", database=database) == "(empty database)"
 
@@ -169,7 +170,7 @@ def test_an_installed_copy_finds_its_migrations(tmp_path: Path) -> None:
         cwd=tmp_path,
         check=False,
     )
-    assert (upgrade.returncode, upgrade.stdout.strip()) == (0, "database at 0004"), upgrade.stderr
+    assert (upgrade.returncode, upgrade.stdout.strip()) == (0, "database at 0005"), upgrade.stderr
 
 
 @pytest.mark.postgres
