@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 PLATFORM = "api"
 WORKSPACE = "api"
 MAX_TEXT = 32_000  # characters in one message
+# Refusals at the door, as HTTP statuses (the engine's reason -> status, error type).
+REFUSED_STATUS = {"limit": (429, "rate_limited"), "access": (403, "forbidden")}
 CALLER = web.RequestKey("caller", Caller)
 
 
@@ -161,20 +163,35 @@ class ConversationsApi:
             raise bad_request(f"text: at most {MAX_TEXT} characters")
         event_id = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
         inbound = inbound_for(caller_of(request), key, text, event_id)
-        events = self.reply(inbound)
+        events = await self.reply(inbound)
         if "text/event-stream" in request.headers.get("Accept", ""):
             return await stream_events(request, events)
-        closing: dict[str, Any] | None = None
-        async for kind, fields in events:
-            if kind in CLOSING:
-                closing = {"kind": kind, **fields}
-        if closing is None:
-            raise ApiError(409, f"that message was already sent to {key.thread}", "duplicate")
-        return web.json_response(closing)
+        kind, fields = await last_event(events)
+        return web.json_response({"kind": kind, **fields})
 
     async def reply(self, inbound: Inbound) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """The turn's events for the client. The turn runs to its end even when the client
-        has gone (the answer is stored; the next read shows it)."""
+        """The turn's events for the client, once it is under way. A message already sent
+        (its Idempotency-Key again) is a 409, one over a limit a 429, one the access rules
+        keep out a 403: HTTP's own answers, before any body. The turn then runs to its end
+        even when the client goes (the answer is stored; the next read shows it)."""
+        events = self._events(inbound)
+        first = await anext(events, None)
+        if first is None:
+            raise ApiError(409, "that message was already sent", "duplicate")
+        kind, fields = first
+        if kind == "refused" and fields["reason"] in REFUSED_STATUS:
+            await events.aclose()  # the refusal was the turn's end
+            status, error = REFUSED_STATUS[fields["reason"]]
+            raise ApiError(status, fields["text"], error)
+
+        async def chained() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+            yield first
+            async for event in events:
+                yield event
+
+        return chained()
+
+    async def _events(self, inbound: Inbound) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
         async for event in self._engine.handle(inbound):
             shown = event_json(event)
             if shown is not None:
@@ -210,15 +227,33 @@ class ConversationsApi:
                 data = None
             text = data.get("text") if isinstance(data, dict) else None
             if not isinstance(data, dict) or data.get("type") != "message":
-                await socket.send_json({"type": "error", "message": 'send {"type": "message"}'})
+                await socket.send_json(
+                    {
+                        "type": "error",
+                        "message": 'send {"type": "message", "text": ...}',
+                        "error": "invalid_request",
+                    }
+                )
                 continue
             if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
                 await socket.send_json(
-                    {"type": "error", "message": f"text: 1 to {MAX_TEXT} characters"}
+                    {
+                        "type": "error",
+                        "message": f"text: 1 to {MAX_TEXT} characters",
+                        "error": "invalid_request",
+                    }
                 )
                 continue
             event_id = str(data.get("id") or uuid.uuid4().hex)
-            async for kind, fields in self.reply(inbound_for(caller, key, text, event_id)):
+            try:
+                events = await self.reply(inbound_for(caller, key, text, event_id))
+            except ApiError as refused:
+                error = json.loads(refused.text or "{}")["error"]
+                await socket.send_json(
+                    {"type": "error", "message": error["message"], "error": error["type"]}
+                )
+                continue
+            async for kind, fields in events:
                 if not socket.closed:
                     await socket.send_json({"type": kind, **fields})
         return socket
@@ -339,8 +374,8 @@ class AdminApi:
             raise bad_request(f"not channel settings: {', '.join(sorted(unknown))}")
         persona = body.get("persona")
         if persona is not None and self._personas.get(str(persona)) is None:
-            known = ", ".join(p.name for p in self._personas)
-            raise not_found(f"no persona {persona!r}; the personas are {known}")
+            names = ", ".join(p.name for p in self._personas)
+            raise not_found(f"no persona {persona!r}; the personas are {names}")
         key = _channel_key(request)
         if body:
             await self._store.update_channel(key=key, **body)
@@ -371,6 +406,16 @@ class AdminApi:
         )
 
 
+async def last_event(
+    events: AsyncIterator[tuple[str, dict[str, Any]]],
+) -> tuple[str, dict[str, Any]]:
+    """The event that closes the turn (every turn ends with exactly one)."""
+    async for kind, fields in events:
+        if kind in CLOSING:
+            return kind, fields
+    raise RuntimeError("a turn ended without its closing event")
+
+
 async def stream_events(
     request: web.Request, events: AsyncIterator[tuple[str, dict[str, Any]]]
 ) -> web.StreamResponse:
@@ -384,9 +429,7 @@ async def stream_events(
     )
     await response.prepare(request)
     writing = True
-    sent_any = False
     async for kind, fields in events:
-        sent_any = True
         if not writing:
             continue
         payload = json.dumps(fields, ensure_ascii=False)
@@ -394,9 +437,6 @@ async def stream_events(
             await response.write(f"event: {kind}\ndata: {payload}\n\n".encode())
         except (ConnectionError, RuntimeError):
             writing = False  # gone; the turn still ends and is stored
-    if not sent_any and writing:
-        duplicate = json.dumps({"message": "that message was already sent", "type": "duplicate"})
-        await response.write(f"event: error\ndata: {duplicate}\n\n".encode())
     if writing:
         await response.write_eof()
     return response

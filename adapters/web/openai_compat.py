@@ -24,6 +24,7 @@ from adapters.web.api import (
     conversation_key,
     inbound_for,
     json_body,
+    last_event,
 )
 from core.events import ConversationKey
 from core.personas import PersonaCatalogue
@@ -87,17 +88,11 @@ class OpenAICompatible:
             await self._api.seed(key=key, history=history)
         await self._store.set_persona(key=key, persona=persona, channel=False)
         event_id = request.headers.get("Idempotency-Key") or uuid.uuid4().hex
-        events = self._conversations.reply(inbound_for(caller, key, text, event_id))
+        events = await self._conversations.reply(inbound_for(caller, key, text, event_id))
         completion = f"chatcmpl-{uuid.uuid4().hex}"
         if body.get("stream"):
             return await _stream(request, events, completion, persona)
-        closing: tuple[str, dict[str, Any]] | None = None
-        async for kind, fields in events:
-            if kind in ("final", "command", "refused", "retracted", "failed"):
-                closing = (kind, fields)
-        if closing is None:
-            raise ApiError(409, "that message was already answered", "duplicate")
-        kind, fields = closing
+        kind, fields = await last_event(events)
         if kind == "failed":
             raise ApiError(502, fields["text"], "model_failed")
         usage = fields.get("usage") or {}

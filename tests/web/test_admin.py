@@ -105,8 +105,9 @@ async def test_access_rules_set_here_apply_to_api_users(
 
     conversation = await served.start(key=bob)
     path = f"/api/v1/conversations/{conversation}/messages"
-    status, reply = await served.call("POST", path, key=bob, json={"text": "hello"})
-    assert (status, reply["kind"]) == (200, "refused")
+    status, refused = await served.call("POST", path, key=bob, json={"text": "hello"})
+    assert (status, refused["error"]["type"]) == (403, "forbidden")
+    assert refused["error"]["message"]  # the engine's words for the user
     assert fake_openai.chat_requests == []
 
     status, _ = await served.call("DELETE", "/api/v1/admin/access-rules", key=admin, json=rule)

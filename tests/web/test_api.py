@@ -14,9 +14,7 @@ from aiohttp import web
 from openapi_spec_validator import validate
 
 from tests.fakes.openai_server import FakeOpenAI
-from tests.web.conftest import ALLOWED_ORIGIN, Served, parse_events
-
-SECRET = "jwt-test-secret-of-at-least-32-bytes!"
+from tests.web.conftest import ALLOWED_ORIGIN, JWT_SECRET, Serve, Served, parse_events
 
 
 async def test_without_valid_credentials_every_call_is_401_and_nothing_is_stored(
@@ -25,7 +23,7 @@ async def test_without_valid_credentials_every_call_is_401_and_nothing_is_stored
     await served.keys.create_key(name="gone")
     revoked = await served.keys.create_key(name="gone2")
     await served.keys.revoke_key(name="gone2")
-    expired = jwt.encode({"sub": "eve", "exp": int(time.time()) - 10}, SECRET)
+    expired = jwt.encode({"sub": "eve", "exp": int(time.time()) - 10}, JWT_SECRET)
     forged = jwt.encode(
         {"sub": "eve", "exp": int(time.time()) + 60}, "another-secret-32-bytes-long!!!!"
     )
@@ -190,7 +188,8 @@ async def test_the_websocket_streams_reply_events_both_ways(
     url = f"{served.url}/api/v1/conversations/{conversation}/ws?token={served.user_key}"
     async with served.http.ws_connect(url) as socket:
         await socket.send_json({"type": "nonsense"})
-        assert (await socket.receive_json())["type"] == "error"
+        error = await socket.receive_json()
+        assert (error["type"], error["error"]) == ("error", "invalid_request")
         for text, expected in (("hello", "Over the socket."), ("again", "Second answer.")):
             await socket.send_json({"type": "message", "text": text})
             received = []
@@ -208,17 +207,17 @@ async def test_the_websocket_streams_reply_events_both_ways(
 
 
 async def test_jwt_bearer_tokens_name_their_user_and_admin_role(served: Served) -> None:
-    token = jwt.encode({"sub": "u-42", "name": "Dana", "exp": int(time.time()) + 60}, SECRET)
+    token = jwt.encode({"sub": "u-42", "name": "Dana", "exp": int(time.time()) + 60}, JWT_SECRET)
     status, me = await served.call("GET", "/api/v1/me", key=token)
     assert (status, me) == (200, {"user": "jwt:u-42", "name": "Dana", "admin": False})
     admin = jwt.encode(
-        {"sub": "ops", "roles": ["parley-admin"], "exp": int(time.time()) + 60}, SECRET
+        {"sub": "ops", "roles": ["parley-admin"], "exp": int(time.time()) + 60}, JWT_SECRET
     )
     status, me = await served.call("GET", "/api/v1/me", key=admin)
     assert me["admin"] is True
     status, _ = await served.call("GET", "/api/v1/admin/flags", key=admin)
     assert status == 200
-    no_expiry = jwt.encode({"sub": "u-42"}, SECRET)
+    no_expiry = jwt.encode({"sub": "u-42"}, JWT_SECRET)
     status, _ = await served.call("GET", "/api/v1/me", key=no_expiry)
     assert status == 401
 
@@ -281,3 +280,22 @@ def served_routes(app: web.Application) -> Iterator[str]:
         for route in resource:
             if route.method not in ("HEAD", "*"):
                 yield f"{route.method} {resource.canonical}"
+
+
+async def test_each_key_is_a_user_for_limits(serve: Serve, fake_openai: FakeOpenAI) -> None:
+    fake_openai.reply("first answer")
+    fake_openai.reply("bob's answer")
+    async with serve(PARLEY_USER_RPM=1) as served:
+        bob = await served.keys.create_key(name="bob")
+        alice_chat = await served.start()
+        await served.events(alice_chat, "one")
+        path = f"/api/v1/conversations/{alice_chat}/messages"
+        status, error = await served.call("POST", path, json={"text": "two"})
+        assert (status, error["error"]["type"]) == (429, "rate_limited")
+        assert "minute" in error["error"]["message"]  # the engine's words: when to retry
+        bob_chat = await served.start(key=bob)  # another key, another user: not limited
+        status, reply = await served.call(
+            "POST", f"/api/v1/conversations/{bob_chat}/messages", key=bob, json={"text": "hi"}
+        )
+        assert (status, reply["text"]) == (200, "bob's answer")
+    assert len(fake_openai.chat_requests) == 2
