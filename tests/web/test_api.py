@@ -4,6 +4,7 @@ WebSocket, idempotency, a client that leaves mid-answer, CORS and the OpenAPI de
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 
@@ -11,6 +12,7 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
 from openapi_spec_validator import validate
 
 from tests.fakes.openai_server import FakeOpenAI
@@ -299,3 +301,55 @@ async def test_each_key_is_a_user_for_limits(serve: Serve, fake_openai: FakeOpen
         )
         assert (status, reply["text"]) == (200, "bob's answer")
     assert len(fake_openai.chat_requests) == 2
+
+
+async def test_jwts_signed_with_a_key_from_a_jwks_url(serve: Serve) -> None:
+    """An identity provider's keys, published as a JWK set (RS256), with audience and
+    issuer checked."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    jwks = {"keys": [{**public, "kid": "key-1", "use": "sig", "alg": "RS256"}]}
+    fetched = 0
+
+    async def keys(request: web.Request) -> web.Response:
+        nonlocal fetched
+        fetched += 1
+        return web.json_response(jwks)
+
+    app = web.Application()
+    app.router.add_get("/.well-known/jwks.json", keys)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    claims = {
+        "sub": "idp-7",
+        "aud": "parley",
+        "iss": "https://idp.example",
+        "exp": int(time.time()) + 60,
+    }
+
+    def token(**changes: object) -> str:
+        return jwt.encode(
+            {**claims, **changes}, private, algorithm="RS256", headers={"kid": "key-1"}
+        )
+
+    try:
+        async with serve(
+            PARLEY_JWT_SECRET="",
+            PARLEY_JWT_JWKS_URL=f"http://127.0.0.1:{port}/.well-known/jwks.json",
+            PARLEY_JWT_AUDIENCE="parley",
+            PARLEY_JWT_ISSUER="https://idp.example",
+        ) as served:
+            status, me = await served.call("GET", "/api/v1/me", key=token())
+            assert (status, me["user"]) == (200, "jwt:idp-7")
+            for wrong in (token(aud="other"), token(iss="https://evil.example")):
+                status, _ = await served.call("GET", "/api/v1/me", key=wrong)
+                assert status == 401
+            hs256 = jwt.encode(claims, JWT_SECRET)  # a shared secret is not accepted now
+            status, _ = await served.call("GET", "/api/v1/me", key=hs256)
+            assert status == 401
+    finally:
+        await runner.cleanup()
+    assert fetched == 1  # the key set is cached
