@@ -356,6 +356,7 @@ async def build_engine(
                 window_cache_size=settings.window_cache_size,
                 tool_steps=tool_steps,
                 buffer_output=settings.moderation_buffer,
+                local_lease=settings.lease_seconds,
             ),
             tools=tools,
             access=access_control(settings, store),

@@ -88,15 +88,16 @@ class EngineOptions:
     window_cache_size: int = 256
     tool_steps: int = 5
     buffer_output: bool = False  # hold replies until output moderation has passed them
+    # handle()'s leases, renewed while it runs: a caller that died mid-answer (a terminal
+    # closed, a server killed) leaves its turn to the conversation's next message this long
+    # after its last renewal.
+    local_lease: float = 30.0
 
 
 # How much of a flagged text is kept for review (personal data scrubbed).
 EXCERPT_CHARS = 500
 # A turn taken this many times without ending crashes whoever runs it: it is given up on.
 MAX_ATTEMPTS = 3
-# handle()'s leases, renewed while it runs: a terminal closed mid-answer leaves its turn to
-# the next `parley chat` in that conversation this long after.
-LOCAL_LEASE = 30.0
 LOCAL_WAIT = 1.0  # between looks at an earlier turn another live process is answering
 STOPPED = "[stopped]"  # the stored reply of a turn its caller stopped
 
@@ -271,7 +272,10 @@ class Engine:
         """
         async with self._local_turns.hold(inbound.key):
             accepted = await self.accept(
-                inbound, address or {}, owner=self.owner, lease_until=time.time() + LOCAL_LEASE
+                inbound,
+                address or {},
+                owner=self.owner,
+                lease_until=time.time() + self._options.local_lease,
             )
             if accepted is None:
                 return
@@ -306,7 +310,7 @@ class Engine:
             claimed = await self._store.claim_turns(
                 owner=self.owner,
                 now=now,
-                lease_until=now + LOCAL_LEASE,
+                lease_until=now + self._options.local_lease,
                 limit=1,
                 platforms=[turn.inbound.key.platform],
                 conversation_id=turn.conversation_id,
@@ -338,10 +342,10 @@ class Engine:
 
     async def _renew_local_leases(self) -> None:
         while True:
-            await asyncio.sleep(LOCAL_LEASE / 3)
+            await asyncio.sleep(self._options.local_lease / 3)
             try:
                 await self._store.renew_leases(
-                    owner=self.owner, lease_until=time.time() + LOCAL_LEASE
+                    owner=self.owner, lease_until=time.time() + self._options.local_lease
                 )
             except Exception as exc:  # the next renewal tries again; the lease has slack
                 log.warning("renewing a local lease failed: %s", exc)
