@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -89,39 +90,42 @@ def parse_events(body: str) -> list[tuple[str, dict[str, Any]]]:
 Serve = Callable[..., AbstractAsyncContextManager[Served]]
 
 
+@asynccontextmanager
+async def serving(
+    database_url: str, fake_openai: FakeOpenAI, **values: Any
+) -> AsyncIterator[Served]:
+    """Parley over HTTP on this database, with these settings."""
+    settings = make_settings(
+        **{
+            "OPENAI_BASE_URL": fake_openai.base_url,
+            "OPENAI_API_KEY": "sk-test",
+            "PARLEY_MODEL": "gpt-4o-mini",
+            "PARLEY_MODEL_RETRIES": 0,
+            "DATABASE_URL": database_url,
+            "PARLEY_HTTP_PORT": 0,
+            "PARLEY_HTTP_CORS_ORIGINS": ALLOWED_ORIGIN,
+            "PARLEY_JWT_SECRET": JWT_SECRET,
+            **values,
+        }
+    )
+    async with build_engine(settings) as runtime:
+        assert isinstance(runtime.store, SqlStore)
+        keys = ApiStore(runtime.store)
+        user_key = await keys.create_key(name="alice")
+        admin_key = await keys.create_key(name="root", admin=True)
+        async with (
+            chat_platforms(settings, runtime, ["http"]) as platforms,
+            aiohttp.ClientSession() as http,
+        ):
+            assert platforms.http is not None
+            url = f"http://127.0.0.1:{platforms.http.port}"
+            yield Served(url, user_key, admin_key, runtime.store, keys, http, platforms.http)
+
+
 @pytest.fixture
 def serve(database_url: str, fake_openai: FakeOpenAI) -> Serve:
     """`async with serve(**settings) as served:` Parley over HTTP with these settings."""
-
-    @asynccontextmanager
-    async def serving(**values: Any) -> AsyncIterator[Served]:
-        settings = make_settings(
-            **{
-                "OPENAI_BASE_URL": fake_openai.base_url,
-                "OPENAI_API_KEY": "sk-test",
-                "PARLEY_MODEL": "gpt-4o-mini",
-                "PARLEY_MODEL_RETRIES": 0,
-                "DATABASE_URL": database_url,
-                "PARLEY_HTTP_PORT": 0,
-                "PARLEY_HTTP_CORS_ORIGINS": ALLOWED_ORIGIN,
-                "PARLEY_JWT_SECRET": JWT_SECRET,
-                **values,
-            }
-        )
-        async with build_engine(settings) as runtime:
-            assert isinstance(runtime.store, SqlStore)
-            keys = ApiStore(runtime.store)
-            user_key = await keys.create_key(name="alice")
-            admin_key = await keys.create_key(name="root", admin=True)
-            async with (
-                chat_platforms(settings, runtime, ["http"]) as platforms,
-                aiohttp.ClientSession() as http,
-            ):
-                assert platforms.http is not None
-                url = f"http://127.0.0.1:{platforms.http.port}"
-                yield Served(url, user_key, admin_key, runtime.store, keys, http, platforms.http)
-
-    return serving
+    return partial(serving, database_url, fake_openai)
 
 
 @pytest.fixture

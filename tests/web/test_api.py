@@ -16,7 +16,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from openapi_spec_validator import validate
 
 from tests.fakes.openai_server import FakeOpenAI
-from tests.web.conftest import ALLOWED_ORIGIN, JWT_SECRET, Serve, Served, parse_events
+from tests.platforms.test_database_faults import terminate_backends
+from tests.web.conftest import (
+    ALLOWED_ORIGIN,
+    JWT_SECRET,
+    Serve,
+    Served,
+    parse_events,
+    serving,
+)
 
 
 async def test_without_valid_credentials_every_call_is_401_and_nothing_is_stored(
@@ -353,3 +361,29 @@ async def test_jwts_signed_with_a_key_from_a_jwks_url(serve: Serve) -> None:
     finally:
         await runner.cleanup()
     assert fetched == 1  # the key set is cached
+
+
+@pytest.mark.postgres
+async def test_backends_terminated_between_requests_lose_nothing(
+    postgres_url: str, fake_openai: FakeOpenAI
+) -> None:
+    """A failover or an administrator kills the server's connections between two messages
+    and between a key's lookups: the next requests retry and succeed."""
+    fake_openai.reply("first answer")
+    fake_openai.reply("second answer")
+    async with serving(postgres_url, fake_openai) as served:
+        conversation = await served.start()
+        await served.events(conversation, "one")
+        assert await terminate_backends(postgres_url) >= 1
+        status, me = await served.call("GET", "/api/v1/me")
+        assert (status, me["name"]) == (200, "alice")
+        assert await terminate_backends(postgres_url) >= 1
+        events = await served.events(conversation, "two")
+        assert (events[-1][0], events[-1][1]["text"]) == ("final", "second answer")
+        _, read = await served.call("GET", f"/api/v1/conversations/{conversation}")
+    assert [m["content"] for m in read["messages"]] == [
+        "one",
+        "first answer",
+        "two",
+        "second answer",
+    ]
