@@ -8,7 +8,7 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -126,7 +126,7 @@ class ConversationsApi:
         await self._store.conversation(key=key)
         if persona is not None:
             await self._store.set_persona(key=key, persona=persona, channel=False)
-        summary = ConversationSummary(key.thread, "", persona, datetime.now().astimezone())
+        summary = ConversationSummary(key.thread, "", persona, datetime.now(UTC))
         return web.json_response(self._summary(summary), status=201)
 
     async def read(self, request: web.Request) -> web.Response:
@@ -139,7 +139,7 @@ class ConversationsApi:
             {
                 "id": key.thread,
                 "title": _title(title),
-                "persona": state.persona or self._default,
+                "persona": state.persona or state.channel_persona or self._default,
                 "updated_at": iso(updated),
                 "messages": [
                     {
