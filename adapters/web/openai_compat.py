@@ -91,11 +91,12 @@ class OpenAICompatible:
         events = await self._conversations.reply(inbound_for(caller, key, text, event_id))
         completion = f"chatcmpl-{uuid.uuid4().hex}"
         if body.get("stream"):
-            return await _stream(request, events, completion, persona)
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+            return await _stream(request, events, completion, persona, include_usage=include_usage)
         kind, fields = await last_event(events)
         if kind == "failed":
             raise ApiError(502, fields["text"], "model_failed")
-        usage = fields.get("usage") or {}
         return web.json_response(
             {
                 "id": completion,
@@ -109,12 +110,7 @@ class OpenAICompatible:
                         "finish_reason": _finish_reason(kind),
                     }
                 ],
-                "usage": {
-                    "prompt_tokens": usage.get("prompt_tokens", 0),
-                    "completion_tokens": usage.get("completion_tokens", 0),
-                    "total_tokens": usage.get("prompt_tokens", 0)
-                    + usage.get("completion_tokens", 0),
-                },
+                "usage": _usage(fields.get("usage")),
             }
         )
 
@@ -124,8 +120,12 @@ async def _stream(
     events: AsyncIterator[tuple[str, dict[str, Any]]],
     completion: str,
     model: str,
+    *,
+    include_usage: bool,
 ) -> web.StreamResponse:
-    """OpenAI's chunk stream: a role chunk, content deltas, a closing chunk, `[DONE]`."""
+    """OpenAI's chunk stream: a role chunk, content deltas, a closing chunk, the usage when
+    asked for (`stream_options.include_usage`), `[DONE]`. A client that leaves stops the
+    writing, not the turn."""
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
@@ -133,21 +133,18 @@ async def _stream(
     created = int(time.time())
     writing = True
 
-    async def send(delta: dict[str, Any], finish: str | None = None) -> None:
+    async def write(data: dict[str, Any]) -> None:
         nonlocal writing
-        if not writing:
-            return
-        chunk = {
-            "id": completion,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-        try:
-            await response.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
-        except (ConnectionError, RuntimeError):
-            writing = False
+        if writing:
+            try:
+                await response.write(f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode())
+            except (ConnectionError, RuntimeError):
+                writing = False
+
+    async def send(delta: dict[str, Any], finish: str | None = None) -> None:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        chunk = {"id": completion, "object": "chat.completion.chunk", "created": created}
+        await write({**chunk, "model": model, "choices": [choice]})
 
     await send({"role": "assistant", "content": ""})
     shown = ""
@@ -156,19 +153,31 @@ async def _stream(
             shown += fields["text"]
             await send({"content": fields["text"]})
         elif kind == "failed":
-            error = {"error": {"message": fields["text"], "type": "model_failed"}}
-            if writing:
-                await response.write(f"data: {json.dumps(error)}\n\n".encode())
+            await write({"error": {"message": fields["text"], "type": "model_failed"}})
         elif kind in ("final", "command", "refused", "retracted"):
             # A streamed final repeats what the deltas said; anything else is new text.
             rest = fields["text"][len(shown) :] if fields["text"].startswith(shown) else ""
             if kind != "final" or rest:
                 await send({"content": rest if kind == "final" else fields["text"]})
             await send({}, _finish_reason(kind))
+            if include_usage:
+                chunk = {"id": completion, "object": "chat.completion.chunk", "created": created}
+                usage = _usage(fields.get("usage"))
+                await write({**chunk, "model": model, "choices": [], "usage": usage})
     if writing:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
     return response
+
+
+def _usage(usage: dict[str, Any] | None) -> dict[str, int]:
+    prompt = (usage or {}).get("prompt_tokens", 0)
+    completion = (usage or {}).get("completion_tokens", 0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def _finish_reason(kind: str) -> str:

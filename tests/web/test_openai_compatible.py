@@ -46,9 +46,14 @@ async def test_a_named_conversation_keeps_its_history_and_takes_only_the_newest_
             ],
             user="project-x",
             stream=True,
+            stream_options={"include_usage": True},
         )
-        pieces = [chunk.choices[0].delta.content or "" async for chunk in stream]
+        chunks = [chunk async for chunk in stream]
+    pieces = [chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices]
     assert "".join(pieces) == "Your name is Sam."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    usage = chunks[-1].usage
+    assert not chunks[-1].choices and usage is not None and usage.completion_tokens > 0
     sent = fake_openai.chat_requests[-1]["messages"]
     assert [m["content"] for m in sent[1:]] == [
         "alice: Hi, I am Sam",
