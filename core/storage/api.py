@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Row, and_, func, select, update
 
 from core.events import ConversationKey
 from core.storage.base import StoredFlag
-from core.storage.sql import SqlStore, _aware, _utc
+from core.storage.sql import SqlStore, _aware, _utc, stored_flag
 from core.storage.tables import api_keys, conversations, messages, moderation_flags, usage
 from core.tokens import MESSAGE_OVERHEAD
 
@@ -330,18 +330,7 @@ class ApiStore:
 
 
 def _flag(row: Row[Any]) -> tuple[StoredFlag, Review]:
-    flag = StoredFlag(
-        id=row.id,
-        key=ConversationKey(row.platform, row.workspace, row.channel, row.thread),
-        user_id=row.user_id,
-        direction=row.direction,
-        action=row.action,
-        categories=list(row.categories),
-        scores=dict(row.scores),
-        excerpt=row.excerpt,
-        at=_aware(row.created_at),
-    )
-    return flag, Review(row.review, row.reviewed_by, _maybe_aware(row.reviewed_at))
+    return stored_flag(row), Review(row.review, row.reviewed_by, _maybe_aware(row.reviewed_at))
 
 
 def _maybe_aware(moment: datetime | None) -> datetime | None:

@@ -608,20 +608,7 @@ class SqlStore:
             statement = statement.where(f.action == action)
         statement = statement.order_by(f.id.desc()).limit(limit)
         rows = await self._run(lambda c: c.execute(statement).all(), write=False)
-        return [
-            StoredFlag(
-                id=row.id,
-                key=ConversationKey(row.platform, row.workspace, row.channel, row.thread),
-                user_id=row.user_id,
-                direction=row.direction,
-                action=row.action,
-                categories=list(row.categories),
-                scores=dict(row.scores),
-                excerpt=row.excerpt,
-                at=_aware(row.created_at),
-            )
-            for row in rows
-        ]
+        return [stored_flag(row) for row in rows]
 
     # --- limits and channel settings ----------------------------------------------------------
 
@@ -737,6 +724,21 @@ def _channel_is(key: ConversationKey) -> Any:
         channel_settings.c.platform == key.platform,
         channel_settings.c.workspace == key.workspace,
         channel_settings.c.channel == key.channel,
+    )
+
+
+def stored_flag(row: Any) -> StoredFlag:  # a Row of moderation_flags
+    """A row of moderation_flags (its flag columns at least) as a StoredFlag."""
+    return StoredFlag(
+        id=row.id,
+        key=ConversationKey(row.platform, row.workspace, row.channel, row.thread),
+        user_id=row.user_id,
+        direction=row.direction,
+        action=row.action,
+        categories=list(row.categories),
+        scores=dict(row.scores),
+        excerpt=row.excerpt,
+        at=_aware(row.created_at),
     )
 
 

@@ -18,8 +18,8 @@ from bots.bootstrap import build_engine, chat_platforms
 from core.storage.api import ApiStore
 from core.storage.sql import SqlStore
 from core.storage.tables import conversations, messages
-from tests.conftest import make_settings
 from tests.fakes.openai_server import FakeOpenAI
+from tests.platforms.running import platform_settings
 
 ALLOWED_ORIGIN = "https://app.example.com"
 JWT_SECRET = "jwt-test-secret-of-at-least-32-bytes!"
@@ -95,18 +95,15 @@ async def serving(
     database_url: str, fake_openai: FakeOpenAI, **values: Any
 ) -> AsyncIterator[Served]:
     """Parley over HTTP on this database, with these settings."""
-    settings = make_settings(
+    settings = platform_settings(
+        fake_openai,
+        database_url,
         **{
-            "OPENAI_BASE_URL": fake_openai.base_url,
-            "OPENAI_API_KEY": "sk-test",
             "PARLEY_MODEL": "gpt-4o-mini",
-            "PARLEY_MODEL_RETRIES": 0,
-            "DATABASE_URL": database_url,
-            "PARLEY_HTTP_PORT": 0,
             "PARLEY_HTTP_CORS_ORIGINS": ALLOWED_ORIGIN,
             "PARLEY_JWT_SECRET": JWT_SECRET,
             **values,
-        }
+        },
     )
     async with build_engine(settings) as runtime:
         assert isinstance(runtime.store, SqlStore)
