@@ -9,9 +9,10 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
 
 from adapters.web.auth import Caller
 from adapters.web.replies import CLOSING, event_json
@@ -19,7 +20,7 @@ from core.conversation import Engine
 from core.events import ConversationKey, Inbound
 from core.personas import PersonaCatalogue
 from core.storage.api import ApiStore, ConversationSummary, Review
-from core.storage.base import AccessRule, ChannelSettings, StoredFlag
+from core.storage.base import AccessRule, StoredFlag
 from core.storage.sql import SqlStore
 
 log = logging.getLogger(__name__)
@@ -282,6 +283,21 @@ class ConversationsApi:
         }
 
 
+class ChannelChange(BaseModel):
+    """A PATCH of a channel's settings (ChannelSettings' fields; null: the default)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    persona: str | None = None
+    scope: Literal["thread", "channel", "user"] | None = None
+    tools: list[str] | None = None
+    buffer_output: bool | None = None
+    merge_queued: bool | None = None
+    user_rpm: NonNegativeInt | None = None
+    user_tokens_per_day: NonNegativeInt | None = None
+    require_mention: bool | None = None
+
+
 class AdminApi:
     """`/api/v1/admin`: for admin credentials only (the middleware checks)."""
 
@@ -368,17 +384,21 @@ class AdminApi:
 
     async def update_channel(self, request: web.Request) -> web.Response:
         body = await json_body(request)
-        known = set(ChannelSettings.__dataclass_fields__)
-        unknown = set(body) - known
+        unknown = set(body) - set(ChannelChange.model_fields)
         if unknown:
             raise bad_request(f"not channel settings: {', '.join(sorted(unknown))}")
-        persona = body.get("persona")
-        if persona is not None and self._personas.get(str(persona)) is None:
+        try:
+            change = ChannelChange.model_validate(body).model_dump(exclude_unset=True)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise bad_request(f"{first['loc'][0]}: {first['msg']}") from None
+        persona = change.get("persona")
+        if persona is not None and self._personas.get(persona) is None:
             names = ", ".join(p.name for p in self._personas)
             raise not_found(f"no persona {persona!r}; the personas are {names}")
         key = _channel_key(request)
-        if body:
-            await self._store.update_channel(key=key, **body)
+        if change:
+            await self._store.update_channel(key=key, **change)
         return web.json_response(asdict(await self._store.channel(key=key)))
 
     async def search(self, request: web.Request) -> web.Response:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from adapters.web.api import ChannelChange
 from core.events import ConversationKey
-from core.storage.base import FlagRecord
+from core.storage.base import ChannelSettings, FlagRecord
 from tests.fakes.openai_server import FakeOpenAI
 from tests.web.conftest import Served
 
@@ -135,3 +136,12 @@ async def test_channel_settings_are_read_and_changed(served: Served) -> None:
     assert status == 400 and "colour" in error["error"]["message"]
     status, error = await served.call("PATCH", path, key=admin, json={"persona": "nobody"})
     assert status == 404 and "editor" in error["error"]["message"]
+    for wrong in ({"user_rpm": "abc"}, {"user_rpm": -1}, {"scope": "galaxy"}, {"tools": "x"}):
+        status, error = await served.call("PATCH", path, key=admin, json=wrong)
+        assert status == 400 and next(iter(wrong)) in error["error"]["message"], wrong
+    status, settings = await served.call("PATCH", path, key=admin, json={"user_rpm": None})
+    assert (status, settings["user_rpm"], settings["persona"]) == (200, None, "editor")
+
+
+def test_a_channel_change_names_every_channel_setting() -> None:
+    assert list(ChannelChange.model_fields) == list(ChannelSettings.__dataclass_fields__)
