@@ -363,6 +363,12 @@ class Engine:
         except Exception:
             log.exception("follow-up work for turn %s failed", turn.id)
 
+    def access_rules_changed(self) -> None:
+        """Read the stored access rules again at the next message (an admin changed them
+        here; other processes see it within their cache's lifetime)."""
+        if self._access is not None:
+            self._access.forget_cache()
+
     def forget(self, turn: Turn) -> None:
         """Drops the follow-up work of a turn that will not be delivered here."""
         self._follow_ups.pop(turn.id, None)

@@ -301,7 +301,10 @@ class ChannelChange(BaseModel):
 class AdminApi:
     """`/api/v1/admin`: for admin credentials only (the middleware checks)."""
 
-    def __init__(self, *, store: SqlStore, api: ApiStore, personas: PersonaCatalogue) -> None:
+    def __init__(
+        self, *, engine: Engine, store: SqlStore, api: ApiStore, personas: PersonaCatalogue
+    ) -> None:
+        self._engine = engine
         self._store = store
         self._api = api
         self._personas = personas
@@ -370,12 +373,14 @@ class AdminApi:
     async def add_rule(self, request: web.Request) -> web.Response:
         rule = _rule(await json_body(request))
         await self._store.add_access_rule(rule=rule, added_by=caller_of(request).user_id)
+        self._engine.access_rules_changed()
         return web.json_response(asdict(rule), status=201)
 
     async def remove_rule(self, request: web.Request) -> web.Response:
         rule = _rule(await json_body(request))
         if not await self._store.remove_access_rule(rule=rule):
             raise not_found("no such rule")
+        self._engine.access_rules_changed()
         return web.Response(status=204)
 
     async def channel(self, request: web.Request) -> web.Response:

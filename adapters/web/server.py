@@ -41,7 +41,7 @@ def mount(
     v1 = web.Application(middlewares=[_authenticate(auth)])
     _cors(v1, settings.http_cors_origins)
     v1.add_routes(conversations.routes())
-    v1.add_routes(AdminApi(store=store, api=api, personas=personas).routes())
+    v1.add_routes(AdminApi(engine=engine, store=store, api=api, personas=personas).routes())
     v1.router.add_get("/conversations/{id}/ws", conversations.websocket)
     v1.router.add_get("/openapi.json", _openapi)
     http.add_app("/api/v1", v1)
