@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import re
 import sys
 import traceback
@@ -105,6 +106,35 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", help="stop a key at once")
     revoke.add_argument("name")
 
+    kb = command(
+        "kb",
+        "manage knowledge bases: documents the bot answers from",
+        "Reads: DATABASE_URL, PARLEY_EMBEDDING_MODEL (local: the shipped offline model).\n"
+        "Markdown, text, HTML and PDF; folders are read recursively; adding an unchanged\n"
+        "file again does nothing, a changed one replaces its old chunks.\n\n"
+        "examples:\n  parley kb add docs/ handbook.pdf --kb handbook\n"
+        "  parley kb add https://example.com/faq.html --kb handbook\n"
+        "  parley kb search 'how do I reset my password' --kb handbook\n"
+        "  parley kb list\n  parley kb remove docs/old.md --kb handbook",
+    )
+    kb_commands = kb.add_subparsers(dest="kb_command", required=True, metavar="ACTION")
+    kb_add = kb_commands.add_parser("add", help="add or update files, folders, URLs")
+    kb_add.add_argument("sources", nargs="+", metavar="PATH|URL", type=_source)
+    kb_list = kb_commands.add_parser("list", help="the documents, by knowledge base")
+    kb_remove = kb_commands.add_parser(
+        "remove", help="remove documents (none named: the whole knowledge base)"
+    )
+    kb_remove.add_argument("sources", nargs="*", metavar="PATH|URL", type=_source)
+    kb_search = kb_commands.add_parser("search", help="the best passages for a question")
+    kb_search.add_argument("query")
+    kb_search.add_argument("--limit", type=int, default=5, help="how many (default 5)")
+    kb_rebuild = kb_commands.add_parser(
+        "rebuild", help="embed a base again after PARLEY_EMBEDDING_MODEL changed"
+    )
+    for sub in (kb_add, kb_remove, kb_search, kb_rebuild):
+        sub.add_argument("--kb", default="default", type=_key_name, help="its name (default)")
+    kb_list.add_argument("--kb", type=_key_name, help="only this knowledge base")
+
     db = command(
         "db",
         "manage the database schema",
@@ -139,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_flags(settings, arguments))
         if arguments.command == "keys":
             return asyncio.run(_keys(settings, arguments))
+        if arguments.command == "kb":
+            return asyncio.run(_kb(settings, arguments))
         return asyncio.run(_db(settings, arguments.db_command, getattr(arguments, "revision", "")))
     except ConfigError as exc:
         print(f"parley: {redact.redact(str(exc))}", file=sys.stderr)
@@ -274,6 +306,22 @@ async def _keys(settings: Settings, arguments: argparse.Namespace) -> int:
     finally:
         await store.close()
     return 0
+
+
+async def _kb(settings: Settings, arguments: argparse.Namespace) -> int:
+    from bots import kb
+    from bots.bootstrap import open_store
+
+    store = await open_store(settings)
+    try:
+        return await kb.run(settings, store, arguments)
+    finally:
+        await store.close()
+
+
+def _source(text: str) -> str:
+    """A URL as given, a path made absolute: how a document is named in its base."""
+    return text if text.startswith(("http://", "https://")) else os.path.abspath(text)
 
 
 def _key_name(text: str) -> str:

@@ -124,6 +124,11 @@ class Settings(BaseSettings):
         default_factory=dict, alias="PARLEY_PRICES"
     )
 
+    embedding_model: str = Field("local", alias="PARLEY_EMBEDDING_MODEL", min_length=1)
+    embedding_base_url: AnyHttpUrl | None = Field(None, alias="PARLEY_EMBEDDING_BASE_URL")
+    kb_passages: NonNegativeInt = Field(4, alias="PARLEY_KB_PASSAGES")
+    kb_tokens: PositiveInt = Field(1500, alias="PARLEY_KB_TOKENS")
+
     http_host: str = Field("127.0.0.1", alias="PARLEY_HTTP_HOST", min_length=1)
     http_port: int = Field(8080, alias="PARLEY_HTTP_PORT", ge=0, le=65535)
     http_cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(

@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -229,4 +230,40 @@ user_requests = Table(
     Column("user_id", String(128), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index(None, "platform", "user_id", "created_at"),
+)
+
+# Knowledge bases: each added file or page is a document, split into chunks with their
+# embedding vectors (float32 bytes, L2-normalised). The embedding model is recorded per
+# document, so vectors of two models are never compared.
+kb_documents = Table(
+    "kb_documents",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("kb", String(64), nullable=False),
+    Column("source", String(1024), nullable=False),  # an absolute path or a URL
+    Column("title", String(512), nullable=False, server_default=""),
+    Column("content_hash", String(64), nullable=False),
+    Column("embedding_model", String(128), nullable=False),
+    Column("chunk_count", Integer, nullable=False),
+    _now(),
+    UniqueConstraint("kb", "source"),
+)
+
+kb_chunks = Table(
+    "kb_chunks",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column(
+        "document_id",
+        Id,
+        ForeignKey("kb_documents.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("kb", String(64), nullable=False),
+    Column("ordinal", Integer, nullable=False),
+    Column("section", String(512), nullable=False, server_default=""),  # "Setup > Install"
+    Column("text", Text, nullable=False),
+    Column("vector", LargeBinary, nullable=False),
+    Index(None, "kb", "id"),
+    Index(None, "document_id"),
 )

@@ -69,6 +69,8 @@ async def test_upgrade_creates_exactly_the_schema_tables(engine: AsyncEngine) ->
         "access_rules",
         "user_requests",
         "api_keys",
+        "kb_documents",
+        "kb_chunks",
     } == SCHEMA_TABLES
 
 
@@ -79,7 +81,7 @@ async def test_migrated_schema_matches_the_tables(engine: AsyncEngine) -> None:
 
 
 async def test_revisions_agree_after_upgrade(engine: AsyncEngine) -> None:
-    assert head_revision() == "0005"
+    assert head_revision() == "0006"
     assert await current_revision(engine) is None
 
     await migrate(engine)
@@ -96,7 +98,7 @@ async def test_downgrade_to_base_then_upgrade_again(engine: AsyncEngine) -> None
 
     await migrate(engine)
     assert await table_names(engine) == SCHEMA_TABLES | {"alembic_version"}
-    assert await current_revision(engine) == "0005"
+    assert await current_revision(engine) == "0006"
     assert await schema_differences(engine) == []
 
 
@@ -124,8 +126,8 @@ def run_cli(*arguments: str, database: Path) -> str:
 def test_db_commands_of_the_cli(tmp_path: Path) -> None:
     database = tmp_path / "cli.db"
 
-    assert run_cli("db", "upgrade", database=database) == "database at 0005"
-    assert run_cli("db", "current", database=database) == "0005"
+    assert run_cli("db", "upgrade", database=database) == "database at 0006"
+    assert run_cli("db", "current", database=database) == "0006"
     assert run_cli("db", "downgrade", "base", database=database) == "database at base"
     assert run_cli("db", "current", database=database) == "(empty database)"
 
@@ -170,7 +172,7 @@ def test_an_installed_copy_finds_its_migrations(tmp_path: Path) -> None:
         cwd=tmp_path,
         check=False,
     )
-    assert (upgrade.returncode, upgrade.stdout.strip()) == (0, "database at 0005"), upgrade.stderr
+    assert (upgrade.returncode, upgrade.stdout.strip()) == (0, "database at 0006"), upgrade.stderr
 
 
 @pytest.mark.postgres

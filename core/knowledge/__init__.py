@@ -1,0 +1,1 @@
+"""Knowledge bases: documents searched for the passages that answer a question."""
