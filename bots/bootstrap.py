@@ -16,6 +16,7 @@ from bots.tools import SHIPPED_TOOL_MODULES
 from core.config import Settings
 from core.conversation import Engine, EngineOptions
 from core.errors import ConfigError
+from core.knowledge.passages import Hit, Retriever
 from core.llm import ModelClient, OpenAIModelClient
 from core.moderation import Direction, ModerationChain, Moderator
 from core.personas import Persona, PersonaCatalogue
@@ -280,6 +281,24 @@ def _platform(
         ) from None
 
 
+class _LazyKnowledge:
+    """The knowledge bases, imported at the first search: numpy and the embedding model
+    cost memory that a bot without knowledge bases should not pay."""
+
+    def __init__(self, settings: Settings, store: SqlStore) -> None:
+        self._settings = settings
+        self._store = store
+        self._bases: Retriever | None = None
+
+    async def search(self, kbs: Sequence[str], query: str, limit: int = 5) -> list[Hit]:
+        if self._bases is None:
+            from bots.kb import embedder_for
+            from core.knowledge.base import KnowledgeBases
+
+            self._bases = KnowledgeBases(self._store, embedder_for(self._settings))
+        return await self._bases.search(kbs, query, limit)
+
+
 def _api_key(settings: Settings) -> str:
     return settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
 
@@ -357,12 +376,15 @@ async def build_engine(
                 tool_steps=tool_steps,
                 buffer_output=settings.moderation_buffer,
                 local_lease=settings.lease_seconds,
+                kb_passages=settings.kb_passages,
+                kb_chars=settings.kb_tokens * 4,
             ),
             tools=tools,
             access=access_control(settings, store),
             limiter=RateLimiter(limits=limits),
             moderation=moderation_chain(settings, stack),
             prices=PriceTable(settings.prices),
+            retriever=_LazyKnowledge(settings, store) if isinstance(store, SqlStore) else None,
             clock=clock or (lambda: datetime.now(UTC)),
         )
         yield Runtime(

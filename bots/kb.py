@@ -88,7 +88,10 @@ async def _remove(bases: KnowledgeBases, kb: str, sources: list[str]) -> int:
 async def _search(bases: KnowledgeBases, kb: str, query: str, limit: int) -> int:
     hits = await bases.search([kb], query, limit)
     for n, hit in enumerate(hits, start=1):
-        print(f"{n}. score {hit.score:.4f} (similarity {hit.similarity:.2f}) {hit.cited}")
+        print(
+            f"{n}. score {hit.score:.4f} (similarity {hit.similarity:.2f}) "
+            f"{hit.cited} ({hit.source})"
+        )
         print("   " + hit.text.replace("\n", "\n   "))
     if not hits:
         print(f"Nothing found in {kb}.")

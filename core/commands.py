@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
 ADMIN_COMMANDS: dict[str, str] = {
     "scope": "show or set what a conversation is here: /scope thread|channel|user|default",
     "tools": "show or set this channel's tools: /tools NAME,NAME | all | none",
+    "kb": "show or set this channel's knowledge bases: /kb NAME,NAME | none | default",
     "limits": "show or set this channel's per-user limits: /limits rpm N | tokens N | default",
     "buffer": "hold replies until moderation passed them: /buffer on|off|default",
     "merge": "answer messages sent while I write in one answer: /merge on|off|default",
@@ -94,6 +95,7 @@ class CommandHandler:
             "usage": self._usage,
             "scope": self._scope,
             "tools": self._channel_tools,
+            "kb": self._channel_knowledge,
             "limits": self._channel_limits,
             "buffer": self._buffer,
             "merge": self._merge,
@@ -244,6 +246,24 @@ class CommandHandler:
         if not names:
             return wording.TOOLS_SET_NONE
         return wording.TOOLS_SET.format(tools=", ".join(names))
+
+    async def _channel_knowledge(self, inbound: Inbound, argument: str) -> str:
+        choice = argument.strip().lower()
+        if not choice:
+            chosen = (await self._store.channel(key=inbound.key)).knowledge
+            used = (await self._current(inbound)).knowledge if chosen is None else chosen
+            return wording.KB_CURRENT.format(names=", ".join(used) or "none")
+        names: list[str] | None
+        if choice == "default":
+            names = None
+        elif choice == "none":
+            names = []
+        else:
+            names = [n for n in re.split(r"[\s,]+", argument) if n]
+        await self._store.update_channel(key=inbound.key, knowledge=names)
+        if names is None:
+            return wording.KB_SET_DEFAULT
+        return wording.KB_SET.format(names=", ".join(names) or "none")
 
     async def _channel_limits(self, inbound: Inbound, argument: str) -> str:
         match = re.fullmatch(r"(rpm|tokens)\s+(\d+|default)", argument.lower())

@@ -34,6 +34,7 @@ from core.events import (
     Usage,
     shown_text,
 )
+from core.knowledge.passages import Retriever, knowledge_block
 from core.llm import ModelClient, ModelRequest, TextChunk, ToolCallChunk, UsageChunk
 from core.local_rules import scrub
 from core.locks import KeyedLocks
@@ -92,6 +93,8 @@ class EngineOptions:
     # closed, a server killed) leaves its turn to the conversation's next message this long
     # after its last renewal.
     local_lease: float = 30.0
+    kb_passages: int = 4  # retrieved before each answer when knowledge bases are attached
+    kb_chars: int = 6000  # at most this much of them in the prompt
 
 
 # How much of a flagged text is kept for review (personal data scrubbed).
@@ -123,9 +126,11 @@ class Engine:
         limiter: RateLimiter | None = None,
         moderation: ModerationChain | None = None,
         prices: PriceTable | None = None,
+        retriever: Retriever | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
+        self._retriever = retriever
         self._access = access
         self._limiter = limiter
         self._moderation = moderation
@@ -437,6 +442,10 @@ class Engine:
         allowed = self._allowed_tools(persona, state)
         schemas, schemas_text = self._tool_schemas(allowed)
         system = self._system_prompt(persona, inbound, state)
+        question = "\n".join(m.content for m in user_messages)
+        knowledge = await self._knowledge(persona, state, question)
+        if knowledge:
+            system += "\n\n" + knowledge
         context_tokens = context_size(model, self._options.context_tokens)
 
         def fixed_costs(exact: bool) -> tuple[int, int]:
@@ -680,6 +689,20 @@ class Engine:
             schemas = [tool.schema() for tool in self._tools.select(allowed)]
             self._schema_cache[key] = (schemas, json.dumps(schemas))
         return self._schema_cache[key]
+
+    async def _knowledge(self, persona: Persona, state: ConversationState, question: str) -> str:
+        """Passages of the conversation's knowledge bases for the question, as a block for
+        the system prompt; "" when none is attached or nothing is found. A failing search is
+        logged and the turn goes on without it."""
+        kbs = state.channel_knowledge if state.channel_knowledge is not None else persona.knowledge
+        if not kbs or self._retriever is None or not self._options.kb_passages:
+            return ""
+        try:
+            hits = await self._retriever.search(kbs, question, self._options.kb_passages)
+        except Exception as exc:
+            log.warning("knowledge search in %s failed: %s", ", ".join(kbs), exc)
+            return ""
+        return knowledge_block(hits, self._options.kb_chars)
 
     def _allowed_tools(self, persona: Persona, state: ConversationState) -> list[str]:
         """The persona's tools, narrowed by the channel's list when it has one; none when

@@ -26,6 +26,7 @@ class Persona(BaseModel):
         temperature: Sampling temperature; None leaves the server's default.
         max_reply_tokens: Reply length limit; None means the PARLEY_REPLY_TOKENS setting.
         tools: Names of the tools this persona may use.
+        knowledge: Knowledge bases whose passages are put before the model (`parley kb`).
         buffer_output: Hold replies until output moderation passed them, instead of
             streaming; None leaves it to PARLEY_MODERATION_BUFFER (a channel may override).
     """
@@ -39,6 +40,7 @@ class Persona(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     max_reply_tokens: PositiveInt | None = None
     tools: tuple[str, ...] = ()
+    knowledge: tuple[str, ...] = ()
     buffer_output: bool | None = None
 
     @field_validator("system_prompt")

@@ -116,3 +116,7 @@ ACCESS_EMPTY = "The access lists are empty: everyone may use the bot."
 ACCESS_ADDED = "Added {kind} {value} to the {list} list."
 ACCESS_REMOVED = "Removed {kind} {value} from the {list} list."
 ACCESS_NOT_FOUND = "{kind} {value} is not on the {list} list (lists set in settings change there)."
+
+KB_CURRENT = "Knowledge bases used here: {names}."
+KB_SET = "Knowledge bases used here from now on: {names}."
+KB_SET_DEFAULT = "This channel uses the persona's knowledge bases again."

@@ -296,6 +296,7 @@ class ChannelChange(BaseModel):
     user_rpm: NonNegativeInt | None = None
     user_tokens_per_day: NonNegativeInt | None = None
     require_mention: bool | None = None
+    knowledge: list[str] | None = None
 
 
 class AdminApi:

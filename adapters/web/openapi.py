@@ -332,6 +332,7 @@ DOCUMENT: dict[str, Any] = {
                 user_rpm={"type": ["integer", "null"]},
                 user_tokens_per_day={"type": ["integer", "null"]},
                 require_mention={"type": ["boolean", "null"]},
+                knowledge={"type": ["array", "null"], "items": STRING},
             ),
             "Found": _obj(
                 conversation=STRING,

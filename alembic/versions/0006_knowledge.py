@@ -1,4 +1,4 @@
-"""knowledge bases: documents and their chunks with embedding vectors
+"""knowledge bases: documents and their chunks with embedding vectors, a channel's choice
 
 Revision ID: 0006
 Revises: 0005
@@ -53,9 +53,13 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_kb_chunks_kb_id"), "kb_chunks", ["kb", "id"], unique=False)
     op.create_index(op.f("ix_kb_chunks_document_id"), "kb_chunks", ["document_id"], unique=False)
+    with op.batch_alter_table("channel_settings", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("knowledge", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("channel_settings", schema=None) as batch_op:
+        batch_op.drop_column("knowledge")
     op.drop_index(op.f("ix_kb_chunks_document_id"), table_name="kb_chunks")
     op.drop_index(op.f("ix_kb_chunks_kb_id"), table_name="kb_chunks")
     op.drop_table("kb_chunks")

@@ -22,6 +22,7 @@ import numpy as np
 from sqlalchemy import Connection, delete, func, insert, select
 
 from core.knowledge.chunking import chunks, parse
+from core.knowledge.passages import Hit
 from core.storage.sql import SqlStore
 from core.storage.tables import kb_chunks, kb_documents
 
@@ -56,24 +57,6 @@ class Added:
     source: str
     status: str  # added, replaced or unchanged
     chunks: int
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    kb: str
-    source: str
-    title: str
-    section: str
-    text: str
-    score: float  # fused; higher is better
-    similarity: float  # cosine, -1 to 1
-
-    @property
-    def cited(self) -> str:
-        """How an answer names it: the document's title, its section, and where it is."""
-        section = self.section.removeprefix(self.title).removeprefix(" > ")
-        where = f"{self.title} > {section}" if section else self.title
-        return f"{where} ({self.source})"
 
 
 @dataclass

@@ -132,6 +132,7 @@ class ConversationState:
     summary_through_id: int
     channel_tools: list[str] | None = None  # None: the persona's tools; a list narrows them
     channel_buffer_output: bool | None = None  # None: the persona's or the setting's choice
+    channel_knowledge: list[str] | None = None  # None: the persona's knowledge bases
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +201,7 @@ class ChannelSettings:
     user_rpm: int | None = None
     user_tokens_per_day: int | None = None
     require_mention: bool | None = None
+    knowledge: list[str] | None = None  # knowledge bases; None: the persona's
 
 
 @dataclass(frozen=True, slots=True)

@@ -359,6 +359,7 @@ class SqlStore:
             summary_through_id=row.summary_through_id,
             channel_tools=settings.tools,
             channel_buffer_output=settings.buffer_output,
+            channel_knowledge=settings.knowledge,
         )
 
     async def begin_turn(

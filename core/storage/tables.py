@@ -97,6 +97,7 @@ channel_settings = Table(
     Column("merge_queued", Boolean),
     Column("user_rpm", Integer),
     Column("user_tokens_per_day", Integer),
+    Column("knowledge", JSON),  # knowledge bases' names; NULL: the persona's
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("platform", "workspace", "channel"),
 )
