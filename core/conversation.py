@@ -34,7 +34,7 @@ from core.events import (
     Usage,
     shown_text,
 )
-from core.knowledge.passages import Retriever, knowledge_block
+from core.knowledge.passages import Hit, Retriever, knowledge_block
 from core.llm import ModelClient, ModelRequest, TextChunk, ToolCallChunk, UsageChunk
 from core.local_rules import scrub
 from core.locks import KeyedLocks
@@ -483,6 +483,7 @@ class Engine:
             platform=inbound.key.platform,
             store=self._store,
             now=self._clock(),
+            knowledge=self._knowledge_search(persona, state),
         )
         produced = progress.produced  # tool calls, their results, then the reply
         usages = progress.usages
@@ -694,15 +695,25 @@ class Engine:
         """Passages of the conversation's knowledge bases for the question, as a block for
         the system prompt; "" when none is attached or nothing is found. A failing search is
         logged and the turn goes on without it."""
-        kbs = state.channel_knowledge if state.channel_knowledge is not None else persona.knowledge
-        if not kbs or self._retriever is None or not self._options.kb_passages:
+        search = self._knowledge_search(persona, state)
+        if search is None or not self._options.kb_passages:
             return ""
         try:
-            hits = await self._retriever.search(kbs, question, self._options.kb_passages)
+            hits = await search(question, self._options.kb_passages)
         except Exception as exc:
-            log.warning("knowledge search in %s failed: %s", ", ".join(kbs), exc)
+            log.warning("knowledge search failed: %s", exc)
             return ""
         return knowledge_block(hits, self._options.kb_chars)
+
+    def _knowledge_search(
+        self, persona: Persona, state: ConversationState
+    ) -> Callable[[str, int], Awaitable[list[Hit]]] | None:
+        """Search in the conversation's knowledge bases: its channel's, else its persona's."""
+        kbs = state.channel_knowledge if state.channel_knowledge is not None else persona.knowledge
+        if not kbs or self._retriever is None:
+            return None
+        retriever = self._retriever
+        return lambda query, limit: retriever.search(kbs, query, limit)
 
     def _allowed_tools(self, persona: Persona, state: ConversationState) -> list[str]:
         """The persona's tools, narrowed by the channel's list when it has one; none when

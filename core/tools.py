@@ -30,7 +30,7 @@ import json
 import logging
 import re
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,6 +41,7 @@ import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from core.errors import ConfigError
+from core.knowledge.passages import Hit
 from core.storage.base import SessionStore
 
 __all__ = [
@@ -87,6 +88,8 @@ class ToolContext:
         platform: The platform's name ("slack", "console", ...).
         store: The session store, for tools that read the conversation.
         now: The engine's clock at the start of the turn (timezone-aware).
+        knowledge: Searches the knowledge bases attached to the conversation (its persona's
+            or channel's): `await knowledge(query, limit)`; None when none is attached.
     """
 
     conversation_id: int
@@ -95,6 +98,7 @@ class ToolContext:
     platform: str
     store: SessionStore
     now: datetime
+    knowledge: Callable[[str, int], Awaitable[list[Hit]]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

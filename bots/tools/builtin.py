@@ -112,3 +112,24 @@ def random_number(minimum: int = 1, maximum: int = 100) -> str:
     if maximum - minimum > RANDOM_SPAN:
         raise ValueError(f"the range is too wide; keep maximum - minimum under {RANDOM_SPAN}")
     return str(_random.randint(minimum, maximum))
+
+
+@tool
+async def search_knowledge(query: str, limit: int = 5, *, context: ToolContext) -> str:
+    """Search the knowledge bases of this conversation (the team's own documents).
+
+    Use it when the question needs facts from those documents that the passages you were
+    given do not hold. Cite what you use by its source.
+
+    Args:
+        query: A question or the words to look for.
+        limit: How many passages to return, best first (1 to 10).
+    """
+    if context.knowledge is None:
+        raise ValueError("no knowledge base is attached to this conversation")
+    if not query.strip():
+        raise ValueError("the query is empty; give a question or words to look for")
+    hits = await context.knowledge(query, min(max(limit, 1), 10))
+    if not hits:
+        return f"Nothing in the knowledge bases matches {query!r}."
+    return "\n\n".join(f"[{hit.cited}] ({hit.source})\n{hit.text}" for hit in hits)
