@@ -62,12 +62,13 @@ class Added:
 @dataclass
 class _Index:
     version: tuple[int, int]
-    ids: list[int]
     vectors: np.ndarray[Any, np.dtype[np.float32]]
     rows: list[Any]  # (source, title, section, text, model) per chunk
-    terms: list[Counter[str]]
-    document_frequency: Counter[str]
-    average_length: float
+    # BM25: for each word, the chunks holding it and how often; each chunk's length.
+    postings: dict[
+        str, tuple[np.ndarray[Any, np.dtype[np.int64]], np.ndarray[Any, np.dtype[np.float32]]]
+    ]
+    lengths: np.ndarray[Any, np.dtype[np.float32]]
 
 
 class KnowledgeBases:
@@ -164,13 +165,11 @@ class KnowledgeBases:
             if index is None:
                 continue
             similarity = index.vectors @ vector
-            by_meaning = np.argsort(-similarity)[:CANDIDATES]
+            by_meaning = _top(similarity, CANDIDATES)
             bm25 = _bm25(index, words)
-            by_words = sorted(
-                (i for i in range(len(index.ids)) if bm25[i] > 0), key=lambda i: -bm25[i]
-            )[:CANDIDATES]
+            by_words = [i for i in _top(bm25, CANDIDATES) if bm25[i] > 0]
             fused: dict[int, float] = {}
-            for ranking in (by_meaning.tolist(), by_words):
+            for ranking in (by_meaning, by_words):
                 for rank, i in enumerate(ranking):
                     fused[i] = fused.get(i, 0.0) + 1 / (RRF_K + rank + 1)
             best = sorted(fused.items(), key=lambda item: -item[1])[:limit]
@@ -211,8 +210,10 @@ class KnowledgeBases:
 
     async def _index(self, kb: str) -> _Index | None:
         """The base's in-memory index, read again when the database changed under it."""
-        c = kb_chunks.c
-        version_query = select(func.count(), func.coalesce(func.max(c.id), 0)).where(c.kb == kb)
+        # Documents are replaced (deleted and inserted), never edited: their count and newest
+        # id change with every change to the base, and there are few of them to count.
+        d = kb_documents.c
+        version_query = select(func.count(), func.coalesce(func.max(d.id), 0)).where(d.kb == kb)
         row = await self._store.run(lambda conn: conn.execute(version_query).one(), write=False)
         version = (int(row[0]), int(row[1]))
         if version[0] == 0:
@@ -244,18 +245,24 @@ class KnowledgeBases:
                 f"`parley kb rebuild {kb}` before searching it"
             )
         vectors = np.frombuffer(b"".join(row.vector for row in rows), dtype=np.float32)
-        terms = [Counter(_words(f"{row.title} {row.section} {row.text}")) for row in rows]
-        frequency: Counter[str] = Counter()
-        for counted in terms:
-            frequency.update(counted.keys())
+        chunks_of: dict[str, list[int]] = {}
+        counts_of: dict[str, list[int]] = {}
+        lengths = np.empty(len(rows), dtype=np.float32)
+        for i, row in enumerate(rows):
+            counted = Counter(_words(f"{row.title} {row.section} {row.text}"))
+            lengths[i] = sum(counted.values())
+            for word, count in counted.items():
+                chunks_of.setdefault(word, []).append(i)
+                counts_of.setdefault(word, []).append(count)
         return _Index(
             version=version,
-            ids=[row.id for row in rows],
             vectors=vectors.reshape(len(rows), -1),
             rows=[(r.source, r.title, r.section, r.text, r.embedding_model) for r in rows],
-            terms=terms,
-            document_frequency=frequency,
-            average_length=sum(sum(t.values()) for t in terms) / len(terms),
+            postings={
+                word: (np.array(ids, dtype=np.int64), np.array(counts_of[word], np.float32))
+                for word, ids in chunks_of.items()
+            },
+            lengths=lengths,
         )
 
 
@@ -263,25 +270,25 @@ def _words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text)]
 
 
-def _bm25(index: _Index, words: list[str], k1: float = 1.2, b: float = 0.75) -> list[float]:
-    """Okapi BM25 of every chunk for the query's words."""
-    n = len(index.ids)
-    weights = {
-        w: math.log(
-            1 + (n - index.document_frequency[w] + 0.5) / (index.document_frequency[w] + 0.5)
-        )
-        for w in set(words)
-        if index.document_frequency[w]
-    }
-    scores = []
-    for counted in index.terms:
-        length = sum(counted.values())
-        score = 0.0
-        for word, weight in weights.items():
-            tf = counted[word]
-            if tf:
-                score += (
-                    weight * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / index.average_length))
-                )
-        scores.append(score)
+def _top(scores: np.ndarray[Any, Any], count: int) -> list[int]:
+    """Indexes of the `count` highest scores, highest first."""
+    if len(scores) > count:
+        best = np.argpartition(-scores, count)[:count]
+        return best[np.argsort(-scores[best])].tolist()  # type: ignore[no-any-return]
+    return np.argsort(-scores).tolist()  # type: ignore[no-any-return]
+
+
+def _bm25(
+    index: _Index, words: list[str], k1: float = 1.2, b: float = 0.75
+) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """Okapi BM25 of every chunk for the query's words, from the postings of those words."""
+    n = len(index.rows)
+    scores = np.zeros(n, dtype=np.float32)
+    norm = k1 * (1 - b + b * index.lengths / max(float(index.lengths.mean()), 1.0))
+    for word in set(words):
+        if word not in index.postings:
+            continue
+        ids, tf = index.postings[word]
+        weight = math.log(1 + (n - len(ids) + 0.5) / (len(ids) + 0.5))
+        scores[ids] += weight * tf * (k1 + 1) / (tf + norm[ids])
     return scores
