@@ -442,11 +442,14 @@ class Engine:
         allowed = self._allowed_tools(persona, state)
         schemas, schemas_text = self._tool_schemas(allowed)
         system = self._system_prompt(persona, inbound, state)
+        context_tokens = context_size(model, self._options.context_tokens)
+        # Passages take at most a quarter of the context (a character is at least a token's
+        # worth of bound), so the conversation keeps its room on small models.
+        room = min(self._options.kb_chars, context_tokens // 4)
         question = "\n".join(m.content for m in user_messages)
-        knowledge = await self._knowledge(persona, state, question)
+        knowledge = await self._knowledge(persona, state, question, room)
         if knowledge:
             system += "\n\n" + knowledge
-        context_tokens = context_size(model, self._options.context_tokens)
 
         def fixed_costs(exact: bool) -> tuple[int, int]:
             """Tokens the prompt may use (the system prompt, the window and any tool
@@ -691,10 +694,12 @@ class Engine:
             self._schema_cache[key] = (schemas, json.dumps(schemas))
         return self._schema_cache[key]
 
-    async def _knowledge(self, persona: Persona, state: ConversationState, question: str) -> str:
-        """Passages of the conversation's knowledge bases for the question, as a block for
-        the system prompt; "" when none is attached or nothing is found. A failing search is
-        logged and the turn goes on without it."""
+    async def _knowledge(
+        self, persona: Persona, state: ConversationState, question: str, room: int
+    ) -> str:
+        """Passages of the conversation's knowledge bases for the question, as a block of at
+        most `room` characters for the system prompt; "" when none is attached or nothing
+        fits. A failing search is logged and the turn goes on without it."""
         search = self._knowledge_search(persona, state)
         if search is None or not self._options.kb_passages:
             return ""
@@ -703,7 +708,7 @@ class Engine:
         except Exception as exc:
             log.warning("knowledge search failed: %s", exc)
             return ""
-        return knowledge_block(hits, self._options.kb_chars)
+        return knowledge_block(hits, room)
 
     def _knowledge_search(
         self, persona: Persona, state: ConversationState

@@ -39,15 +39,19 @@ KNOWLEDGE_NOTICE = (
 
 def knowledge_block(hits: Sequence[Hit], fits: int) -> str:
     """The passages as a block for the system prompt, best first, as many whole passages as
-    fit in `fits` characters; "" when none does."""
+    fit in `fits` characters (the best one cut short when even it does not); "" when there
+    is no room for any."""
     parts = [KNOWLEDGE_NOTICE]
     used = len(KNOWLEDGE_NOTICE)
     for hit in hits:
         text = re.sub(r"</(passage)", r"<\\/\1", hit.text, flags=re.IGNORECASE)
         source = hit.cited.replace('"', "'")
-        passage = f'<passage source="{source}" location="{hit.source}">\n{text}\n</passage>'
-        if used + len(passage) + 2 > fits:
-            break
-        parts.append(passage)
-        used += len(passage) + 2
+        head = f'<passage source="{source}" location="{hit.source}">\n'
+        room = fits - used - len(head) - len("\n</passage>") - 2
+        if len(text) > room:
+            if len(parts) > 1 or room < 80:
+                break
+            text = text[: room - 1].rstrip() + "…"  # the best passage, cut to the room left
+        parts.append(f"{head}{text}\n</passage>")
+        used += len(parts[-1]) + 2
     return "\n\n".join(parts) if len(parts) > 1 else ""

@@ -206,3 +206,23 @@ async def test_the_model_can_search_knowledge_itself(
     assert "[Office handbook > Parking] (/docs/handbook.md)" in result
     assert "gate code is 4417" in result
     assert result.startswith('<tool_result name="search_knowledge">')
+
+
+async def test_passages_take_at_most_a_quarter_of_a_small_context(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    (tmp_path / "office.toml").write_text(
+        'knowledge = ["office"]\nsystem_prompt = "You are the office assistant."\n'
+    )
+    long_section = "## Parking\n\n" + "The gate code is 4417. " + "Park with care. " * 60
+    fake_openai.reply("4417.")
+    settings = {"PARLEY_PERSONAS_DIR": str(tmp_path), "PARLEY_PERSONA": "office"}
+    async with engine_factory(PARLEY_CONTEXT_TOKENS=2000, **settings) as runtime:
+        assert isinstance(runtime.store, SqlStore)
+        bases = KnowledgeBases(runtime.store, LocalEmbedder())
+        await bases.add("office", "/docs/h.md", f"# Handbook\n\n{long_section}".encode())
+        await turn(runtime.engine, "What is the gate code?")
+    system = fake_openai.chat_requests[0]["messages"][0]["content"]
+    block = system[system.index("Passages from the knowledge base") :]
+    assert len(block) <= 2000 // 4
+    assert "The gate code is 4417." in block and block.endswith("…\n</passage>")
