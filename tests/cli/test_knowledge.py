@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from aiohttp import web
+
 from tests.cli.test_chat import environment, parley
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -128,3 +130,47 @@ async def test_the_guard_does_refuse_connections_off_this_machine(
     code, _, err = await parley("kb", "add", url, stdin="", env=env, cwd=tmp_path)
     assert code == 2 and f"cannot fetch {url}" in err
     assert (tmp_path / "offline.log").read_text() == "192.0.2.1\n"
+
+
+async def test_a_web_page_is_added_from_its_url(
+    fake_openai: FakeOpenAI, tmp_path: Path, sqlite_url: str
+) -> None:
+    page = (
+        "<html><head><title>Travel FAQ</title></head><body><nav>Home | Jobs</nav>"
+        "<h1>Travel</h1><h2>Trains</h2><p>Book trains in second class through Railbook.</p>"
+        "<script>alert(1)</script></body></html>"
+    )
+
+    async def faq(request: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/faq", faq)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/faq"  # type: ignore[union-attr]
+    env = offline_environment(fake_openai, tmp_path, sqlite_url)
+    try:
+        code, out, err = await parley(
+            "kb", "add", url, "--kb", "travel", stdin="", env=env, cwd=tmp_path
+        )
+        assert code == 0, err
+        assert f"added {url} (1 chunks)" in out
+        code, out, _ = await parley(
+            "kb",
+            "search",
+            "which class for rail trips",
+            "--kb",
+            "travel",
+            stdin="",
+            env=env,
+            cwd=tmp_path,
+        )
+    finally:
+        await runner.cleanup()
+    assert code == 0
+    assert f"Travel FAQ > Travel > Trains ({url})" in out
+    assert "Book trains in second class through Railbook." in out
+    assert "alert" not in out and "Jobs" not in out

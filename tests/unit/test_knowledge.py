@@ -226,3 +226,23 @@ async def test_passages_take_at_most_a_quarter_of_a_small_context(
     block = system[system.index("Passages from the knowledge base") :]
     assert len(block) <= 2000 // 4
     assert "The gate code is 4417." in block and block.endswith("…\n</passage>")
+
+
+async def test_a_channel_chooses_its_knowledge_bases_with_kb(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI
+) -> None:
+    for _ in range(3):
+        fake_openai.reply("ok")
+    async with engine_factory() as runtime:  # the default persona has no knowledge base
+        assert isinstance(runtime.store, SqlStore)
+        await KnowledgeBases(runtime.store, LocalEmbedder()).add(
+            "office", "/docs/handbook.md", HANDBOOK.encode()
+        )
+        await turn(runtime.engine, "What is the car park gate code?")
+        answer = await turn(runtime.engine, "/kb office")
+        assert "office" in answer[-1].text  # type: ignore[union-attr]
+        await turn(runtime.engine, "What is the car park gate code?")
+        await turn(runtime.engine, "/kb none")
+        await turn(runtime.engine, "What is the car park gate code?")
+    systems = [r["messages"][0]["content"] for r in fake_openai.chat_requests]
+    assert ["4417" in system for system in systems] == [False, True, False]
