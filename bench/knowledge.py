@@ -27,7 +27,7 @@ import resource
 import statistics
 import tempfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from time import perf_counter
 
@@ -79,18 +79,16 @@ WORDS = [
 
 @asynccontextmanager
 async def database(kind: str, postgres_url: str) -> AsyncIterator[SqlStore]:
-    if kind == "postgres":
-        async with throwaway_postgres_database(postgres_url, "parley_kb") as url:
-            engine = create_database_engine(url)
-            await migrate(engine)
-            store = SqlStore(engine)
-            try:
-                yield store
-            finally:
-                await store.close()
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        engine = create_database_engine(f"sqlite+aiosqlite:///{folder}/kb.db")
+    """A migrated store on a throwaway PostgreSQL database or a temporary SQLite file."""
+    async with AsyncExitStack() as stack:
+        if kind == "postgres":
+            url = await stack.enter_async_context(
+                throwaway_postgres_database(postgres_url, "parley_kb")
+            )
+        else:
+            folder = stack.enter_context(tempfile.TemporaryDirectory())
+            url = f"sqlite+aiosqlite:///{folder}/kb.db"
+        engine = create_database_engine(url)
         await migrate(engine)
         store = SqlStore(engine)
         try:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -67,3 +69,18 @@ async def stored_messages(database: AsyncEngine) -> list[tuple[str, str]]:
             select(messages.c.role, messages.c.content).order_by(messages.c.id)
         )
         return [(role, content) for role, content in rows]
+
+
+@asynccontextmanager
+async def web_server(*routes: web.RouteDef) -> AsyncIterator[str]:
+    """A small HTTP server on 127.0.0.1 with these routes; yields its base URL."""
+    app = web.Application()
+    app.add_routes(routes)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from tests.cli.test_chat import environment, parley
 from tests.fakes.openai_server import FakeOpenAI
+from tests.helpers import web_server
 
 FACT = "The staff car park's gate code is 4417; visitors park on level 2."
 HANDBOOK = f"""# Office handbook
@@ -144,15 +145,9 @@ async def test_a_web_page_is_added_from_its_url(
     async def faq(request: web.Request) -> web.Response:
         return web.Response(text=page, content_type="text/html")
 
-    app = web.Application()
-    app.router.add_get("/faq", faq)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/faq"  # type: ignore[union-attr]
     env = offline_environment(fake_openai, tmp_path, sqlite_url)
-    try:
+    async with web_server(web.get("/faq", faq)) as base:
+        url = f"{base}/faq"
         code, out, err = await parley(
             "kb", "add", url, "--kb", "travel", stdin="", env=env, cwd=tmp_path
         )
@@ -168,8 +163,6 @@ async def test_a_web_page_is_added_from_its_url(
             env=env,
             cwd=tmp_path,
         )
-    finally:
-        await runner.cleanup()
     assert code == 0
     assert f"Travel FAQ > Travel > Trains ({url})" in out
     assert "Book trains in second class through Railbook." in out

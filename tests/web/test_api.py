@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from openapi_spec_validator import validate
 
 from tests.fakes.openai_server import FakeOpenAI
+from tests.helpers import web_server
 from tests.platforms.test_database_faults import terminate_backends
 from tests.web.conftest import (
     ALLOWED_ORIGIN,
@@ -324,13 +325,6 @@ async def test_jwts_signed_with_a_key_from_a_jwks_url(serve: Serve) -> None:
         fetched += 1
         return web.json_response(jwks)
 
-    app = web.Application()
-    app.router.add_get("/.well-known/jwks.json", keys)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     claims = {
         "sub": "idp-7",
         "aud": "parley",
@@ -343,23 +337,23 @@ async def test_jwts_signed_with_a_key_from_a_jwks_url(serve: Serve) -> None:
             {**claims, **changes}, private, algorithm="RS256", headers={"kid": "key-1"}
         )
 
-    try:
-        async with serve(
+    async with (
+        web_server(web.get("/.well-known/jwks.json", keys)) as idp,
+        serve(
             PARLEY_JWT_SECRET="",
-            PARLEY_JWT_JWKS_URL=f"http://127.0.0.1:{port}/.well-known/jwks.json",
+            PARLEY_JWT_JWKS_URL=f"{idp}/.well-known/jwks.json",
             PARLEY_JWT_AUDIENCE="parley",
             PARLEY_JWT_ISSUER="https://idp.example",
-        ) as served:
-            status, me = await served.call("GET", "/api/v1/me", key=token())
-            assert (status, me["user"]) == (200, "jwt:idp-7")
-            for wrong in (token(aud="other"), token(iss="https://evil.example")):
-                status, _ = await served.call("GET", "/api/v1/me", key=wrong)
-                assert status == 401
-            hs256 = jwt.encode(claims, JWT_SECRET)  # a shared secret is not accepted now
-            status, _ = await served.call("GET", "/api/v1/me", key=hs256)
+        ) as served,
+    ):
+        status, me = await served.call("GET", "/api/v1/me", key=token())
+        assert (status, me["user"]) == (200, "jwt:idp-7")
+        for wrong in (token(aud="other"), token(iss="https://evil.example")):
+            status, _ = await served.call("GET", "/api/v1/me", key=wrong)
             assert status == 401
-    finally:
-        await runner.cleanup()
+        hs256 = jwt.encode(claims, JWT_SECRET)  # a shared secret is not accepted now
+        status, _ = await served.call("GET", "/api/v1/me", key=hs256)
+        assert status == 401
     assert fetched == 1  # the key set is cached
 
 
