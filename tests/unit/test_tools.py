@@ -714,7 +714,13 @@ def shipped_tool(registry: ToolRegistry, name: str) -> Tool:
 
 def test_shipped_tools(shipped: ToolRegistry) -> None:
     assert SHIPPED_TOOL_MODULES == ("bots.tools.builtin",)
-    assert shipped.names() == ["current_time", "calculate", "search_conversation", "random_number"]
+    assert shipped.names() == [
+        "current_time",
+        "calculate",
+        "search_conversation",
+        "random_number",
+        "search_knowledge",
+    ]
     for item in shipped.select(shipped.names()):
         assert item.description
         assert all(p.get("description") for p in item.parameters["properties"].values())
