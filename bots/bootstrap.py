@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bots.mcp import SEPARATOR, McpTools
 from bots.platforms import HTTP, PLATFORMS, configured
 from bots.tools import SHIPPED_TOOL_MODULES
 from core.config import Settings
@@ -47,14 +48,23 @@ class Runtime:
     default_persona: str
 
 
-def load_tools(settings: Settings, catalogue: PersonaCatalogue) -> ToolRegistry:
-    """Shipped tools, the modules named in PARLEY_TOOL_MODULES, and installed plugins."""
-    registry = ToolRegistry()
+def load_tools(
+    settings: Settings, catalogue: PersonaCatalogue, registry: ToolRegistry | None = None
+) -> ToolRegistry:
+    """Shipped tools, the modules named in PARLEY_TOOL_MODULES, and installed plugins (added
+    to `registry`, which may already hold MCP servers' tools); every persona's tools must be
+    among them, except those of an MCP server (it may be down now, and come back)."""
+    registry = registry or ToolRegistry()
     for module in (*SHIPPED_TOOL_MODULES, *settings.tool_modules):
         registry.load_module(module)
     registry.load_entry_points()
+    servers = tuple(f"{name}{SEPARATOR}" for name in settings.mcp_servers)
     for persona in catalogue:
-        unknown = [name for name in persona.tools if registry.get(name) is None]
+        unknown = [
+            name
+            for name in persona.tools
+            if registry.get(name) is None and not name.startswith(servers)
+        ]
         if unknown:
             raise ConfigError(
                 f"persona '{persona.name}' lists unknown tool(s) {', '.join(unknown)}; "
@@ -315,6 +325,8 @@ async def build_engine(
     catalogue, default = load_personas(settings)
     tools = load_tools(settings, catalogue)
     async with AsyncExitStack() as stack:
+        if settings.mcp_servers:
+            await stack.enter_async_context(McpTools(settings.mcp_servers, tools))
         model_name = settings.model
         model_label = model_name
         tool_steps = settings.tool_steps

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 import platformdirs
 from pydantic import (
     AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
@@ -34,6 +36,27 @@ _ASYNC_DRIVERS = {
     "postgresql": "postgresql+asyncpg",
     "postgresql+asyncpg": "postgresql+asyncpg",
 }
+
+
+class McpServer(BaseModel):
+    """One entry of PARLEY_MCP_SERVERS: a command to start (stdio) or a URL (streamable
+    HTTP), in the `mcpServers` form other MCP clients use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: str | None = None
+    args: list[str] = []
+    env: dict[str, str] = {}
+    cwd: str | None = None
+    url: AnyHttpUrl | None = None
+    headers: dict[str, str] = {}
+    timeout: PositiveFloat = 30.0  # seconds a tool call may take
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServer:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give either command (stdio) or url (streamable HTTP)")
+        return self
 
 
 class Settings(BaseSettings):
@@ -81,6 +104,9 @@ class Settings(BaseSettings):
 
     tool_modules: Annotated[tuple[str, ...], NoDecode] = Field((), alias="PARLEY_TOOL_MODULES")
     tool_steps: NonNegativeInt = Field(5, alias="PARLEY_TOOL_STEPS")
+    mcp_servers: Annotated[dict[str, McpServer], NoDecode] = Field(
+        default_factory=dict, alias="PARLEY_MCP_SERVERS"
+    )
 
     persona: str = Field("assistant", alias="PARLEY_PERSONA", min_length=1)
     personas_dir: Path | None = Field(None, alias="PARLEY_PERSONAS_DIR")
@@ -207,6 +233,27 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("mcp_servers", mode="before")
+    @classmethod
+    def _mcp_servers(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f'not JSON ({exc.msg}); write e.g. {{"files": {{"command": "npx", '
+                    f'"args": ["-y", "@modelcontextprotocol/server-filesystem", "/srv"]}}}}'
+                ) from None
+        if isinstance(value, dict) and set(value) == {"mcpServers"}:
+            value = value["mcpServers"]  # the whole file other MCP clients read
+        if isinstance(value, dict):
+            bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", str(name))]
+            if bad:
+                raise ValueError(
+                    f"server name {bad[0]!r}: use letters, digits, _ and - (32 at most)"
+                )
         return value
 
     @field_validator("prices", mode="before")
