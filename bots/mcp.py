@@ -82,7 +82,9 @@ class McpTools:
             import httpx2
             from mcp.client.streamable_http import streamable_http_client
 
-            client = httpx2.AsyncClient(headers=server.headers) if server.headers else None
+            client = None
+            if server.headers:  # given to the SDK, which then leaves closing it to us
+                client = await stack.enter_async_context(httpx2.AsyncClient(headers=server.headers))
             read, write, *_ = await stack.enter_async_context(
                 streamable_http_client(str(server.url), http_client=client)
             )

@@ -3,6 +3,7 @@ scripted model calls through the engine; errors, timeouts and a server that cann
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -40,7 +41,11 @@ def slow(seconds: float) -> str:
     return "done"
 
 if __name__ == "__main__":
-    server.run()
+    import sys
+    if len(sys.argv) > 1:  # over streamable HTTP on this port
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[1]))
+    else:
+        server.run()
 '''
 
 
@@ -122,3 +127,43 @@ def test_a_wrong_server_entry_is_one_line(monkeypatch: pytest.MonkeyPatch) -> No
     assert "PARLEY_MCP_SERVERS" in str(error.value)
     assert "give either command (stdio) or url (streamable HTTP)" in str(error.value)
     assert "\n" not in str(error.value)
+
+
+async def test_a_server_over_streamable_http(
+    engine_factory: EngineFactory,
+    fake_openai: FakeOpenAI,
+    mcp_settings: dict[str, str],
+    tmp_path: Path,
+    unused_tcp_port: int,
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(tmp_path / "glossary_server.py"),
+        str(unused_tcp_port),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):  # until it listens
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", unused_tcp_port)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            break
+        url = f"http://127.0.0.1:{unused_tcp_port}/mcp"
+        servers = {"glossary": {"url": url, "headers": {"X-Team": "docs"}}}
+        fake_openai.call(("glossary__lookup", json.dumps({"word": "lease"})))
+        fake_openai.reply("Found it.")
+        settings = {**mcp_settings, "PARLEY_MCP_SERVERS": json.dumps(servers)}
+        async with engine_factory(**settings) as runtime:
+            await turn(runtime.engine, "What is a lease?")
+    finally:
+        process.terminate()
+        await process.wait()
+    [result] = [
+        m["content"] for m in fake_openai.chat_requests[1]["messages"] if m["role"] == "tool"
+    ]
+    assert "A lease is a time-limited claim on a turn." in result
