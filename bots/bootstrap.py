@@ -25,7 +25,7 @@ from core.policy import AccessControl, Limits, RateLimiter, parse_entries
 from core.pricing import PriceTable
 from core.scheduler import Scheduler
 from core.storage import SessionStore, SqlStore, create_database_engine, migrate
-from core.storage.database import current_revision, head_revision
+from core.storage.database import current_revision, head_revision, schema_is_current
 from core.tools import ToolRegistry
 
 if TYPE_CHECKING:
@@ -89,7 +89,9 @@ async def open_store(settings: Settings) -> SqlStore:
     """The SQL store, with the schema brought up to date (or checked, if that is turned off)."""
     engine = create_database_engine(settings.database_url, pool_size=settings.db_pool_size)
     try:
-        if settings.auto_migrate:
+        if await schema_is_current(engine):
+            pass
+        elif settings.auto_migrate:
             await migrate(engine)
         elif await current_revision(engine) != head_revision():
             raise ConfigError(

@@ -17,7 +17,14 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from core.storage.database import create_database_engine, current_revision, head_revision, migrate
+from core.storage.database import (
+    SCHEMA_HEAD,
+    create_database_engine,
+    current_revision,
+    head_revision,
+    migrate,
+    schema_is_current,
+)
 from core.storage.tables import metadata
 
 SCHEMA_TABLES = set(metadata.tables)
@@ -81,12 +88,16 @@ async def test_migrated_schema_matches_the_tables(engine: AsyncEngine) -> None:
 
 
 async def test_revisions_agree_after_upgrade(engine: AsyncEngine) -> None:
-    assert head_revision() == "0006"
+    assert head_revision() == SCHEMA_HEAD == "0006"
     assert await current_revision(engine) is None
+    assert not await schema_is_current(engine)
 
     await migrate(engine)
 
     assert await current_revision(engine) == head_revision()
+    assert await schema_is_current(engine)
+    await migrate(engine, "-1", down=True)
+    assert not await schema_is_current(engine)
 
 
 async def test_downgrade_to_base_then_upgrade_again(engine: AsyncEngine) -> None:
