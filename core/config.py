@@ -382,6 +382,17 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(describe_validation_error(exc)) from None
 
 
+def _secret_bearing() -> frozenset[str]:
+    """Settings whose values are never shown in an error: tokens and keys, and the MCP
+    servers (their headers and environment carry credentials)."""
+    return frozenset(
+        key
+        for name, field in Settings.model_fields.items()
+        if "SecretStr" in str(field.annotation) or name == "mcp_servers"
+        for key in (name, field.alias or name)
+    )
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """One line naming each bad setting, what is wrong, and the value given."""
     aliases = {name: field.alias or name for name, field in Settings.model_fields.items()}
@@ -392,8 +403,10 @@ def describe_validation_error(exc: ValidationError) -> str:
             parts.append(message)
             continue
         name = str(error["loc"][0])
-        setting = aliases.get(name, name)
+        inside = [str(part) for part in error["loc"][1:] if isinstance(part, str)]
+        setting = ".".join([aliases.get(name, name), *inside])  # PARLEY_MCP_SERVERS.wiki.url
         given = error.get("input")
-        shown = "" if given is None or isinstance(given, dict) else f" (got {str(given)!r})"
+        hidden = given is None or isinstance(given, dict) or name in _secret_bearing()
+        shown = "" if hidden else f" (got {str(given)!r})"
         parts.append(f"{setting}: {message}{shown}")
     return "invalid setting " + "; ".join(parts)

@@ -173,3 +173,11 @@ def test_the_default_database_is_in_the_users_data_directory(
     expected = f"sqlite+aiosqlite:///{tmp_path}/data/parley/parley.db"
     assert load_settings(_env_file=None).database_url == expected
     assert load_settings(_env_file=None, DATABASE_URL="").database_url == expected
+
+
+def test_a_refused_token_is_never_shown_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "not-a-slack-token-but-secret")
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert "not-a-slack-token-but-secret" not in str(error.value)
+    assert str(error.value).startswith("invalid setting SLACK_BOT_TOKEN: a bot token starts")

@@ -124,9 +124,22 @@ def test_a_wrong_server_entry_is_one_line(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("PARLEY_MCP_SERVERS", '{"files": {"args": ["x"]}}')
     with pytest.raises(ConfigError) as error:
         load_settings()
-    assert "PARLEY_MCP_SERVERS" in str(error.value)
+    assert "PARLEY_MCP_SERVERS.files" in str(error.value)
     assert "give either command (stdio) or url (streamable HTTP)" in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_a_wrong_value_in_a_server_entry_is_named_but_never_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "PARLEY_MCP_SERVERS", '{"wiki": {"command": "x", "env": {"TOKEN": 42424242}}}'
+    )
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert str(error.value) == (
+        "invalid setting PARLEY_MCP_SERVERS.wiki.env.TOKEN: Input should be a valid string"
+    )
 
 
 async def test_a_server_over_streamable_http(
