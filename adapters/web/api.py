@@ -210,8 +210,7 @@ class ConversationsApi:
         if persona is None:
             raise bad_request("persona: a persona's name is needed")
         await self._store.set_persona(key=key, persona=persona, channel=False)
-        found = await self._api.conversations(channel=key.channel_key)
-        summary = next(c for c in found if c.thread == key.thread)
+        [summary] = await self._api.conversations(channel=key.channel_key, thread=key.thread)
         return web.json_response(self._summary(summary))
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:

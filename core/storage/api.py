@@ -159,9 +159,11 @@ class ApiStore:
 
     # --- a user's conversations -------------------------------------------------------------
 
-    async def conversations(self, *, channel: ConversationKey) -> list[ConversationSummary]:
+    async def conversations(
+        self, *, channel: ConversationKey, thread: str | None = None
+    ) -> list[ConversationSummary]:
         """The conversations of a channel (an API user), most recently active first, each
-        titled by its first message."""
+        titled by its first message; with `thread`, only that one."""
         c, m = conversations.c, messages.c
         first = (
             select(m.content)
@@ -180,6 +182,8 @@ class ApiStore:
             .order_by(c.updated_at.desc(), c.id.desc())
             .limit(200)
         )
+        if thread is not None:
+            statement = statement.where(c.thread == thread)
         rows = await self._store.run(lambda c: c.execute(statement).all(), write=False)
         return [
             ConversationSummary(row.thread, row.title or "", row.persona, _aware(row.updated_at))
