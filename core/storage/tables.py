@@ -76,6 +76,9 @@ messages = Table(
     Column("author_name", String(256), nullable=False, server_default=""),
     # Computed once when stored, so building a window never re-tokenizes history.
     Column("token_count", Integer, nullable=False),
+    # Images sent with the message: [{"id": attachment id, "tokens": estimated cost, "name"}];
+    # NULL for text alone, so a window of text never reads the attachments table.
+    Column("images", JSON),
     _now(),
     # The window is read newest-first within one conversation: this index makes it a range scan.
     Index(None, "conversation_id", "id"),
@@ -136,11 +139,41 @@ turns = Table(
     # Answered as part of that later turn of the conversation (a channel that merges messages
     # queued during a turn): it follows that turn's lease and delivery.
     Column("merged_into", BigInteger),
+    # Files, images and voice notes sent with the message, as the adapter can fetch them
+    # ([{"kind", "name", "mime", "size", "ref"}]): whichever process answers downloads them.
+    Column("attachments", JSON),
     _now(),
     UniqueConstraint("platform", "event_id"),
     Index(None, "conversation_id", "id"),
     Index(None, "state", "lease_until"),
     Index(None, "merged_into"),
+)
+
+# What a user sent besides text, kept after the turn: images (downscaled, re-sent to the model
+# while they fit the window); voice notes and files leave a row without data (their transcript
+# or text is the message's content). Deleted with the conversation, or by /forget.
+attachments = Table(
+    "attachments",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column(
+        "conversation_id",
+        Id,
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("message_id", BigInteger),  # the user's message in `messages`
+    Column("platform", String(32), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("kind", String(8), nullable=False),  # image, audio or file
+    Column("name", String(256), nullable=False, server_default=""),
+    Column("mime", String(128), nullable=False, server_default=""),
+    Column("size", Integer, nullable=False, server_default="0"),  # bytes as received
+    Column("tokens", Integer, nullable=False, server_default="0"),  # an image's estimated cost
+    Column("data", LargeBinary),  # an image as sent to the model; NULL for audio and files
+    _now(),
+    Index(None, "conversation_id"),
+    Index(None, "platform", "user_id"),
 )
 
 usage = Table(

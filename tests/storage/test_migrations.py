@@ -78,6 +78,7 @@ async def test_upgrade_creates_exactly_the_schema_tables(engine: AsyncEngine) ->
         "api_keys",
         "kb_documents",
         "kb_chunks",
+        "attachments",
     } == SCHEMA_TABLES
 
 
@@ -88,7 +89,7 @@ async def test_migrated_schema_matches_the_tables(engine: AsyncEngine) -> None:
 
 
 async def test_revisions_agree_after_upgrade(engine: AsyncEngine) -> None:
-    assert head_revision() == SCHEMA_HEAD == "0006"
+    assert head_revision() == SCHEMA_HEAD == "0007"
     assert await current_revision(engine) is None
     assert not await schema_is_current(engine)
 
@@ -109,7 +110,7 @@ async def test_downgrade_to_base_then_upgrade_again(engine: AsyncEngine) -> None
 
     await migrate(engine)
     assert await table_names(engine) == SCHEMA_TABLES | {"alembic_version"}
-    assert await current_revision(engine) == "0006"
+    assert await current_revision(engine) == "0007"
     assert await schema_differences(engine) == []
 
 
@@ -137,8 +138,8 @@ def run_cli(*arguments: str, database: Path) -> str:
 def test_db_commands_of_the_cli(tmp_path: Path) -> None:
     database = tmp_path / "cli.db"
 
-    assert run_cli("db", "upgrade", database=database) == "database at 0006"
-    assert run_cli("db", "current", database=database) == "0006"
+    assert run_cli("db", "upgrade", database=database) == "database at 0007"
+    assert run_cli("db", "current", database=database) == "0007"
     assert run_cli("db", "downgrade", "base", database=database) == "database at base"
     assert run_cli("db", "current", database=database) == "(empty database)"
 
@@ -183,7 +184,7 @@ def test_an_installed_copy_finds_its_migrations(tmp_path: Path) -> None:
         cwd=tmp_path,
         check=False,
     )
-    assert (upgrade.returncode, upgrade.stdout.strip()) == (0, "database at 0006"), upgrade.stderr
+    assert (upgrade.returncode, upgrade.stdout.strip()) == (0, "database at 0007"), upgrade.stderr
 
 
 @pytest.mark.postgres
