@@ -22,6 +22,7 @@ from adapters.rendering import (
     TurnReply,
     show_once,
 )
+from core.attachments import Attachment
 from core.config import Settings
 from core.events import Inbound, Refused
 from core.scheduler import PostedCallback, ReplyView, Scheduler
@@ -56,8 +57,18 @@ class ChatAdapter:
         self._inflight = InFlight()
         self._background_tasks: set[asyncio.Task[None]] = set()
         scheduler.add_outlet(self.platform, self._view)
+        scheduler.engine.add_fetcher(self.platform, self.fetch)
 
     # --- for subclasses -------------------------------------------------------------------
+
+    async def fetch(self, attachment: Attachment, limit: int) -> bytes:
+        """Downloads an attachment of this platform through its SDK, at most `limit` bytes.
+
+        Raises:
+            TooLarge: it is larger than `limit` (checked before downloading when the platform
+                gives the size, and while reading).
+        """
+        raise NotImplementedError(f"{self.platform} does not download attachments")
 
     def sink(self, address: dict[str, Any], posted: Sequence[str]) -> tuple[MessageSink, Rendering]:
         """Where a reply to `address` goes, and how it is shown there. `posted`: ids of the

@@ -174,7 +174,12 @@ async def build_window(
                 else:
                     fitted, turn_tokens = list(pending), sum(m.token_count for m in pending)
             elif overflows(sum(m.token_count for m in pending)):
-                break
+                # An older turn's images give way first: its words may still fit.
+                lighter = [without_images(m) for m in pending]
+                if lighter == pending or overflows(sum(m.token_count for m in lighter)):
+                    break
+                pending = lighter
+                turn_tokens = sum(m.token_count for m in pending)
             else:
                 turn_tokens = sum(m.token_count for m in pending)
             chosen.extend(pending)
@@ -200,6 +205,19 @@ async def build_window(
     )
 
 
+def without_images(message: StoredMessage) -> StoredMessage:
+    """The message with its images left out (the model gets `[image: name]`), and their
+    tokens with them."""
+    if not message.images or all(image.get("left_out") for image in message.images):
+        return message
+    kept = sum(int(image["tokens"]) for image in message.images if not image.get("left_out"))
+    return replace(
+        message,
+        token_count=message.token_count - kept,
+        images=[{**image, "left_out": True} for image in message.images],
+    )
+
+
 def counted(message: StoredMessage, counter: TokenCounter) -> StoredMessage:
     """The message with its exact count (the sum its stored bound bounds)."""
     if message.counted:
@@ -208,6 +226,8 @@ def counted(message: StoredMessage, counter: TokenCounter) -> StoredMessage:
     tokens = message_tokens(counter, message.content, name, exact=True)
     if message.tool_calls:
         tokens += counter.count(json.dumps(message.tool_calls))
+    if message.images:  # an estimate either way: the stored one
+        tokens += sum(int(i["tokens"]) for i in message.images if not i.get("left_out"))
     return replace(message, token_count=tokens, counted=True)
 
 

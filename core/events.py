@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from core.attachments import Attachment
+
 
 @dataclass(frozen=True, slots=True)
 class ConversationKey:
@@ -38,6 +40,7 @@ class Inbound:
         is_direct: A direct message (always answered).
         mentions_bot: The bot was mentioned.
         received_at: When the platform says the message was sent.
+        attachments: Images, audio and files sent with it (`text` is then their caption).
     """
 
     key: ConversationKey
@@ -48,6 +51,7 @@ class Inbound:
     is_direct: bool = False
     mentions_bot: bool = False
     received_at: datetime | None = None
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -317,3 +317,27 @@ def _unsupported_parameter(exc: openai.BadRequestError) -> str | None:
 
 
 _DROPPABLE = frozenset({"temperature", "top_p", "max_tokens", "reasoning_effort"})
+
+
+class OpenAITranscriber:
+    """Speech to text through an OpenAI-compatible `/v1/audio/transcriptions` (OpenAI's, or a
+    local Whisper server's)."""
+
+    def __init__(
+        self, *, api_key: str, base_url: str | None, model: str, timeout: float, max_retries: int
+    ) -> None:
+        self._model = model
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key, base_url=base_url, max_retries=max_retries, timeout=timeout
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def transcribe(self, data: bytes, name: str, mime: str) -> str:
+        result = await self._client.audio.transcriptions.create(
+            model=self._model,
+            file=(name, data, mime or "application/octet-stream"),
+            response_format="json",
+        )
+        return result.text

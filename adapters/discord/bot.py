@@ -43,6 +43,7 @@ from adapters.discord.translate import (
 from adapters.http import HttpServer
 from adapters.reach import unreachable
 from adapters.rendering import MessageSink, RateLimited, Rendering
+from core.attachments import Attachment, TooLarge
 from core.commands import ATTACHMENT_ONLY_COMMAND, COMMANDS
 from core.config import Settings
 from core.conversation import Engine
@@ -375,6 +376,13 @@ class DiscordBot(ChatAdapter):
         self._deferring: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def ready(self) -> bool:
+        """Connected (for /readyz): the gateway's WebSocket is open and discord.py is READY."""
+        client = self.client
+        ws = client.ws
+        return client.is_ready() and not client.is_closed() and ws is not None and ws.open
+
     # --- lifecycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> DiscordBot:
@@ -533,9 +541,10 @@ class DiscordBot(ChatAdapter):
         # A thread started from a message has that message's id, so the conversation's key is
         # known before the thread exists (it is started at the first post, once accepted).
         thread_id = parsed.message_id if starts_thread else None
-        # A bare mention gets the help; attachments alone, a word that only text is read.
-        text = parsed.text.strip() or "/help"
-        if parsed.attachments_only:
+        # A bare mention gets the help; stickers alone, a word that they cannot be seen; a
+        # photo or voice message without caption is answered with an empty text.
+        text = parsed.text.strip() or ("" if parsed.attachments else "/help")
+        if parsed.stickers_only:
             text = f"/{ATTACHMENT_ONLY_COMMAND}"
         inbound = Inbound(
             key=conversation_key(parsed, scope=scope, thread_id=thread_id),
@@ -546,13 +555,16 @@ class DiscordBot(ChatAdapter):
             is_direct=parsed.is_direct,
             mentions_bot=parsed.mentions_bot,
             received_at=message.created_at,
+            attachments=parsed.attachments,
         )
         if starts_thread:
+            # A photo without caption names its thread after the file.
+            title = parsed.text or (parsed.attachments[0].name if parsed.attachments else "")
             address = channel_address(
                 channel_id=parsed.message_id,
                 guild_id=parsed.guild_id,
                 thread_parent=parsed.channel_id,
-                thread_title=thread_name(parsed.text),
+                thread_title=thread_name(title),
             )
         else:
             # In a DM, a thread, or a channel answered in place: a reply to the message.
@@ -565,6 +577,24 @@ class DiscordBot(ChatAdapter):
         channel = parsed.parent_id or parsed.channel_id
         key = ConversationKey(PLATFORM, parsed.guild_id, channel)
         return (await self._store.channel(key=key)).scope
+
+    # --- attachments ----------------------------------------------------------------------
+
+    async def fetch(self, attachment: Attachment, limit: int) -> bytes:
+        """Downloads an attachment by its CDN URL, as discord.py's `Attachment.read()` does.
+
+        Discord's reported size is checked first, so an oversized file is never downloaded.
+        discord.py reads a CDN answer whole (no streaming), so a body larger than reported
+        is refused only once read. The URL is signed and expires (about a day after the
+        message): a turn answered much later gets a 404 (NotFound), and the user is asked to
+        send the file again.
+        """
+        if attachment.size > limit:
+            raise TooLarge(attachment.size)
+        data = await self.client.http.get_from_cdn(attachment.ref)
+        if len(data) > limit:
+            raise TooLarge(len(data))
+        return data
 
     # --- replies --------------------------------------------------------------------------
 
@@ -619,6 +649,16 @@ class DiscordBot(ChatAdapter):
             async def persona(interaction: discord.Interaction[Any], name: str = "") -> None:
                 key = self._interaction_key(interaction, "")
                 await self._interaction(interaction, key, f"/persona {name}".strip(), private=True)
+
+            return
+        if name == "forget":
+
+            @self.tree.command(name="forget", description=description[:100])
+            @app_commands.describe(confirm="True deletes everything Parley keeps about you")
+            async def forget(interaction: discord.Interaction[Any], confirm: bool = False) -> None:
+                key = self._interaction_key(interaction, "")
+                text = "/forget confirm" if confirm else "/forget"
+                await self._interaction(interaction, key, text, private=True)
 
             return
 
@@ -834,9 +874,29 @@ def _payload(message: discord.Message) -> dict[str, Any]:
         ],
         "mention_roles": [str(role.id) for role in message.role_mentions],
         "referenced_message": referenced,
-        "attachments": [{"id": str(a.id), "filename": a.filename} for a in message.attachments],
+        "flags": message.flags.value,
+        "attachments": [_attachment_payload(a) for a in message.attachments],
         "sticker_items": [{"id": str(s.id), "name": s.name} for s in message.stickers],
         "message_snapshots": [
-            {"message": {"content": snapshot.content}} for snapshot in message.message_snapshots
+            {
+                "message": {
+                    "content": snapshot.content,
+                    "flags": snapshot.flags.value,
+                    "attachments": [_attachment_payload(a) for a in snapshot.attachments],
+                }
+            }
+            for snapshot in message.message_snapshots
         ],
+    }
+
+
+def _attachment_payload(attachment: discord.Attachment) -> dict[str, Any]:
+    """The fields translate reads of an attachment, from discord.py's Attachment."""
+    return {
+        "id": str(attachment.id),
+        "filename": attachment.filename,
+        "content_type": attachment.content_type,
+        "size": attachment.size,
+        "url": attachment.url,
+        "duration_secs": attachment.duration,
     }

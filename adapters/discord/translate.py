@@ -5,8 +5,8 @@ own JSON (a `MESSAGE_CREATE` payload) and plain values, and the runtime module c
 between receiving a message and sending the reply.
 
 - `parse_message` turns a message payload into a `DiscordMessage` (or None for what the bot
-  must ignore), with the bot's mention removed and Discord's other mention syntax made
-  readable.
+  must ignore), with the bot's mention removed, Discord's other mention syntax made
+  readable and its attachments described (downloaded later by their CDN URL).
 - `event_id_for_message`, `event_id_for_interaction` and `conversation_key` say under which
   id the engine claims a message or a slash command and which conversation it belongs to;
   `thread_name` titles the thread the bot starts for a question.
@@ -23,6 +23,7 @@ from typing import Any
 
 from adapters.markdown import aligned_table, table_end
 from adapters.rendering import _find_fences
+from core.attachments import AUDIO, Attachment, kind_of
 from core.events import ConversationKey
 
 PLATFORM = "discord"
@@ -62,8 +63,10 @@ class DiscordMessage:
             to one of the bot's messages that pings it.
         in_thread: The message was posted in a thread.
         replies_to_bot: The message replies to one of the bot's messages.
-        attachments_only: The message carries attachments or stickers and no text: the bot
-            cannot read them, and says so when the message is for it.
+        attachments: The files it carries (images, voice messages and audio, other files),
+            a forwarded message's included; `text` is then their caption, possibly "".
+        stickers_only: The message carries stickers and neither text nor attachments: the
+            bot cannot see stickers, and says so when the message is for it.
     """
 
     guild_id: str
@@ -77,7 +80,8 @@ class DiscordMessage:
     mentions_bot: bool
     in_thread: bool
     replies_to_bot: bool
-    attachments_only: bool = False
+    attachments: tuple[Attachment, ...] = ()
+    stickers_only: bool = False
 
 
 # DEFAULT and REPLY; every other type (joins, pins, boosts, thread created ...) is a system
@@ -103,8 +107,9 @@ def parse_message(
     Ignored (None): messages written by a bot (the bot itself included) or a webhook; system
     messages (every type but DEFAULT and REPLY); and messages whose cleaned text is empty
     unless they mention the bot or carry attachments or stickers. A bare mention is returned
-    with text "" so the runtime can answer with a hint instead of staying silent; a message
-    of attachments only with `attachments_only` set, so it can say it reads only text.
+    with text "" so the runtime can answer with a hint instead of staying silent; a photo or
+    voice message without caption with text "" and its `attachments`; a message of stickers
+    only with `stickers_only` set, so it can say it cannot see them.
 
     Mentioning the bot's managed role (`<@&ROLE>`, listed in `mention_roles`) is mentioning
     the bot: Discord's member list offers that role next to the bot, and users pick either.
@@ -135,8 +140,9 @@ def parse_message(
     mentions_bot = bot_id in mentioned or bool(roles)
     content = str(payload.get("content") or "") or _forwarded(payload)
     text = _clean_content(content, bot_id=bot_id, mentioned=mentioned, bot_roles=roles)
-    attachments = bool(payload.get("attachments") or payload.get("sticker_items"))
-    if not text and not mentions_bot and not attachments:
+    attachments = _attachments(payload)
+    stickers = bool(payload.get("sticker_items"))
+    if not text and not mentions_bot and not attachments and not stickers:
         return None
 
     guild_id = str(payload.get("guild_id") or "")
@@ -154,8 +160,43 @@ def parse_message(
         mentions_bot=mentions_bot,
         in_thread=thread_parent_id is not None,
         replies_to_bot=str((referenced.get("author") or {}).get("id")) == bot_id,
-        attachments_only=attachments and not text,
+        attachments=attachments,
+        stickers_only=stickers and not text and not attachments,
     )
+
+
+# MessageFlags.IS_VOICE_MESSAGE: the message is one recorded voice message.
+IS_VOICE_MESSAGE = 1 << 13
+
+
+def _attachments(payload: dict[str, Any]) -> tuple[Attachment, ...]:
+    """The message's attachments, then a forwarded message's (a forward has none of its own).
+
+    The reference to download one by is its CDN `url`: a plain string, so any process can
+    fetch it later. Discord signs those URLs (`ex`, `is`, `hm`) and they expire (about a
+    day), so a turn answered much later finds them gone and the user is asked to send the
+    file again.
+    """
+    snapshots = payload.get("message_snapshots") or []
+    messages = [payload, *(snapshot.get("message") or {} for snapshot in snapshots)]
+    found: list[Attachment] = []
+    for message in messages:
+        voice = bool(int(message.get("flags") or 0) & IS_VOICE_MESSAGE)
+        for data in message.get("attachments") or []:
+            name = str(data.get("filename") or "")
+            mime = str(data.get("content_type") or "")
+            # A voice message is audio/ogg; its flag (or duration) says so without the type.
+            spoken = voice or data.get("duration_secs") is not None
+            found.append(
+                Attachment(
+                    kind=AUDIO if spoken else kind_of(name, mime),
+                    name=name,
+                    mime=mime,
+                    size=int(data.get("size") or 0),
+                    ref=str(data.get("url") or ""),
+                )
+            )
+    return tuple(found)
 
 
 def _forwarded(payload: dict[str, Any]) -> str:

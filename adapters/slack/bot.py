@@ -4,7 +4,8 @@ Everything Slack-specific that is pure (payloads, keys, mrkdwn) lives in transla
 module owns the SDK objects, decides whether a message is for the bot, stores it (through
 `ChatAdapter.accept`) before Slack is acknowledged, and builds the replies the scheduler
 shows: a placeholder in the thread, throttled `chat.update`s and further thread messages, or,
-for `/parley`, private (ephemeral) answers through the command's `response_url`.
+for `/parley`, private (ephemeral) answers through the command's `response_url`. It also
+downloads the files people share (`fetch`), when whichever process runs the turn asks.
 
 Acknowledging only after the message is stored: Bolt normally acks an event (HTTP 200, or the
 Socket Mode envelope ack) before its listener runs. With `process_before_response=True` the
@@ -28,7 +29,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -61,6 +62,7 @@ from adapters.slack.translate import (
     parse_event,
     replace_user_mentions,
 )
+from core.attachments import Attachment, TooLarge
 from core.commands import ADMIN_COMMANDS, COMMANDS
 from core.config import Settings
 from core.errors import ConfigError
@@ -94,6 +96,11 @@ KNOWN_COMMANDS = frozenset(COMMANDS) | frozenset(ADMIN_COMMANDS)
 COMMAND_NOT_STORED = (
     "Sorry, I can't take that right now (my database is unavailable). Please try again in a minute."
 )
+
+# Where Slack serves files (files.slack.com, GovSlack's files.slack-gov.com): the bot token is
+# sent to these hosts, and to SLACK_API_URL's own host (a proxy, the tests' fake), only.
+FILE_DOMAINS = ("slack.com", "slack-gov.com")
+DOWNLOAD_CHUNK = 64 * 1024
 
 # Web API errors that no retry can fix: the reply is given up on (DeliveryFailed) instead of
 # being tried again until the delivery deadline. Anything else (5xx, `internal_error`,
@@ -261,6 +268,10 @@ def _retry_after(response: Any) -> float:
         return 1.0
 
 
+class FileDownloadError(Exception):
+    """Slack did not serve a file: the message says why, for the operator's log."""
+
+
 class ResponseUrlError(Exception):
     """A response_url post failed in a way worth retrying (a 5xx)."""
 
@@ -394,6 +405,16 @@ class SlackBot(ChatAdapter):
         if settings.slack_app_token is None:
             assert http is not None, "HTTP events need the shared HTTP server"
             http.add_post(EVENTS_PATH, self._on_http)
+
+    @property
+    def ready(self) -> bool:
+        """Connected (for /readyz): the Socket Mode WebSocket is open (not stale); with HTTP
+        events, the start checked the token, and Slack reaches us."""
+        if self._socket is None:
+            return bool(self.bot_user_id)
+        client = self._socket.client
+        session = client.current_session
+        return not (client.closed or client.stale or session is None or session.closed)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -572,7 +593,9 @@ class SlackBot(ChatAdapter):
         except DatabaseUnavailable as exc:
             raise AcceptFailed(str(exc)) from exc
         names = await self._names_of([message.user, *message.mentioned_users])
-        text = replace_user_mentions(message.text, names).strip() or "/help"
+        text = replace_user_mentions(message.text, names).strip()
+        if not text and not message.attachments:
+            text = "/help"  # a bare mention or an empty DM: say what the bot does
         inbound = Inbound(
             key=conversation_key(message, scope=settings.scope),
             event_id=event_id_for(message),
@@ -582,8 +605,68 @@ class SlackBot(ChatAdapter):
             is_direct=message.is_direct,
             mentions_bot=message.mentions_bot,
             received_at=datetime.fromtimestamp(float(message.ts), UTC),
+            attachments=message.attachments,
         )
         await self.accept(inbound, address_of(message))
+
+    # --- files ----------------------------------------------------------------------------
+
+    async def fetch(self, attachment: Attachment, limit: int) -> bytes:
+        """A shared file's bytes: its URL with the bot token, as Slack serves files to apps,
+        through the Web API client's connection pool (and its proxy and TLS settings).
+
+        Raises:
+            TooLarge: Slack reports it larger than `limit`, or sends more than that.
+            FileDownloadError: the URL is not Slack's, Slack answered with an error, or with
+                its sign-in page (the app lacks the `files:read` scope).
+        """
+        if attachment.size > limit:
+            raise TooLarge(attachment.size)
+        if not self._is_file_url(attachment.ref):
+            raise FileDownloadError(f"{attachment.ref!r} is not a Slack file URL")
+        session = self.client.session
+        assert session is not None, "files are fetched while the bot runs"
+        # A cross-origin redirect loses the Authorization header (aiohttp drops it), so the
+        # token reaches the file's host only. Slow links are fine while bytes keep coming.
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.client.timeout, sock_read=self.client.timeout
+        )
+        async with session.get(
+            attachment.ref,
+            headers={"Authorization": f"Bearer {self._token}"},
+            proxy=self.client.proxy,
+            ssl=self.client.ssl or True,
+            timeout=timeout,
+        ) as response:
+            if response.status != 200:
+                raise FileDownloadError(
+                    f"Slack answered HTTP {response.status} for the file {attachment.name}"
+                )
+            if response.content_type == "text/html" and attachment.mime != "text/html":
+                # Slack's answer to a request it does not authorize: a 200 with its sign-in
+                # page, not an error.
+                raise FileDownloadError(
+                    f"Slack sent its sign-in page instead of the file {attachment.name}: add "
+                    "the files:read scope to the app (OAuth & Permissions) and reinstall it"
+                )
+            if response.content_length is not None and response.content_length > limit:
+                raise TooLarge(response.content_length)
+            data = bytearray()
+            async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
+                data += chunk
+                if len(data) > limit:
+                    raise TooLarge(max(len(data), attachment.size))
+        return bytes(data)
+
+    def _is_file_url(self, url: str) -> bool:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        if parts.scheme == "https" and any(
+            host == domain or host.endswith(f".{domain}") for domain in FILE_DOMAINS
+        ):
+            return True
+        api = urlsplit(str(self._settings.slack_api_url))
+        return (parts.scheme, parts.netloc) == (api.scheme, api.netloc)
 
     # --- the /parley command --------------------------------------------------------------
 

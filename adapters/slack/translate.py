@@ -4,7 +4,8 @@ Nothing here imports the Slack SDK, does I/O or talks to the network: the runtim
 receives events and posts replies, and calls these functions in between.
 
 - `parse_event` turns an `app_mention` / `message` event into a `SlackMessage` (or None for
-  what the bot must ignore), with the text cleaned of Slack's markup.
+  what the bot must ignore), with the text cleaned of Slack's markup and the files it carries
+  described as attachments (`attachments_of`).
 - `event_id_for` and `conversation_key` say under which id the engine claims the message and
   which conversation it belongs to.
 - `markdown_to_mrkdwn` turns the model's Markdown into Slack's mrkdwn, escaped so that model
@@ -32,6 +33,7 @@ from adapters.markdown import (
     link_parts,
     table_end,
 )
+from core.attachments import AUDIO, Attachment, kind_of
 from core.events import ConversationKey
 
 PLATFORM = "slack"
@@ -62,6 +64,8 @@ class SlackMessage:
         is_direct: A direct message with the bot.
         mentions_bot: The bot was mentioned.
         mentioned_users: The other users mentioned, in order of first mention, for name lookup.
+        attachments: The files shared with the message that can be downloaded; `text` is
+            then their caption.
     """
 
     team: str
@@ -74,6 +78,7 @@ class SlackMessage:
     is_direct: bool
     mentions_bot: bool
     mentioned_users: tuple[str, ...] = ()
+    attachments: tuple[Attachment, ...] = ()
 
 
 _HANDLED_EVENTS = frozenset({"app_mention", "message"})
@@ -103,10 +108,11 @@ def parse_event(
     Ignored (None): other event types; the bot's own messages; other bots' messages (a
     `bot_id`, or subtype `bot_message`) when `ignore_bots`; every subtype but
     `thread_broadcast`, `file_share` and `me_message` (a `/me` line): edits, deletions,
-    joins and leaves ...; events without a channel, ts or author; and messages whose cleaned
-    text is empty unless they are addressed to the bot. A bare mention ("<@UBOT>") or an
-    empty direct message is returned with text "" so the runtime can answer with a short
-    hint instead of staying silent.
+    joins and leaves ...; events without a channel, ts or author; and messages with neither
+    cleaned text nor a file to download, unless they are addressed to the bot. A bare mention
+    ("<@UBOT>") or an empty direct message is returned with text "" so the runtime can answer
+    with a short hint instead of staying silent. A file shared without a caption is returned
+    with text "" and its attachment.
 
     With `ignore_bots` False, another bot's message is kept; a legacy `bot_message` without a
     `user` is attributed to its `bot_id`.
@@ -142,7 +148,8 @@ def parse_event(
     mentions_bot = event["type"] == "app_mention" or bool(_bot_mention(bot_user_id).search(raw))
     is_direct = event.get("channel_type") == "im" or channel.startswith("D")
     text = clean_text(raw, bot_user_id=bot_user_id)
-    if not text and not (mentions_bot or is_direct):
+    attachments = attachments_of(event)
+    if not text and not attachments and not (mentions_bot or is_direct):
         return None
 
     thread_ts = str(event.get("thread_ts") or ts)
@@ -158,7 +165,53 @@ def parse_event(
         is_direct=is_direct,
         mentions_bot=mentions_bot,
         mentioned_users=tuple(dict.fromkeys(mentioned)),
+        attachments=attachments,
     )
+
+
+# Files whose bytes Slack does not serve to the bot: a link to another service (Google Drive
+# ...: its `url_private` is that service's page, never to be sent the bot token), a deleted
+# file, a file past a free workspace's history limit.
+_NOT_DOWNLOADABLE = frozenset({"external", "tombstone", "hidden_by_limit"})
+# Slack's own voice clips; their type can read video/mp4, their words are what counts.
+_VOICE_CLIP = "slack_audio"
+
+
+def attachments_of(event: Mapping[str, Any]) -> tuple[Attachment, ...]:
+    """The files of a message event (`files`, in `file_share` messages and in mentions) as
+    attachments, in the order shown: `ref` is the URL the bot downloads the file from
+    (`url_private_download`, else `url_private`), `size` the size Slack reports.
+
+    Left out: external files, deleted ones, those hidden by a plan's limit, and file objects
+    without a URL (Slack sends only `id` and `file_access: check_file_info` when the bot may
+    not see a file).
+    """
+    files = event.get("files")
+    if not isinstance(files, list):
+        return ()
+    found: list[Attachment] = []
+    for file in files:
+        if not isinstance(file, Mapping):
+            continue
+        if file.get("mode") in _NOT_DOWNLOADABLE or file.get("is_external"):
+            continue
+        url = str(file.get("url_private_download") or file.get("url_private") or "")
+        if not url:
+            continue
+        name = str(file.get("name") or file.get("title") or file.get("id") or "file")
+        mime = str(file.get("mimetype") or "")
+        kind = AUDIO if file.get("subtype") == _VOICE_CLIP else kind_of(name, mime)
+        size = file.get("size")
+        found.append(
+            Attachment(
+                kind=kind,
+                name=name,
+                mime=mime,
+                size=size if isinstance(size, int) and size > 0 else 0,
+                ref=url,
+            )
+        )
+    return tuple(found)
 
 
 def clean_text(text: str, *, bot_user_id: str) -> str:

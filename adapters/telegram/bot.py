@@ -4,7 +4,9 @@ Pure translation (updates, keys, HTML) lives in translate.py; this module owns t
 objects, keeps each chat's messages in order, and turns reply events into a typing action,
 then a message that grows through throttled `editMessageText` calls. Its first post waits
 for whole words (`first_words`), so a phone's notification never reads "C". Answers that
-need no model (`/start`, usage hints, "I can only read text") are sent here directly.
+need no model (`/start`, usage hints, "I cannot see stickers") are sent here directly.
+Photos, voice notes and files are downloaded by `fetch` (getFile, then the file URL) when
+the engine runs the turn.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
@@ -38,9 +41,11 @@ from adapters.base import HOLD_RETRY_SECONDS, AcceptFailed, ChatAdapter
 from adapters.http import HttpServer
 from adapters.rendering import MessageSink, RateLimited, Rendering, show_once
 from adapters.telegram.translate import (
+    TELEGRAM_DOWNLOAD_LIMIT,
     TELEGRAM_LIMIT,
     TelegramMessage,
     addressed_to_bot,
+    album,
     conversation_key,
     event_id_for,
     html_to_plain,
@@ -50,6 +55,7 @@ from adapters.telegram.translate import (
     parse_update,
     rendered_length,
 )
+from core.attachments import Attachment, TooLarge
 from core.commands import COMMANDS
 from core.config import Settings
 from core.errors import ConfigError
@@ -83,6 +89,9 @@ MENU = [
 # would make every notification read "…", and posting the first token made it read "C".
 FIRST_POST_CHARACTERS = 20
 _SENTENCE_END = re.compile(r"[.!?…:;]\s|\n")
+# An album's items (a media group) arrive as separate updates, moments apart; they are
+# answered as one message once none came for this long.
+ALBUM_WAIT = 1.0
 # Adapter answers (/start, usage hints) are not claimed in the store: the last event ids
 # answered are remembered so that an update delivered twice is answered once.
 REMEMBERED_LOCAL_ANSWERS = 1024
@@ -135,6 +144,16 @@ class LenientBot(ExtBot[None]):
             return Update(update_id=int(data["update_id"]))
         assert update is not None
         return update
+
+
+@dataclass
+class _Album:
+    """An album's items as they arrive (see `TelegramBot._gather`)."""
+
+    items: list[TelegramMessage]
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # another item came
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # gathered and stored, or not
+    failed: str | None = None  # why it could not be stored
 
 
 def address_of(message: TelegramMessage) -> dict[str, Any]:
@@ -278,12 +297,19 @@ class TelegramBot(ChatAdapter):
         self.application.add_handler(TypeHandler(Update, self._on_update))
         self.application.add_error_handler(self._on_error)
         self._chats: KeyedLocks[int] = KeyedLocks()
+        self._albums: dict[tuple[int, str], _Album] = {}  # albums being gathered, by chat
         self._answered_here: OrderedDict[str, None] = OrderedDict()
         self.bot_id = 0
         self.username = ""
         if webhook is not None:
             assert http is not None, "the webhook needs the shared HTTP server"
             http.add_post(webhook.path or "/telegram", self._on_webhook)
+
+    @property
+    def ready(self) -> bool:
+        """Started (for /readyz): updates are processed, and by polling the poll runs."""
+        app = self.application
+        return app.running and (app.updater is None or app.updater.running)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -361,32 +387,85 @@ class TelegramBot(ChatAdapter):
         await self._accept(update, hold=True)  # polling: Telegram will not send it again
 
     async def _accept(self, update: Update, *, hold: bool) -> None:
-        message = parse_update(update.to_dict(), bot_id=self.bot_id, bot_username=self.username)
-        if message is None or not addressed_to_bot(message):
+        message = parse_update(
+            update.to_dict(),
+            bot_id=self.bot_id,
+            bot_username=self.username,
+            max_bytes=self._download_limit(),
+        )
+        if message is None:
             return
+        if message.media_group is not None:
+            await self._gather(message, hold=hold)
+            return
+        if not addressed_to_bot(message) or self._answered_locally(message):
+            return
+        # Updates are handled concurrently; within one chat they are accepted (and so
+        # answered) in the order they arrived.
+        async with self._chats.hold(message.chat_id):
+            await self._store_message(message, hold=hold)
+
+    def _answered_locally(self, message: TelegramMessage) -> bool:
         local = local_answer(
             message, bot_name=self.application.bot.first_name, bot_username=self.username
         )
         if local is not None:
             self._answer_here(message, local)
+        return local is not None
+
+    async def _store_message(self, message: TelegramMessage, *, hold: bool) -> None:
+        """Accepts the message for the engine; the caller holds its chat's lock."""
+        if hold:
+            while True:
+                try:
+                    inbound = await self._inbound(message)
+                    break
+                except DatabaseUnavailable:
+                    await asyncio.sleep(HOLD_RETRY_SECONDS)
+            await self.accept_held(inbound, address_of(message))
             return
-        # Updates are handled concurrently; within one chat they are accepted (and so
-        # answered) in the order they arrived.
-        async with self._chats.hold(message.chat_id):
-            if hold:
+        try:
+            inbound = await self._inbound(message)
+        except DatabaseUnavailable as exc:
+            raise AcceptFailed(str(exc)) from exc
+        await self.accept(inbound, address_of(message))
+
+    async def _gather(self, item: TelegramMessage, *, hold: bool) -> None:
+        """Answers an album's items as one message (`album`). Telegram sends them as
+        messages of their own, moments apart: the first item's handler waits until none came
+        for ALBUM_WAIT, holding its chat's lock so that what is sent after the album is
+        answered after it; the other items' handlers wait until it is stored (a webhook
+        request is answered only then, and with a 503 when it could not be)."""
+        key = (item.chat_id, str(item.media_group))
+        gathering = self._albums.get(key)
+        if gathering is not None:
+            gathering.items.append(item)
+            gathering.arrived.set()
+            await gathering.done.wait()
+            if gathering.failed is not None:
+                raise AcceptFailed(gathering.failed)
+            return
+        gathering = self._albums[key] = _Album([item])
+        try:
+            async with self._chats.hold(item.chat_id):
                 while True:
                     try:
-                        inbound = await self._inbound(message)
+                        async with asyncio.timeout(ALBUM_WAIT):
+                            await gathering.arrived.wait()
+                    except TimeoutError:
                         break
-                    except DatabaseUnavailable:
-                        await asyncio.sleep(HOLD_RETRY_SECONDS)
-                await self.accept_held(inbound, address_of(message))
-                return
-            try:
-                inbound = await self._inbound(message)
-            except DatabaseUnavailable as exc:
-                raise AcceptFailed(str(exc)) from exc
-            await self.accept(inbound, address_of(message))
+                    gathering.arrived.clear()
+                del self._albums[key]  # an item later still starts an album of its own
+                message = album(gathering.items)
+                if addressed_to_bot(message) and not self._answered_locally(message):
+                    await self._store_message(message, hold=hold)
+        except AcceptFailed as exc:
+            gathering.failed = str(exc)
+            raise
+        finally:
+            if self._albums.get(key) is gathering:  # cancelled while gathering
+                del self._albums[key]
+            gathering.done.set()
 
     def _answer_here(self, message: TelegramMessage, text: str) -> None:
         """Sends an answer the engine has no part in (once per message, in the background)."""
@@ -404,7 +483,7 @@ class TelegramBot(ChatAdapter):
             channel = ConversationKey(PLATFORM, "", str(message.chat_id))
             scope = (await self._store.channel(key=channel)).scope
         text = model_text(message)
-        if not text.strip():
+        if not text.strip() and not message.attachments:
             text = "/help"  # a bare mention
         return Inbound(
             key=conversation_key(message, scope=scope),
@@ -415,7 +494,38 @@ class TelegramBot(ChatAdapter):
             is_direct=message.is_direct,
             mentions_bot=message.mentions_bot,
             received_at=datetime.fromtimestamp(message.date, UTC),
+            attachments=message.attachments,
         )
+
+    # --- attachments ----------------------------------------------------------------------
+
+    def _download_limit(self) -> int:
+        return min(int(self._settings.max_attachment_mb * 1_000_000), TELEGRAM_DOWNLOAD_LIMIT)
+
+    async def fetch(self, attachment: Attachment, limit: int) -> bytes:
+        """Downloads a file by its `file_id`: `getFile`, then the file's URL.
+
+        The size is checked before each step: the message's `file_size`, then the File's.
+        Telegram serves bots files up to 20 MB; above that `getFile` answers "file is too
+        big", which is TooLarge too (with the size the message gave, if it gave one).
+        """
+        most = min(limit, TELEGRAM_DOWNLOAD_LIMIT)
+        if attachment.size > most:
+            raise TooLarge(attachment.size, most)
+        try:
+            file = await self.application.bot.get_file(attachment.ref)
+        except BadRequest as exc:
+            if _says(exc, "file is too big"):
+                size = max(attachment.size, TELEGRAM_DOWNLOAD_LIMIT + 1)
+                raise TooLarge(size, TELEGRAM_DOWNLOAD_LIMIT) from exc
+            raise
+        if file.file_size is not None and file.file_size > most:
+            raise TooLarge(file.file_size, most)
+        # python-telegram-bot reads a download whole; Telegram's 20 MB cap bounds it.
+        data = await file.download_as_bytearray()
+        if len(data) > limit:
+            raise TooLarge(len(data))
+        return bytes(data)
 
     # --- replies --------------------------------------------------------------------------
 

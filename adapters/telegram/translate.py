@@ -5,12 +5,14 @@ Bot API's own JSON (what `Update.to_dict()` returns), and the runtime module cal
 receiving an update and sending the reply.
 
 - `parse_update` turns a `message` update into a `TelegramMessage` (or None for what the bot
-  must ignore), with the bot's mention and its `/ask` command cleaned from the text;
-  `addressed_to_bot` says whether the bot should answer it.
+  must ignore), with the bot's mention and its `/ask` command cleaned from the text and its
+  photo, voice note, audio file or document (and those of the message it replies to) as
+  `Attachment`s; `addressed_to_bot` says whether the bot should answer it. `album` makes
+  one message of an album's items, which Telegram sends as messages of their own.
 - `model_text` is what the model reads of it: the message replied to (or the part quoted) as
-  a `>` block, a note about an attachment it cannot see, then the text; `local_answer` is
-  the answer the adapter gives by itself (`/start`, a bare `/ask`, a command we do not have,
-  an attachment without caption), without the model.
+  a `>` block, a note about an attachment it cannot see (a sticker, a video), then the text;
+  `local_answer` is the answer the adapter gives by itself (`/start`, a bare `/ask`, a
+  command we do not have, a sticker or video without caption), without the model.
 - `event_id_for` and `conversation_key` say under which id the engine claims the message and
   which conversation it belongs to.
 - `markdown_to_html` turns the model's Markdown into the HTML subset of `parse_mode="HTML"`,
@@ -23,8 +25,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -41,6 +43,7 @@ from adapters.markdown import (
     link_parts,
     table_end,
 )
+from core.attachments import AUDIO, IMAGE, Attachment, kind_of
 from core.commands import ADMIN_COMMANDS, COMMANDS
 from core.events import ConversationKey
 
@@ -54,6 +57,10 @@ HORIZONTAL_RULE = "───"
 
 ASK_COMMAND = "ask"
 """`/ask question` means "answer this": the command is dropped and the question kept."""
+
+TELEGRAM_DOWNLOAD_LIMIT = 20_000_000
+"""The largest file the Bot API lets a bot download (`getFile` answers "file is too big"
+above it); python-telegram-bot's `FileSizeLimit.FILESIZE_DOWNLOAD`."""
 
 
 # --- UTF-16 offsets -----------------------------------------------------------------------
@@ -101,7 +108,8 @@ class TelegramMessage:
         user_name: The author's first and last name, else their username, else their id.
         text: The text (or a media caption) without the bot's mentions, and without a leading
             `/ask` command; any other command of ours is kept as `/name argument` with its
-            `@botname` suffix removed. Empty for a bare mention of the bot.
+            `@botname` suffix removed. Empty for a bare mention of the bot, or an attachment
+            without caption.
         is_direct: A private chat with the bot.
         mentions_bot: The bot was mentioned (`@botname`, or a text mention of its account).
         replies_to_bot: The message replies to one of the bot's messages.
@@ -109,6 +117,14 @@ class TelegramMessage:
             `/reset` and `/reset@botname`), else None.
         command_for_other_bot: The command names another bot (`/reset@otherbot`).
         date: When the message was sent, in Unix time.
+        quoted: The text replied to (see `_quoted`).
+        media: The kind of attachment the message carries ("photo", "sticker" ...), if any.
+        known_command: The command is one of ours, or addressed to the bot by name.
+        attachments: What the engine downloads and reads: the photo, voice note, audio file
+            or document of the message replied to, then the message's own (a Telegram
+            message holds one; see `album` for several). Empty with a command of ours other
+            than `/ask`: the engine reads those as written.
+        media_group: The album the message is an item of (`media_group_id`), if any.
     """
 
     chat_id: int
@@ -127,6 +143,8 @@ class TelegramMessage:
     quoted: str | None = None
     media: str | None = None
     known_command: bool = True
+    attachments: tuple[Attachment, ...] = ()
+    media_group: str | None = None
 
 
 # Telegram's own accounts: 777000 ("Telegram") forwards a linked channel's posts into its
@@ -150,13 +168,26 @@ MEDIA_KINDS: dict[str, str] = {
     "sticker": "a sticker",
 }
 
+# The attachments the engine can read (images, audio, files); the others are only described.
+ATTACHABLE = frozenset({"photo", "voice", "audio", "document"})
+
+# Photos are always JPEG on Telegram and come without a name.
+PHOTO_NAME = "photo.jpg"
+# A voice note's name tells the transcription service its format; Telegram's own voice notes
+# are OGG/Opus, but a bot's sendVoice also takes MP3 and M4A.
+_VOICE_SUFFIXES = {"audio/mpeg": ".mp3", "audio/mp4": ".m4a", "audio/x-m4a": ".m4a"}
+
 OUR_COMMANDS = frozenset({ASK_COMMAND, "start", *COMMANDS, *ADMIN_COMMANDS})
 """Every command the bot answers; in a group, any other unqualified `/command` is for
 another bot and ignored."""
 
 
 def parse_update(
-    update: dict[str, Any], *, bot_id: int, bot_username: str
+    update: dict[str, Any],
+    *,
+    bot_id: int,
+    bot_username: str,
+    max_bytes: int = TELEGRAM_DOWNLOAD_LIMIT,
 ) -> TelegramMessage | None:
     """Translate a `message` update, or say it is not for the bot.
 
@@ -177,6 +208,8 @@ def parse_update(
         bot_id: The bot's user id (`getMe` → `id`).
         bot_username: The bot's username (`getMe` → `username`), with or without "@";
             compared without regard to case.
+        max_bytes: The largest attachment the bot downloads: of a photo's sizes, the largest
+            within it is taken.
 
     Returns:
         The message, or None when the bot must not react to this update.
@@ -234,6 +267,8 @@ def parse_update(
 
     chat = message["chat"]
     reply = message.get("reply_to_message") or {}
+    ours = command is not None and not command_for_other_bot and command != ASK_COMMAND
+    attachments = () if ours else _attachments(message, bot_id, max_bytes)
     return TelegramMessage(
         chat_id=chat["id"],
         chat_type=chat["type"],
@@ -257,6 +292,97 @@ def parse_update(
         known_command=command is None
         or command in OUR_COMMANDS
         or (qualified and not command_for_other_bot),
+        attachments=attachments,
+        media_group=message.get("media_group_id"),
+    )
+
+
+def album(items: Sequence[TelegramMessage]) -> TelegramMessage:
+    """One message for an album's items (Telegram sends each photo, video or file of a media
+    group as a message of its own, the caption on one of them, usually the first): the first
+    item's ids, the captioned item's text, mention and command, and every item's attachments
+    in order (the message replied to, which each item carries, once).
+
+    Args:
+        items: Messages of one media group, in any order.
+
+    Returns:
+        The album as one message, answered (and claimed) under its first item's id.
+    """
+    ordered = sorted(items, key=lambda item: item.message_id)
+    first = ordered[0]
+    captioned = next((item for item in ordered if item.text or item.command), first)
+    unseen = (item.media for item in ordered if item.media and item.media not in ATTACHABLE)
+    ours = captioned.command not in (None, ASK_COMMAND) and not captioned.command_for_other_bot
+    attachments = () if ours else (a for item in ordered for a in item.attachments)
+    return replace(
+        captioned,
+        message_id=first.message_id,
+        date=first.date,
+        mentions_bot=any(item.mentions_bot for item in ordered),
+        replies_to_bot=any(item.replies_to_bot for item in ordered),
+        media=next(unseen, first.media),
+        attachments=tuple(dict.fromkeys(attachments)),
+    )
+
+
+def _attachments(message: dict[str, Any], bot_id: int, max_bytes: int) -> tuple[Attachment, ...]:
+    """The attachments of the message replied to (someone's photo, asked about in a reply),
+    then the message's own."""
+    found: list[Attachment] = []
+    reply = message.get("reply_to_message")
+    if (
+        isinstance(reply, dict)
+        and not reply.get("forum_topic_created")
+        and (reply.get("from") or {}).get("id") != bot_id
+    ):
+        found.extend(attachments_of(reply, max_bytes=max_bytes))
+    found.extend(attachments_of(message, max_bytes=max_bytes))
+    return tuple(found)
+
+
+def attachments_of(
+    message: dict[str, Any], *, max_bytes: int = TELEGRAM_DOWNLOAD_LIMIT
+) -> tuple[Attachment, ...]:
+    """A Message's photo, voice note, audio file or document as an `Attachment` whose `ref` is
+    the `file_id` (valid for this bot for good, so a turn resumed after a restart can still
+    download it). Stickers, animations, videos and video notes are not taken.
+
+    Args:
+        message: A Message in the Bot API's JSON shape.
+        max_bytes: Of a photo's sizes, the largest within this many bytes is taken (the
+            largest of all when none is).
+
+    Returns:
+        No attachment or one.
+    """
+    media = next((kind for kind in MEDIA_KINDS if message.get(kind)), None)
+    if media not in ATTACHABLE:
+        return ()
+    item = message[media]
+    if media == "photo":
+        item = _photo_size(item, max_bytes)
+        name, mime, kind = PHOTO_NAME, "image/jpeg", IMAGE
+    elif media == "voice":
+        mime = item.get("mime_type") or "audio/ogg"
+        name, kind = "voice" + _VOICE_SUFFIXES.get(mime, ".ogg"), AUDIO
+    elif media == "audio":
+        mime = item.get("mime_type") or "audio/mpeg"
+        name, kind = item.get("file_name") or item.get("title") or "audio.mp3", AUDIO
+    else:
+        mime = item.get("mime_type") or ""
+        name = item.get("file_name") or "document"
+        kind = kind_of(name, mime)
+    return (Attachment(kind, name, mime, int(item.get("file_size") or 0), str(item["file_id"])),)
+
+
+def _photo_size(sizes: list[dict[str, Any]], max_bytes: int) -> dict[str, Any]:
+    """The largest of a photo's sizes within `max_bytes`, else the largest (which the engine
+    then reports as too large)."""
+    fitting = [size for size in sizes if int(size.get("file_size") or 0) <= max_bytes]
+    return max(
+        fitting or sizes,
+        key=lambda size: (size.get("width", 0) * size.get("height", 0), size.get("file_size", 0)),
     )
 
 
@@ -309,20 +435,21 @@ def addressed_to_bot(message: TelegramMessage) -> bool:
 
 def model_text(message: TelegramMessage) -> str:
     """What the model reads of a message: the text replied to as a quoted block first (the
-    part quoted, if any), a note that an attachment could not be seen, then the text.
+    part quoted, if any), a note that an attachment could not be seen (a sticker, a video:
+    photos, voice notes and files go to the engine as attachments), then the text.
 
     Args:
         message: The parsed message.
 
     Returns:
-        The text for the engine; may be empty (a bare mention).
+        The text for the engine; may be empty (a bare mention, an uncaptioned photo).
     """
     if message.command not in (None, ASK_COMMAND) and not message.command_for_other_bot:
         return message.text  # a command of ours: the engine reads it as written
     parts: list[str] = []
     if message.quoted:
         parts.append("\n".join(f"> {line}" for line in message.quoted.splitlines()))
-    if message.media is not None:
+    if message.media is not None and message.media not in ATTACHABLE:
         parts.append(f"[{MEDIA_KINDS[message.media]} was attached, which you cannot see]")
     if message.text:
         parts.append(message.text)
@@ -347,11 +474,12 @@ ASK_USAGE = "Usage: /ask QUESTION (for example: /ask what is a monad?)"
 UNKNOWN_COMMAND = "I don't know /{name}. My commands: {commands}"
 """The answer to a command we do not have, in a private chat or addressed as /name@ourbot."""
 
-TEXT_ONLY = (
-    "I can only read text for now, so I could not see {media}. Please describe it or "
-    "paste its text, and I'll help."
+CANNOT_SEE = (
+    "I can read text, photos, voice messages and files, but not {media}. Please describe it, "
+    "and I'll help."
 )
-"""The answer to an attachment without a caption: no model call, since it would see nothing."""
+"""The answer to a sticker, animation or video without a caption: no model call, since it
+would see nothing."""
 
 MENU_COMMANDS = ("ask", "help", *(name for name in COMMANDS if name != "help"))
 
@@ -368,7 +496,7 @@ def local_answer(message: TelegramMessage, *, bot_name: str, bot_username: str) 
     - A bare `/ask` (no question, no message replied to): its usage.
     - A command we do not have: the list of ours (in groups only when addressed to us,
       see `addressed_to_bot`).
-    - An attachment without caption: that only text can be read for now.
+    - A sticker, animation or video without caption: that it cannot be seen.
 
     Args:
         message: A message `addressed_to_bot` accepted.
@@ -380,16 +508,17 @@ def local_answer(message: TelegramMessage, *, bot_name: str, bot_username: str) 
     """
     if message.command == "start":
         return GREETING.format(name=bot_name, username=bot_username, commands=command_list())
-    if message.command == ASK_COMMAND and not message.text and not message.quoted:
+    nothing_to_read = not (message.text or message.quoted or message.attachments)
+    if message.command == ASK_COMMAND and nothing_to_read:
         return (
             ASK_USAGE
             if message.media is None
-            else TEXT_ONLY.format(media=MEDIA_KINDS[message.media])
+            else CANNOT_SEE.format(media=MEDIA_KINDS[message.media])
         )
     if message.command is not None and message.command not in OUR_COMMANDS:
         return UNKNOWN_COMMAND.format(name=message.command, commands=command_list())
-    if message.media is not None and not message.text and not message.quoted:
-        return TEXT_ONLY.format(media=MEDIA_KINDS[message.media])
+    if message.media is not None and nothing_to_read:
+        return CANNOT_SEE.format(media=MEDIA_KINDS[message.media])
     return None
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from core.attachments import Kept
 from core.events import ConversationKey, Inbound
 
 
@@ -100,6 +101,7 @@ class NewMessage:
     author_name: str = ""
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+    attachments: Sequence[Kept] = ()  # stored in `attachments`; images keep their data
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,7 @@ class StoredMessage:
     author_name: str = ""
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+    images: list[dict[str, Any]] | None = None  # [{"id", "tokens", "name"}], see tables.py
     counted: bool = False
 
 
@@ -310,6 +313,10 @@ class SessionStore(Protocol):
         self, *, conversation_id: int, after_id: int, before_id: int | None, limit: int
     ) -> Sequence[StoredMessage]:
         """Messages with after_id < id < before_id, newest first, at most `limit`."""
+        ...
+
+    async def images(self, *, ids: Sequence[int]) -> dict[int, tuple[str, bytes]]:
+        """Stored images by attachment id: (mime type, data). Deleted ones are missing."""
         ...
 
     async def finish_turn(

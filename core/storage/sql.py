@@ -39,6 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.attachments import Attachment
 from core.events import ConversationKey, Inbound
 from core.storage.base import (
     AccessRule,
@@ -62,6 +63,7 @@ from core.storage.retry import retry_transient
 from core.storage.statements import CHANNEL_COLUMNS, NO_LIMIT_ID, STORED_COLUMNS, HotStatements
 from core.storage.tables import (
     access_rules,
+    attachments,
     channel_settings,
     conversations,
     moderation_flags,
@@ -153,6 +155,7 @@ class SqlStore:
                     "text": inbound.text,
                     "is_direct": inbound.is_direct,
                     "mentions_bot": inbound.mentions_bot,
+                    "attachments": [a.as_json() for a in inbound.attachments] or None,
                     "address": address,
                     "state": TurnState.RUNNING if leased else TurnState.PENDING,
                     "lease_owner": owner if leased else None,
@@ -386,6 +389,8 @@ class SqlStore:
             connection.execute(
                 self._hot.set_message, {"p_turn_id": turn.id, "p_message_id": message_id}
             )
+            if new.attachments:
+                _store_attachments(connection, state.id, message_id, turn.inbound, new)
             return message_id
 
         def work(connection: Connection) -> tuple[ConversationState, int]:
@@ -422,6 +427,12 @@ class SqlStore:
         statement = self._hot.recent_messages
         rows = await self._run(lambda c: c.execute(statement, values).all(), write=False)
         return [StoredMessage(*row) for row in rows]
+
+    async def images(self, *, ids: Sequence[int]) -> dict[int, tuple[str, bytes]]:
+        a = attachments.c
+        statement = select(a.id, a.mime, a.data).where(a.id.in_(ids), a.data.is_not(None))
+        rows = await self._run(lambda c: c.execute(statement).all(), write=False)
+        return {row.id: (row.mime, row.data) for row in rows}
 
     async def finish_turn(
         self,
@@ -792,6 +803,7 @@ _TURN_COLUMNS = (
     turns.c.text,
     turns.c.is_direct,
     turns.c.mentions_bot,
+    turns.c.attachments,
     turns.c.address,
     turns.c.state,
     turns.c.attempts,
@@ -813,6 +825,7 @@ def _turn(row: Any) -> Turn:  # a Row of _TURN_COLUMNS
             text=row.text,
             is_direct=row.is_direct,
             mentions_bot=row.mentions_bot,
+            attachments=tuple(Attachment.from_json(a) for a in row.attachments or ()),
         ),
         address=dict(row.address),
         state=row.state,
@@ -821,6 +834,36 @@ def _turn(row: Any) -> Turn:  # a Row of _TURN_COLUMNS
         reply=row.reply,
         posted=tuple(row.posted or ()),
     )
+
+
+def _store_attachments(
+    connection: Connection, conversation_id: int, message_id: int, inbound: Inbound, new: NewMessage
+) -> None:
+    """The message's attachments as rows; images are listed on the message, so a window
+    that shows it can send them again."""
+    images: list[dict[str, Any]] = []
+    for kept in new.attachments:
+        attachment_id = connection.execute(
+            attachments.insert().returning(attachments.c.id),
+            {
+                "conversation_id": conversation_id,
+                "message_id": message_id,
+                "platform": inbound.key.platform,
+                "user_id": inbound.user_id,
+                "kind": kept.kind,
+                "name": kept.name[:256],
+                "mime": kept.mime[:128],
+                "size": kept.size,
+                "tokens": kept.tokens,
+                "data": kept.data,
+            },
+        ).scalar_one()
+        if kept.data is not None:
+            images.append({"id": attachment_id, "tokens": kept.tokens, "name": kept.name})
+    if images:
+        connection.execute(
+            update(message_rows).where(message_rows.c.id == message_id).values(images=images)
+        )
 
 
 def _message_values(message: NewMessage) -> dict[str, Any]:

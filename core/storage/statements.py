@@ -49,6 +49,7 @@ STORED_COLUMNS = (
     message_rows.c.author_name,
     message_rows.c.tool_calls,
     message_rows.c.tool_call_id,
+    message_rows.c.images,
 )
 # A bound no message id reaches: "no upper bound" without a second statement.
 NO_LIMIT_ID = 2**62

@@ -29,6 +29,14 @@
   zlib context per connection, every message ending in Z_SYNC_FLUSH) and sends text frames
   otherwise, which discord.py also accepts (it only decompresses binary frames).
 
+- A CDN for attachments: `fake.add_attachment(data, filename, content_type)` stores a
+  file and returns its attachment object as MESSAGE_CREATE carries it (`url` under
+  `/attachments/{channel}/{id}/{filename}`, `proxy_url` under `/media/attachments/...`, both
+  on 127.0.0.1 and signed like Discord's: `?ex=<expiry>&is=<issued>&hm=<hmac>&`, hex epoch
+  seconds). Every download is recorded in `fake.downloads`. A URL whose signature does not
+  match or whose `ex` has passed (`fake.cdn_clock` moves the CDN's clock) gets Discord's 404
+  "This content is no longer available."
+
 `patched(fake)` points discord.py at the fake (both class attributes) and restores them.
 Module-level builders (`message_create`, `dm_message_create`, `interaction_create`,
 `thread_create`, `guild_text_channel`) make gateway payloads; send them with
@@ -41,8 +49,11 @@ Module-level builders (`message_create`, `dm_message_create`, `interaction_creat
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
+import hmac
+import io
 import itertools
 import json
 import re
@@ -85,6 +96,12 @@ BOT_USER: dict[str, Any] = {
     "flags": 0,
     "public_flags": 0,
 }
+
+# MessageFlags.IS_VOICE_MESSAGE, set on a message that is one recorded voice message.
+IS_VOICE_MESSAGE = 1 << 13
+# How long a signed attachment URL is valid (Discord's are, today, about a day).
+ATTACHMENT_URL_LIFETIME = 24 * 3600
+CDN_GONE = "This content is no longer available."
 
 # One snowflake sequence for every id this module makes (messages, threads, interactions),
 # so later objects always have larger ids, as on Discord.
@@ -448,6 +465,16 @@ class Call:
 
 
 @dataclass
+class Download:
+    """One GET of an attachment from the fake CDN, as received."""
+
+    path: str  # "/attachments/4000/1100.../photo.png" or "/media/attachments/..."
+    query: dict[str, str]
+    headers: dict[str, str]
+    status: int = 0
+
+
+@dataclass
 class Failure:
     method: str  # "" matches every method
     path_prefix: str
@@ -569,6 +596,10 @@ class FakeDiscord:
         self._observers: list[Callable[[Call], None]] = []
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
+        self.attachments: dict[str, tuple[bytes, str]] = {}  # id -> (data, content type)
+        self.downloads: list[Download] = []
+        self.cdn_clock: Callable[[], float] = time.time  # the CDN's now, for expiry
+        self._cdn_key = uuid.uuid4().bytes
 
     # --- addresses -------------------------------------------------------------------------
     @property
@@ -653,6 +684,58 @@ class FakeDiscord:
         restart): starting it again from its message fails as on Discord."""
         self.threads.append(dict(thread))
         self.channels[thread["id"]] = dict(thread)
+
+    def add_attachment(
+        self,
+        data: bytes,
+        filename: str,
+        content_type: str | None,
+        *,
+        channel_id: str = CHANNEL_ID,
+        size: int | None = None,
+        duration_secs: float | None = None,
+        flags: int = 0,
+    ) -> dict[str, Any]:
+        """A file uploaded to a channel: served by the fake CDN, returned as the attachment
+        object of a MESSAGE_CREATE (images get their width and height; `duration_secs` makes
+        it a voice message's, with a waveform: put it in a message with `flags`
+        IS_VOICE_MESSAGE). `size` is what Discord reports, the length of `data` unless
+        given (a file larger than a limit without serving that many bytes)."""
+        attachment_id = next_snowflake()
+        self.attachments[attachment_id] = (data, content_type or "application/octet-stream")
+        path = f"/attachments/{channel_id}/{attachment_id}/{filename}"
+        issued = int(self.cdn_clock())
+        ex, is_ = f"{issued + ATTACHMENT_URL_LIFETIME:08x}", f"{issued:08x}"
+        query = f"ex={ex}&is={is_}&hm={self._signature(path, ex, is_)}&"  # Discord's own "&"
+        payload: dict[str, Any] = {
+            "id": attachment_id,
+            "filename": filename,
+            "size": len(data) if size is None else size,
+            "url": f"{self.url}{path}?{query}",
+            "proxy_url": f"{self.url}/media{path}?{query}",
+        }
+        if content_type is not None:
+            payload["content_type"] = content_type
+        if content_type is not None and content_type.startswith("image/"):
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as image:
+                payload["width"], payload["height"] = image.size
+            payload["placeholder"] = base64.b64encode(hashlib.sha1(data).digest()[:16]).decode()
+            payload["placeholder_version"] = 1
+        if duration_secs is not None:
+            payload["duration_secs"] = duration_secs
+            # Discord samples the loudness at most every 100 ms, 256 values at most.
+            samples = min(256, max(1, round(duration_secs * 10)))
+            payload["waveform"] = base64.b64encode(bytes(range(samples))).decode()
+        if flags:
+            payload["flags"] = flags
+        return payload
+
+    def _signature(self, path: str, ex: str, is_: str) -> str:
+        """The `hm` of a CDN URL: `ex` (expiry) and `is` (issued) are hex epoch seconds."""
+        message = f"{path}?ex={ex}&is={is_}".encode()
+        return hmac.new(self._cdn_key, message, hashlib.sha256).hexdigest()
 
     # --- queries ---------------------------------------------------------------------------
     def calls_to(self, method: str, path_prefix: str = "") -> list[Call]:
@@ -783,6 +866,8 @@ class FakeDiscord:
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/resume", self._gateway)
         app.router.add_route("*", f"/api/v{API_VERSION}/{{tail:.*}}", self._rest)
+        app.router.add_get("/attachments/{channel}/{attachment}/{filename}", self._cdn)
+        app.router.add_get("/media/attachments/{channel}/{attachment}/{filename}", self._cdn)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -951,6 +1036,28 @@ class FakeDiscord:
 
     def _error(self, call: Call, status: int, message: str, code: int = 0) -> web.Response:
         return self._json(call, {"message": message, "code": code}, status)
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        """cdn.discordapp.com (and media.discordapp.net under /media): an attachment's bytes
+        for a valid, unexpired signature; Discord's 404 page otherwise."""
+        download = Download(request.path, dict(request.query), dict(request.headers))
+        self.downloads.append(download)
+        try:
+            path = request.path.removeprefix("/media")
+            ex, is_ = request.query.get("ex", ""), request.query.get("is", "")
+            stored = self.attachments.get(request.match_info["attachment"])
+            valid = (
+                request.query.get("hm") == self._signature(path, ex, is_)
+                and int(ex, 16) >= self.cdn_clock()  # a signed `ex` is hex
+            )
+            if stored is None or not valid:
+                download.status = 404
+                return web.Response(status=404, text=CDN_GONE)
+            data, content_type = stored
+            download.status = 200
+            return web.Response(body=data, headers={"Content-Type": content_type})
+        finally:
+            await self._notify()
 
     async def _rest(self, request: web.Request) -> web.Response:
         path = "/" + request.match_info["tail"]

@@ -92,6 +92,16 @@ class Recorded:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class Transcription:
+    """One /v1/audio/transcriptions request as received."""
+
+    model: str
+    filename: str
+    data: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
 class FakeOpenAI:
     """`async with FakeOpenAI() as fake:` then `fake.base_url` for the client."""
 
@@ -101,6 +111,8 @@ class FakeOpenAI:
         self.default: Reply | None = None
         self.moderations: deque[Moderation | Error | RawBody] = deque()
         self.moderation_rules: list[tuple[str, Moderation | Error]] = []
+        self.transcripts: deque[str | Error] = deque()
+        self.transcriptions: list[Transcription] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
         self._arrived = asyncio.Condition()
@@ -158,6 +170,13 @@ class FakeOpenAI:
         """Queue a literal answer body, sent as JSON whether it is or not (`'{"results": []}'`)."""
         self.moderations.append(RawBody(text, delay))
 
+    def transcript(self, text: str) -> None:
+        """Queue the text of the next /v1/audio/transcriptions answer."""
+        self.transcripts.append(text)
+
+    def transcription_error(self, status: int) -> None:
+        self.transcripts.append(Error(status))
+
     async def received(self, count: int) -> None:
         """Wait (at most 10 s) until `count` requests have arrived."""
         async with asyncio.timeout(10):
@@ -181,6 +200,7 @@ class FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/moderations", self._moderate)
+        app.router.add_post("/v1/audio/transcriptions", self._transcribe)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -199,6 +219,27 @@ class FakeOpenAI:
         async with self._arrived:
             self._arrived.notify_all()
         return body
+
+    async def _transcribe(self, request: web.Request) -> web.Response:
+        """The multipart form OpenAI's client sends: `file` (the audio) and `model`."""
+        form = await request.post()
+        upload = form["file"]
+        assert isinstance(upload, web.FileField), "the audio must come as a file part"
+        self.transcriptions.append(
+            Transcription(
+                model=str(form.get("model", "")),
+                filename=upload.filename,
+                data=upload.file.read(),
+                headers=dict(request.headers),
+            )
+        )
+        step = self.transcripts.popleft() if self.transcripts else "(no transcript scripted)"
+        if isinstance(step, Error):
+            return web.json_response(
+                {"error": {"message": "transcription failed", "type": "server_error"}},
+                status=step.status,
+            )
+        return web.json_response({"text": step})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)

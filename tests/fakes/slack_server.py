@@ -10,13 +10,18 @@
   bodies, connections dropped unanswered, and a window in which the port refuses
   connections, for a number of calls or a time.
 - `response_url`s for slash commands (`fake.new_response_url()`), recorded in `fake.responses`.
+- Files users shared: `fake.upload(name, data, mimetype)` hosts one at its `url_private` /
+  `url_private_download` and returns the file object a `file_share` event carries. Downloads
+  need `Authorization: Bearer <fake.bot_token>` (and `fake.files_read`, the app's scope);
+  otherwise Slack's sign-in page is the answer, with HTTP 200. Recorded in `fake.downloads`.
 - Socket Mode: `apps.connections.open` answers `ws://127.0.0.1:PORT/socket`; the fake says
   `hello`, `send_envelope` pushes `events_api` / `slash_commands` envelopes and `fake.acks`
   records what the app acknowledged.
 
 For the Events API over HTTP, the module-level builders (`app_mention`, `channel_message`,
-`dm_message`, `event_callback`, `slash_command`) make payloads, `sign` the headers, and
-`post_event` delivers them signed to an app served with `serve` (e.g. Bolt's `app.web_app()`).
+`dm_message`, `file_share`, `event_callback`, `slash_command`) make payloads, `sign` the
+headers, and `post_event` delivers them signed to an app served with `serve` (e.g. Bolt's
+`app.web_app()`).
 
 slack-sdk sends `chat.postMessage` / `chat.update` / `chat.postEphemeral` as JSON bodies,
 `auth.test` / `chat.delete` / `apps.connections.open` as POSTs with query-string parameters,
@@ -39,6 +44,7 @@ from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlencode
 
@@ -55,6 +61,14 @@ APP_ID = "A1"
 _ts_counter = itertools.count(1)
 _event_counter = itertools.count(1)
 _trigger_counter = itertools.count(1)
+_file_counter = itertools.count(1)
+
+# What files.slack.com answers a download without the bot token or the files:read scope: its
+# sign-in page, with HTTP 200 (shortened).
+SIGN_IN_PAGE = (
+    '<!DOCTYPE html><html lang="en-US"><head><meta charset="utf-8">'
+    "<title>Slack</title></head><body><h1>Sign in to Slack</h1></body></html>"
+)
 
 
 def next_ts() -> str:
@@ -91,6 +105,34 @@ class Posted:
     body: dict[str, Any]
     headers: dict[str, str]
     at: float
+
+
+@dataclass
+class HostedFile:
+    """A file users shared, as the fake serves it."""
+
+    id: str
+    data: bytes
+    mimetype: str
+    chunked: bool  # sent without Content-Length, in pieces
+
+
+@dataclass
+class Download:
+    """One GET of a file URL (`/files-pri/...`) as the fake received it."""
+
+    path: str  # "/files-pri/T1-F0000000001/download/cat.png"
+    headers: dict[str, str]
+    at: float
+    served: bool = False  # the file's bytes were sent (not the sign-in page, not a 404)
+
+    @property
+    def token(self) -> str | None:
+        """The token sent as `Authorization: Bearer ...`."""
+        for name, value in self.headers.items():
+            if name.lower() == "authorization" and value.startswith("Bearer "):
+                return value.removeprefix("Bearer ")
+        return None
 
 
 @dataclass
@@ -179,6 +221,10 @@ class FakeSlack:
         self.acks: list[dict[str, Any]] = []  # {"envelope_id": ..., "payload"?: ...}
         self.connection_count = 0  # Socket Mode connections accepted so far
         self.refusals: list[tuple[float, float]] = []  # (start, end) of each refusal window
+        self.bot_token = "xoxb-test"  # what file downloads must carry
+        self.files_read = True  # the app has the files:read scope
+        self.files: dict[str, HostedFile] = {}  # by file id, from `upload`
+        self.downloads: list[Download] = []
         self.port = 0
         self._failures: defaultdict[str, deque[Failure]] = defaultdict(deque)
         self._faults: deque[Fault] = deque()
@@ -263,6 +309,65 @@ class FakeSlack:
         options.setdefault("response_url", self.new_response_url())
         options.setdefault("team_id", self.team_id)
         return slash_command(command, text, **options)
+
+    def upload(
+        self,
+        name: str,
+        data: bytes,
+        mimetype: str,
+        *,
+        size: int | None = None,
+        user: str = "U1",
+        chunked: bool = False,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Host a file as if `user` had uploaded it; returns its file object, as the `files`
+        of a message event carry it (https://api.slack.com/types/file).
+
+        `size` is the size the object reports (default: the data's); `chunked` serves the
+        data without Content-Length; `fields` add to or replace the object's (`mode`,
+        `subtype` "slack_audio" for a voice clip ...).
+        """
+        file_id = f"F{next(_file_counter):010d}"
+        self.files[file_id] = HostedFile(file_id, data, mimetype, chunked)
+        slug = name.lower().replace(" ", "_")
+        where = f"{self.base_url}/files-pri/{self.team_id}-{file_id}"
+        filetype = PurePosixPath(slug).suffix.lstrip(".") or "binary"
+        created = int(time.time())
+        file: dict[str, Any] = {
+            "id": file_id,
+            "created": created,
+            "timestamp": created,
+            "name": name,
+            "title": name,
+            "mimetype": mimetype,
+            "filetype": filetype,
+            "pretty_type": filetype.upper(),
+            "user": user,
+            "user_team": self.team_id,
+            "editable": False,
+            "size": len(data) if size is None else size,
+            "mode": "hosted",
+            "is_external": False,
+            "external_type": "",
+            "is_public": False,
+            "public_url_shared": False,
+            "display_as_bot": False,
+            "username": "",
+            "url_private": f"{where}/{slug}",
+            "url_private_download": f"{where}/download/{slug}",
+            "media_display_type": mimetype.split("/")[0]
+            if mimetype.startswith(("image/", "audio/", "video/"))
+            else "unknown",
+            "permalink": f"https://test.slack.com/files/{user}/{file_id}/{slug}",
+            "permalink_public": f"https://slack-files.com/{self.team_id}-{file_id}-0a1b2c3d4e",
+            "comments_count": 0,
+            "is_starred": False,
+            "has_rich_preview": False,
+            "file_access": "visible",
+        }
+        file.update(fields)
+        return file
 
     # --- reading the record ----------------------------------------------------------------
     def calls_to(self, method: str) -> list[Call]:
@@ -385,6 +490,8 @@ class FakeSlack:
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/respond/{n}", self._respond)
         app.router.add_get("/socket", self._socket)
+        app.router.add_get("/files-pri/{key}/{name}", self._file)
+        app.router.add_get("/files-pri/{key}/download/{name}", self._file)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -657,6 +764,34 @@ class FakeSlack:
         finally:
             await self._notify()
 
+    # --- files -----------------------------------------------------------------------------
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        download = Download(request.path, dict(request.headers), time.monotonic())
+        self.downloads.append(download)
+        try:
+            team, _, file_id = request.match_info["key"].partition("-")
+            if download.token != self.bot_token or not self.files_read:
+                return web.Response(text=SIGN_IN_PAGE, content_type="text/html")
+            hosted = self.files.get(file_id)
+            if hosted is None or team != self.team_id:
+                return web.Response(
+                    status=404,
+                    text="<html><body>File not found</body></html>",
+                    content_type="text/html",
+                )
+            download.served = True
+            if not hosted.chunked:
+                return web.Response(body=hosted.data, content_type=hosted.mimetype)
+            response = web.StreamResponse(headers={"Content-Type": hosted.mimetype})
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for start in range(0, len(hosted.data), 8192):
+                await response.write(hosted.data[start : start + 8192])
+            await response.write_eof()
+            return response
+        finally:
+            await self._notify()
+
     # --- Socket Mode -----------------------------------------------------------------------
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse()  # answers the SDK's pings itself
@@ -879,6 +1014,37 @@ def dm_message(
         ts=ts,
         thread_ts=thread_ts,
         extra={"channel_type": "im", **extra},
+    )
+
+
+def file_share(
+    files: list[dict[str, Any]],
+    text: str = "",
+    *,
+    user: str = "U1",
+    channel: str = "D1",
+    ts: str | None = None,
+    thread_ts: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A `message` event of subtype `file_share`: `files` (from `FakeSlack.upload`) shared
+    with `text` as their caption, by default in a DM (`channel_type` from the channel id)."""
+    channel_type = "im" if channel.startswith("D") else "channel"
+    return _message_event(
+        "message",
+        text,
+        user=user,
+        channel=channel,
+        ts=ts,
+        thread_ts=thread_ts,
+        extra={
+            "subtype": "file_share",
+            "files": files,
+            "upload": False,
+            "display_as_bot": False,
+            "channel_type": channel_type,
+            **extra,
+        },
     )
 
 

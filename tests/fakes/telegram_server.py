@@ -30,6 +30,10 @@ keeps scalars as the strings that arrived and parses JSON objects/arrays (`reply
   `outage_over()` waits for the end; `refusals` records each refusal window.
 - `block(chat_id)`: the user blocked the bot; sends, edits, deletes and chat actions to that
   chat answer 403 "Forbidden: bot was blocked by the user" (PTB raises `Forbidden`).
+- `add_file(data, kind)` stores a file a user sent: `getFile` answers its File (`file_id`,
+  `file_unique_id`, `file_size`, `file_path`; 400 "file is too big" above 20 MB, 400
+  "invalid file_id" for an unknown id) and `GET /file/bot<TOKEN>/<file_path>` serves its
+  bytes; every download asked for is in `downloads`.
 
 Module-level builders (`private_message`, `group_message`, `edited_message`) make updates as
 Telegram sends them (entities with UTF-16 offsets, forum topics, reply chains);
@@ -76,6 +80,27 @@ GET_ME: dict[str, Any] = {
 }
 GROUP_CHAT_ID = -100123
 TEXT_LIMIT = 4096  # characters, after entity parsing
+DOWNLOAD_LIMIT = 20_000_000  # bytes: getFile refuses larger files ("file is too big")
+# Where Telegram keeps each kind of file (its file_path's folder and usual suffix), and how
+# its file_ids start.
+_FILE_FOLDERS = {
+    "photo": ("photos", ".jpg"),
+    "voice": ("voice", ".oga"),
+    "audio": ("music", ".mp3"),
+    "document": ("documents", ""),
+    "video": ("videos", ".mp4"),
+    "video_note": ("video_notes", ".mp4"),
+    "sticker": ("stickers", ".webp"),
+}
+_FILE_ID_PREFIXES = {
+    "photo": "AgACAgIAA",
+    "voice": "AwACAgIAA",
+    "audio": "CQACAgIAA",
+    "document": "BQACAgIAA",
+    "video": "BAACAgIAA",
+    "video_note": "DQACAgIAA",
+    "sticker": "CAACAgIAA",
+}
 CHAT_ACTIONS = {
     "typing",
     "upload_photo",
@@ -248,6 +273,9 @@ class FakeTelegram:
         self.webhook: dict[str, Any] | None = None  # {"url", "secret_token", ...} once set
         self.commands: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (scope, lang) -> list
         self.files: dict[str, bytes] = {}  # file_path -> content, served under base_file_url
+        self.file_infos: dict[str, dict[str, Any]] = {}  # file_id -> the File getFile answers
+        self.file_sizes: dict[str, int] = {}  # file_id -> its size, reported or not
+        self.downloads: list[str] = []  # file paths asked for under base_file_url, in order
         self.allowed_updates: list[str] | None = None
         self.flood_interval: float | None = None  # min seconds between sends/edits per chat
         self.blocked: set[int] = set()  # chats whose user blocked the bot (see `block`)
@@ -333,6 +361,35 @@ class FakeTelegram:
         """The user of `chat_id` blocked the bot: sends, edits, deletes and chat actions there
         answer 403 "Forbidden: bot was blocked by the user" from now on."""
         self.blocked.add(int(chat_id))
+
+    def add_file(
+        self,
+        data: bytes,
+        kind: str = "document",
+        *,
+        suffix: str = "",
+        size: int | None = None,
+        report_size: bool = True,
+    ) -> dict[str, Any]:
+        """Store a file as if a user had sent it; returns the fields a message carries for it
+        (`file_id`, `file_unique_id`, `file_size`), to merge into a PhotoSize, Voice, Audio or
+        Document. Its path is Telegram's: "photos/file_3.jpg", "voice/file_4.oga" ...
+
+        `size` is what Telegram says the file holds (default: `len(data)`), so a "25 MB" file
+        needs no 25 MB in memory; `report_size=False` leaves `file_size` out of the message
+        and of getFile's answer (both are optional in the Bot API)."""
+        number = len(self.file_infos)
+        folder, default_suffix = _FILE_FOLDERS[kind]
+        path = f"{folder}/file_{number}{suffix or default_suffix}"
+        file_id = f"{_FILE_ID_PREFIXES[kind]}AxkBAAIB{number:04d}"
+        fields: dict[str, Any] = {"file_id": file_id, "file_unique_id": f"AgAD{number:04d}"}
+        size = len(data) if size is None else size
+        if report_size:
+            fields["file_size"] = size
+        self.files[path] = data
+        self.file_sizes[file_id] = size
+        self.file_infos[file_id] = {**fields, "file_path": path}
+        return fields
 
     def push(self, update: Mapping[str, Any], *, update_id: int | None = None) -> int:
         """Queue an update for getUpdates (waking a held poll); returns its update_id.
@@ -448,10 +505,14 @@ class FakeTelegram:
 
     # --- the Bot API -----------------------------------------------------------------------
     async def _file(self, request: web.Request) -> web.Response:
-        content = self.files.get(request.match_info["path"])
-        if content is None:
+        path = request.match_info["path"]
+        self.downloads.append(path)
+        self._notify()
+        content = self.files.get(path)
+        wrong_token = self.token is not None and request.match_info["token"] != self.token
+        if content is None or wrong_token:
             return web.json_response(_error_body(404, "Not Found"), status=404)
-        return web.Response(body=content)
+        return web.Response(body=content, content_type="application/octet-stream")
 
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
@@ -579,6 +640,7 @@ class FakeTelegram:
             "editmessagetext": self._edit_message_text,
             "deletemessage": self._delete_message,
             "getchat": lambda args: self._chat(_chat_id(args)),
+            "getfile": self._get_file,
             "setmessagereaction": lambda args: True,
             "answercallbackquery": lambda args: True,
         }
@@ -651,6 +713,15 @@ class FakeTelegram:
             key=lambda entry: entry.update["update_id"],
         )
         return forced + normal
+
+    # --- files -----------------------------------------------------------------------------
+    def _get_file(self, args: dict[str, Any]) -> dict[str, Any]:
+        file_id = str(args.get("file_id") or "")
+        if file_id not in self.file_infos:
+            raise bad_request("invalid file_id")
+        if self.file_sizes[file_id] > DOWNLOAD_LIMIT:
+            raise bad_request("file is too big")
+        return dict(self.file_infos[file_id])
 
     # --- webhooks and commands -------------------------------------------------------------
     def _delete_webhook(self, args: dict[str, Any]) -> bool:
@@ -1633,16 +1704,22 @@ _MEDIA: dict[str, Any] = {
 
 
 def media_message(
-    kind: str, caption: str | None = None, *, group: bool = False, **options: Any
+    kind: str,
+    caption: str | None = None,
+    *,
+    group: bool = False,
+    media: Any = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """A message with an attachment ("photo", "voice", "video", "document", "sticker") and
-    an optional caption (with its entities), in a private chat or (`group=True`) a group."""
+    """A message with an attachment ("photo", "voice", "video", "document", "sticker", or
+    any other with `media`, its object) and an optional caption (with its entities), in a
+    private chat or (`group=True`) a group."""
     build = group_message if group else private_message
     update = build("", **options)
     message = update["message"]
     del message["text"]
     message.pop("entities", None)
-    message[kind] = copy.deepcopy(_MEDIA[kind])
+    message[kind] = copy.deepcopy(_MEDIA[kind] if media is None else media)
     if caption is not None:
         message["caption"] = caption
         if found := auto_entities(caption):

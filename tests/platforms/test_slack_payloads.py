@@ -58,6 +58,7 @@ class Case:
     status: int = 200
     body: str | None = None  # Bolt's exact answer body, when it matters
     prior: tuple[dict[str, Any], ...] = ()  # events delivered (and answered) first
+    reply: str | None = None  # the exact answer, when it is neither ANSWER nor the help
 
 
 _TS: dict[str, str] = {}
@@ -211,9 +212,11 @@ CASES = [
         seen="alice: what does this say?",
         key=key("D1"),
         reply_in=("D1", None),
+        # The file is downloaded from files.slack.com, which no test reaches.
+        reply="_I could not download report.pdf; please send it again._\n\nAnswer.",
     ),
     Case(
-        # An empty DM is answered with /help, as a bare mention is.
+        # A file alone is a message too (here one that cannot be downloaded).
         "file_share_without_text",
         message(
             "",
@@ -226,6 +229,7 @@ CASES = [
         key=key("D1"),
         reply_in=("D1", None),
         seen="",  # answered without the model
+        reply="I could not download report.pdf; please send it again.",
     ),
     Case(
         "channel_join",
@@ -443,7 +447,10 @@ async def test_payload(
         if case.reply_in is not None:
             channel, thread = case.reply_in
             reply = texts(slack, channel, thread)[-1]
-            assert reply == ANSWER if case.seen else reply.startswith("Commands:\n/help: ")
+            if case.reply is not None:
+                assert reply == case.reply
+            else:
+                assert reply == ANSWER if case.seen else reply.startswith("Commands:\n/help: ")
         if case.key is not None:
             assert await started.runtime.store.conversation_exists(key=case.key)
             stored = await stored_messages(started.database)

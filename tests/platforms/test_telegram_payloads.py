@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from adapters.telegram.translate import ASK_USAGE, TEXT_ONLY, UNKNOWN_COMMAND, command_list
+from adapters.telegram.translate import ASK_USAGE, CANNOT_SEE, UNKNOWN_COMMAND, command_list
 from core import wording
 from core.storage.tables import conversations, messages, turns
 from tests.fakes.openai_server import FakeOpenAI, Reply
@@ -57,7 +57,7 @@ GREETING = (
     "Here, just write to me. In a group, mention me (@parley_bot) or reply to one of my "
     "messages, or use /ask QUESTION; replying to a message with a mention lets me read it "
     "too.\n\n"
-    "Commands: /ask, /help, /reset, /persona, /personas, /usage"
+    "Commands: /ask, /help, /reset, /persona, /personas, /usage, /forget"
 )
 
 
@@ -236,32 +236,23 @@ CASES: list[Case] = [
         "Alice: what is a monad?",
         chat=GROUP_CHAT_ID,
     ),
+    # Photos, voice notes and documents: tests/platforms/test_telegram_attachments.py.
     answered(
-        "photo with a caption",
-        lambda: media_message("photo", "what is this?"),
-        "Alice: [a photo was attached, which you cannot see]\n\nwhat is this?",
-    ),
-    Case(
-        "photo without a caption",
-        lambda: media_message("photo"),
-        shown=TEXT_ONLY.format(media="a photo"),
+        "video with a caption",
+        lambda: media_message("video", "what is this?"),
+        "Alice: [a video was attached, which you cannot see]\n\nwhat is this?",
     ),
     ignored(
         "photo in a group, not for the bot",
         lambda: media_message("photo", "our trip", group=True),
         GROUP_CHAT_ID,
     ),
-    Case(
-        "voice message",
-        lambda: media_message("voice"),
-        shown=TEXT_ONLY.format(media="a voice message"),
-    ),
-    Case("sticker", lambda: media_message("sticker"), shown=TEXT_ONLY.format(media="a sticker")),
-    Case("video", lambda: media_message("video"), shown=TEXT_ONLY.format(media="a video")),
+    Case("sticker", lambda: media_message("sticker"), shown=CANNOT_SEE.format(media="a sticker")),
+    Case("video", lambda: media_message("video"), shown=CANNOT_SEE.format(media="a video")),
     answered(
-        "document with a caption mentioning the bot",
-        lambda: media_message("document", "@parley_bot summarize it", group=True),
-        "Alice: [a document was attached, which you cannot see]\n\nsummarize it",
+        "video with a caption mentioning the bot",
+        lambda: media_message("video", "@parley_bot summarize it", group=True),
+        "Alice: [a video was attached, which you cannot see]\n\nsummarize it",
         chat=GROUP_CHAT_ID,
     ),
     Case(
@@ -270,7 +261,7 @@ CASES: list[Case] = [
             media_message("sticker", group=True), reply_to_message=bots_message("Done!")
         ),
         chat=GROUP_CHAT_ID,
-        shown=TEXT_ONLY.format(media="a sticker"),
+        shown=CANNOT_SEE.format(media="a sticker"),
     ),
     answered(
         "reply with a quote",

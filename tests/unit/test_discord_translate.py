@@ -21,6 +21,7 @@ from adapters.discord.translate import (
     safe_text,
     thread_name,
 )
+from core.attachments import IMAGE, Attachment
 from core.events import ConversationKey
 
 BOT_ID = "1180427365310451812"
@@ -583,8 +584,9 @@ def test_mentioning_the_bots_managed_role_is_mentioning_the_bot() -> None:
     assert (other.text, other.mentions_bot) == ("@role when is the release?", False)
 
 
-def test_a_message_of_attachments_only_is_kept_and_marked() -> None:
+def test_a_message_of_attachments_only_is_kept_with_them() -> None:
     image = {"id": "1", "filename": "a.png", "size": 10, "url": "https://cdn/a.png"}
+    described = (Attachment(IMAGE, "a.png", "", 10, "https://cdn/a.png"),)
     only = parse_message(
         _guild_message(content="", guild_id=None, channel_id=DM, attachments=[image]),
         bot_id=BOT_ID,
@@ -597,11 +599,15 @@ def test_a_message_of_attachments_only_is_kept_and_marked() -> None:
         _guild_message(content="what is this?", attachments=[image]), bot_id=BOT_ID
     )
 
-    assert only is not None and (only.text, only.attachments_only) == ("", True)
-    assert sticker is not None and sticker.attachments_only
-    assert with_text is not None and (with_text.text, with_text.attachments_only) == (
-        "what is this?",
+    assert only is not None and (only.text, only.attachments, only.stickers_only) == (
+        "",
+        described,
         False,
+    )
+    assert sticker is not None and (sticker.attachments, sticker.stickers_only) == ((), True)
+    assert with_text is not None and (with_text.text, with_text.attachments) == (
+        "what is this?",
+        described,
     )
 
 

@@ -19,6 +19,7 @@ from adapters.slack.translate import (
     parse_event,
     replace_user_mentions,
 )
+from core.attachments import FILE, Attachment
 from core.events import ConversationKey
 
 TEAM = "T0G9PQBBK"
@@ -394,6 +395,15 @@ def message(**fields: Any) -> SlackMessage:
                 ts="1700000400.000800",
                 thread_ts="1700000400.000800",
                 mentions_bot=True,
+                attachments=(
+                    Attachment(
+                        FILE,
+                        "build.log",
+                        "text/plain",
+                        18342,
+                        "https://files.slack.com/files-pri/T0G9PQBBK-F0LOG4567/build.log",
+                    ),
+                ),
             ),
         ),
         (

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from adapters.telegram.bot import first_words
 from adapters.telegram.translate import (
     ASK_USAGE,
+    CANNOT_SEE,
     HORIZONTAL_RULE,
     QUOTE_LIMIT,
     TELEGRAM_LIMIT,
-    TEXT_ONLY,
     TelegramMessage,
     addressed_to_bot,
     conversation_key,
@@ -29,6 +29,7 @@ from adapters.telegram.translate import (
     utf16_length,
     utf16_slice,
 )
+from core.attachments import Attachment
 from core.events import ConversationKey
 
 BOT_ID = 7012345678
@@ -566,7 +567,11 @@ BOB_FIELDS: dict[str, Any] = {"user_id": BOB["id"], "user_name": "Bob"}
         (
             "photo with a caption",
             message(
-                message_id=38, text="what's in this picture?", mentions_bot=True, media="photo"
+                message_id=38,
+                text="what's in this picture?",
+                mentions_bot=True,
+                media="photo",
+                attachments=(Attachment("image", "photo.jpg", "image/jpeg", 0, "AgACAgQAAx1"),),
             ),
             True,
         ),
@@ -628,6 +633,7 @@ BOB_FIELDS: dict[str, Any] = {"user_id": BOB["id"], "user_name": "Bob"}
                 text="",
                 is_direct=True,
                 media="voice",
+                attachments=(Attachment("audio", "voice.ogg", "audio/ogg", 9000, "AwACAgIAAxk"),),
             ),
             True,
         ),
@@ -783,7 +789,8 @@ def test_an_unknown_command_in_a_private_chat_gets_the_list_of_ours() -> None:
     found = parse_update(update, bot_id=BOT_ID, bot_username=BOT_USERNAME)
     assert found is not None and addressed_to_bot(found)
     assert local_answer(found, bot_name="Parley", bot_username=BOT_USERNAME) == (
-        "I don't know /weather. My commands: /ask, /help, /reset, /persona, /personas, /usage"
+        "I don't know /weather. My commands: /ask, /help, /reset, /persona, /personas, /usage, "
+        "/forget"
     )
 
 
@@ -791,8 +798,8 @@ def test_an_unknown_command_in_a_private_chat_gets_the_list_of_ours() -> None:
     ("name", "answer"),
     [
         ("private /start", None),  # checked below: the greeting
-        ("a sticker", TEXT_ONLY.format(media="a sticker")),
-        ("a voice message", TEXT_ONLY.format(media="a voice message")),
+        ("a sticker", CANNOT_SEE.format(media="a sticker")),
+        ("a voice message", None),  # the engine transcribes it
         ("photo with a caption", None),
         ("group @mention", None),
         ("/ask@parley_bot", None),
@@ -804,7 +811,7 @@ def test_answers_the_adapter_gives_itself(name: str, answer: str | None) -> None
         assert given is not None and given.startswith("Hi, I'm Parley, an AI assistant.")
         assert "mention me (@parley_bot) or reply to one of my messages" in given
         assert "/ask QUESTION" in given
-        assert given.endswith("Commands: /ask, /help, /reset, /persona, /personas, /usage")
+        assert given.endswith("Commands: /ask, /help, /reset, /persona, /personas, /usage, /forget")
     else:
         assert given == answer
 
@@ -827,10 +834,8 @@ def test_a_bare_ask_replying_to_a_message_asks_about_it() -> None:
     ("name", "text"),
     [
         ("private text", "What's the capital of Australia?"),
-        (
-            "photo with a caption",
-            "[a photo was attached, which you cannot see]\n\nwhat's in this picture?",
-        ),
+        ("photo with a caption", "what's in this picture?"),  # the photo is an attachment
+        ("a sticker", "[a sticker was attached, which you cannot see]"),
         ("reply with a partial quote", "> Le train part à midi\n\ntranslate this"),
         ("/persona@Parley_Bot coder", "/persona coder"),
         # The bot's own answer is in the conversation already: not quoted again.
