@@ -1,4 +1,4 @@
-"""Commands every platform offers (/help, /reset, /persona, /personas, /usage).
+"""Commands every platform offers (/help, /reset, /persona, /personas, /usage, /forget).
 
 Adapters map their native forms (Slack `/parley reset`, Telegram `/reset@bot`, Discord slash
 commands) onto the text `/name argument`, which `parse_command` reads.
@@ -15,6 +15,8 @@ from core.events import ConversationKey, Inbound
 from core.personas import Persona, PersonaCatalogue, resolve_persona
 from core.policy import KINDS, AccessControl, Limits
 from core.storage.base import AccessRule, SessionStore
+from core.storage.privacy import Privacy
+from core.storage.sql import SqlStore
 from core.tools import ToolRegistry
 
 COMMANDS: dict[str, str] = {
@@ -23,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "persona": "show the persona, or switch with /persona NAME",
     "personas": "list the personas",
     "usage": "show your token usage",
+    "forget": "delete everything I keep about you (asks first)",
 }
 
 # Commands that change a channel for everyone in it. When PARLEY_ADMINS is set, only admins
@@ -51,8 +54,8 @@ SWITCH_ANSWERS = {
 SCOPES = ("thread", "channel", "user")
 
 ATTACHMENT_ONLY_COMMAND = "attachment_only"
-"""The hidden command an adapter sends for a message without text, only attachments: the
-answer says so without calling the model."""
+"""The hidden command an adapter sends for a message of nothing the bot can read (Discord
+stickers): the answer says so without calling the model."""
 
 # "/name" or "/name@botname", then the argument. "/etc/hosts ..." is not a command.
 _COMMAND = re.compile(r"^/([A-Za-z][A-Za-z0-9_]*)(?:@\S+)?(?:\s+(.*))?$", re.DOTALL)
@@ -93,6 +96,7 @@ class CommandHandler:
             "persona": self._persona,
             "personas": self._list_personas,
             "usage": self._usage,
+            "forget": self._forget,
             "scope": self._scope,
             "tools": self._channel_tools,
             "kb": self._channel_knowledge,
@@ -101,8 +105,8 @@ class CommandHandler:
             "merge": self._merge,
             "mentions": self._mentions,
             "access": self._access_lists,
-            # Not listed in /help: adapters send it for a message that holds only
-            # attachments (images, files, stickers), which the bot cannot read.
+            # Not listed in /help: adapters send it for a message that holds only what the
+            # bot cannot read (stickers).
             ATTACHMENT_ONLY_COMMAND: self._attachment_only,
         }
 
@@ -198,6 +202,36 @@ class CommandHandler:
             left = max(budget - today.tokens, 0)
             report += " " + wording.BUDGET_LEFT.format(left=left, limit=budget)
         return report
+
+    async def _forget(self, inbound: Inbound, argument: str) -> str:
+        # Stateless confirmation: any process may take the second message, and a plain word
+        # is enough, since it only ever deletes the sender's own data.
+        if not isinstance(self._store, SqlStore):
+            return wording.FORGET_UNAVAILABLE
+        privacy = Privacy(self._store)
+        platform = inbound.key.platform
+        # Today's usage rows stay where a budget may apply, or /forget would reset it.
+        budgets = await privacy.budgets_apply(
+            platform=platform, default_tokens_per_day=self._limits.tokens_per_day
+        )
+        if argument.lower() != "confirm":
+            kept = wording.FORGET_USAGE_KEPT if budgets else ""
+            return wording.FORGET_ASK.format(usage_kept=kept)
+        now = self._clock().astimezone(UTC)
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        forgotten = await privacy.forget(
+            platform=platform,
+            user_id=inbound.user_id,
+            keep_event=inbound.event_id,
+            keep_usage_since=midnight if budgets else None,
+        )
+        if not inbound.is_direct:  # counts would tell the channel how much they wrote
+            return wording.FORGET_DONE
+        return wording.FORGET_DONE_COUNTED.format(
+            messages=_plural(forgotten.messages, "message"),
+            files=_plural(forgotten.attachments, "image or file", "images and files"),
+            conversations=_plural(forgotten.conversations, "conversation"),
+        )
 
     async def _channel_limits_of(self, key: ConversationKey) -> Limits:
         return self._limits.for_channel(await self._store.channel(key=key))
@@ -346,6 +380,10 @@ def _cost(usd: float) -> str:
     if not usd:
         return ""  # no priced model was used (a local one, say)
     return f", about ${usd:,.2f}" if usd >= 0.01 else ", under $0.01"
+
+
+def _plural(count: int, one: str, many: str = "") -> str:
+    return f"{count} {one}" if count == 1 else f"{count} {many or one + 's'}"
 
 
 def _replies(count: int) -> str:

@@ -25,6 +25,7 @@ MODEL_FAILURE = {
     "stopped sending it). Please ask again.",
 }
 
+ATTACHMENTS_OFF = "I cannot read attachments here; please send your message as text."
 UNEXPECTED_FAILURE = "Something went wrong on my side; your message is saved. Please try again."
 
 TRUNCATED_MARKER = "\n[… message truncated to fit the context window …]"
@@ -39,10 +40,7 @@ PERSONAS_HEADER = "Personas (switch with /persona NAME):"
 PERSONA_IN_USE = " (in use)"
 PERSONA_UNKNOWN = "There is no persona called '{name}'. Available: {available}."
 
-ATTACHMENT_ONLY = (
-    "I can only read text for now, so I can't see attachments, images or stickers. "
-    "Please write your question as text."
-)
+ATTACHMENT_ONLY = "I can't see stickers; please write your question as text."
 
 UNKNOWN_COMMAND = "Unknown command /{name}. Available commands: {available}."
 
@@ -51,6 +49,29 @@ USAGE_REPORT = (
     "last 30 days {month_tokens:,} tokens in {month_turns}"
     "{cost}. This conversation: {conversation_tokens:,} tokens."
 )
+
+FORGET_ASK = (
+    "/forget deletes for good what I keep about you on this platform, in every chat:\n"
+    "- your messages and my answers to them; where nobody else talks to me (a direct chat, "
+    "your own threads), the whole conversation and its summary\n"
+    "- the images and files you sent, moderation flags on your messages, and your usage "
+    "records{usage_kept}\n"
+    "- summaries of shared conversations that include your words (I rebuild them without "
+    "yours)\n"
+    "Other people's messages stay, and so do the admins' access-list entries about you.\n"
+    "To go ahead, send /forget confirm"
+)
+FORGET_USAGE_KEPT = " (except today's token counts, which the daily budget needs)"
+FORGET_DONE = (
+    "Done: I deleted what I kept about you on this platform. I no longer remember our "
+    "conversations."
+)
+FORGET_DONE_COUNTED = (
+    "Done: I deleted {messages} (yours and my answers), {files}, and {conversations} in "
+    "full, with everything else I kept about you on this platform. I no longer remember our "
+    "conversations."
+)
+FORGET_UNAVAILABLE = "Sorry, /forget needs the bot's database. Ask one of the bot's admins."
 
 EMPTY_REPLY = "The model returned an empty answer. Please rephrase your message or try again."
 

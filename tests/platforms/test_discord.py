@@ -82,7 +82,15 @@ async def test_ask_is_deferred_then_answered(
     fake_openai.reply("**Paris**, on the Seine.", chunk_delay=0.02)
     async with bot_factory():
         commands = [c["name"] for c in discord_fake.commands[None]]
-        assert sorted(commands) == ["ask", "help", "persona", "personas", "reset", "usage"]
+        assert sorted(commands) == [
+            "ask",
+            "forget",
+            "help",
+            "persona",
+            "personas",
+            "reset",
+            "usage",
+        ]
         await discord_fake.dispatch(
             "INTERACTION_CREATE", interaction_create("ask", {"prompt": "Capital of France?"})
         )
@@ -269,3 +277,43 @@ async def test_shard_settings_make_an_auto_sharded_client(engine_factory: Any) -
         )
         assert isinstance(bot.client, discord.AutoShardedClient)
         assert (bot.client.shard_count, bot.client.shard_ids) == (4, [1, 3])
+
+
+async def test_slash_forget_asks_and_with_confirm_deletes_the_users_messages(
+    bot_factory: Callable[..., Any], discord_fake: FakeDiscord, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply("Noted.")
+    async with bot_factory() as runtime:
+        await discord_fake.dispatch("MESSAGE_CREATE", dm_message_create("my secret is 42"))
+        await contents_become(discord_fake, DM_CHANNEL_ID, ["Noted."])
+
+        async def answered(options: dict[str, Any]) -> str:
+            before = len(discord_fake.interaction_responses)
+            await discord_fake.dispatch(
+                "INTERACTION_CREATE", interaction_create("forget", options, guild_id=None)
+            )
+            await discord_fake.wait_for(
+                lambda: any(
+                    r["kind"] == "edit_original"
+                    for r in discord_fake.interaction_responses[before:]
+                )
+            )
+            [edit] = [
+                r
+                for r in discord_fake.interaction_responses[before:]
+                if r["kind"] == "edit_original"
+            ]
+            return str(edit["body"]["content"])
+
+        assert (await answered({})).endswith("To go ahead, send /forget confirm")
+        key = ConversationKey("discord", "", DM_CHANNEL_ID)
+        state = await runtime.store.conversation(key=key)
+        assert await runtime.store.recent_messages(
+            conversation_id=state.id, after_id=0, before_id=None, limit=10
+        )
+        assert (await answered({"confirm": True})).startswith("Done: I deleted")
+        state = await runtime.store.conversation(key=key)
+        assert not await runtime.store.recent_messages(
+            conversation_id=state.id, after_id=0, before_id=None, limit=10
+        )
+    assert len(fake_openai.chat_requests) == 1

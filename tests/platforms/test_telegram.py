@@ -90,7 +90,7 @@ async def test_a_private_message_is_answered_with_typing_then_a_growing_reply(
         # Registered at start, so the commands show in Telegram's menu.
         [commands] = telegram.calls_to("setMyCommands")
         names = [c["command"] for c in commands.args["commands"]]
-        assert names == ["ask", "help", "reset", "persona", "personas", "usage"]
+        assert names == ["ask", "help", "reset", "persona", "personas", "usage", "forget"]
 
 
 async def test_a_quick_answer_needs_no_typing_action(

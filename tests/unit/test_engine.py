@@ -302,7 +302,7 @@ async def test_unknown_persona_and_unknown_command_list_what_exists(
     )
     assert command[0].text == (  # type: ignore[union-attr]
         "Unknown command /frobnicate. Available commands: "
-        "/help, /reset, /persona, /personas, /usage."
+        "/help, /reset, /persona, /personas, /usage, /forget."
     )
     lines = listing[0].text.split("\n")  # type: ignore[union-attr]
     assert lines[0] == "Personas (switch with /persona NAME):"
@@ -344,14 +344,13 @@ async def test_tools_answers_read_as_sentences(engine_factory: EngineFactory) ->
     )
 
 
-async def test_a_message_of_attachments_only_is_answered_without_the_model(
+async def test_a_message_of_stickers_only_is_answered_without_the_model(
     engine_factory: EngineFactory, fake_openai: FakeOpenAI
 ) -> None:
     async with engine_factory() as runtime:
         answer = await turn(runtime.engine, "/attachment_only")
     assert answer[0].text == (  # type: ignore[union-attr]
-        "I can only read text for now, so I can't see attachments, images or stickers. "
-        "Please write your question as text."
+        "I can't see stickers; please write your question as text."
     )
     assert fake_openai.chat_requests == []
 
