@@ -1,5 +1,5 @@
 """One aiohttp server for everything Parley serves over HTTP: Slack events, the Telegram
-webhook, the API and its pages.
+webhook, the API and its pages, and in every `parley run` /healthz, /readyz and /metrics.
 
 Platforms add their routes before it starts, so they share PARLEY_HTTP_HOST:PARLEY_HTTP_PORT
 (one port to open in a firewall, one proxy rule), each under its own path.
@@ -14,6 +14,8 @@ from types import TracebackType
 from urllib.parse import parse_qsl
 
 from aiohttp import web
+
+from core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,15 @@ class HttpServer:
         self._runner = web.AppRunner(self._app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # the port is taken (another `parley run`?), or not ours
+            await self._runner.cleanup()
+            raise ConfigError(
+                f"PARLEY_HTTP_HOST/PARLEY_HTTP_PORT: cannot listen on {self.host}:{self.port} "
+                f"({exc.strerror or exc}); every `parley run` serves /healthz, /readyz and "
+                "/metrics there: give each process on a host its own port"
+            ) from None
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         for path in self.paths:
             log.info("listening on http://%s:%s%s", self.host, self.port, path)

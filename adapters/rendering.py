@@ -22,6 +22,7 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from core.events import Accepted, Delta, ReplyEvent, ToolFinished, ToolStarted
+from core.observe import delivery_retried
 from core.scheduler import DeliveryFailed, MessageGone
 
 logger = logging.getLogger(__name__)
@@ -576,6 +577,7 @@ class StreamingReply:
                 logger.warning("Delivering failed (%s); retrying in %.1f s", _brief(exc), backoff)
                 self._not_before = self._clock() + backoff
                 backoff = min(backoff * 2, MAX_BACKOFF)
+            delivery_retried()
             attempt += 1
 
     async def _wait_for_turn(self) -> None:

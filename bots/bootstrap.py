@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bots.mcp import SEPARATOR, McpTools
+from bots.metrics import PrometheusRecorder
 from bots.platforms import HTTP, PLATFORMS, configured
+from bots.retention import Retention
 from bots.tools import SHIPPED_TOOL_MODULES
+from core.attachments import AttachmentReader
 from core.config import Settings
 from core.conversation import Engine, EngineOptions
 from core.errors import ConfigError
 from core.knowledge.passages import Hit, Retriever
-from core.llm import ModelClient, OpenAIModelClient
+from core.llm import ModelClient, OpenAIModelClient, OpenAITranscriber
 from core.moderation import Direction, ModerationChain, Moderator
 from core.personas import Persona, PersonaCatalogue
 from core.policy import AccessControl, Limits, RateLimiter, parse_entries
@@ -46,6 +49,8 @@ class Runtime:
     """Who answers, in words for the user: the model's name, or the embedded model's title."""
     personas: PersonaCatalogue
     default_persona: str
+    metrics: PrometheusRecorder
+    """What the engine and the scheduler count, served at /metrics by `parley run`."""
 
 
 def load_tools(
@@ -173,10 +178,11 @@ def moderation_chain(settings: Settings, stack: AsyncExitStack) -> ModerationCha
 
 @dataclass
 class Platforms:
-    """The running chat platforms, and the HTTP server when one of them receives HTTP."""
+    """The running chat platforms, and the HTTP server (the API, platforms' webhooks, and
+    always /healthz, /readyz and /metrics)."""
 
     bots: list[object]
-    http: HttpServer | None
+    http: HttpServer
     scheduler: Scheduler
 
 
@@ -205,6 +211,7 @@ async def chat_platforms(
         )
     try:
         from adapters.http import HttpServer  # aiohttp: only the platform extras install it
+        from bots.health import Health
     except ImportError:
         extra = chosen[0] if chosen else HTTP
         raise ConfigError(
@@ -222,17 +229,21 @@ async def chat_platforms(
         keep_finished_seconds=settings.keep_finished_hours * 3600,
         grace_seconds=settings.shutdown_grace,
         merge_queued=settings.merge_queued,
+        recorder=runtime.metrics,
     )
     bots = [_platform(name, settings, runtime, http, scheduler) for name in chosen]
+    Health(store=runtime.store, platforms=bots, metrics=runtime.metrics).mount(http)
     async with AsyncExitStack() as stack:
         for bot in bots:
             await stack.enter_async_context(bot)
         # Started once every platform can deliver (recovery delivers at once); on exit it
         # stops before them, so running turns can still finish their replies.
         await stack.enter_async_context(scheduler)
-        if http.paths:  # started last, so no request arrives before every bot is ready
-            await stack.enter_async_context(http)
-        yield Platforms(bots=list(bots), http=http if http.paths else None, scheduler=scheduler)
+        if settings.retention_days and isinstance(runtime.store, SqlStore):
+            await stack.enter_async_context(Retention(runtime.store, days=settings.retention_days))
+        # Started last, so no request arrives before every bot is ready.
+        await stack.enter_async_context(http)
+        yield Platforms(bots=list(bots), http=http, scheduler=scheduler)
 
 
 async def _api_configured(settings: Settings, runtime: Runtime) -> bool:
@@ -311,6 +322,24 @@ class _LazyKnowledge:
         return await self._bases.search(kbs, query, limit)
 
 
+def _transcriber(settings: Settings, stack: AsyncExitStack) -> OpenAITranscriber | None:
+    """Voice notes are transcribed where the model's server (or PARLEY_TRANSCRIPTION_BASE_URL)
+    can: not by the embedded model's server, which has no speech model."""
+    base_url = settings.transcription_base_url or settings.openai_base_url
+    if not settings.transcription_model or (settings.uses_embedded_model and base_url is None):
+        return None
+    key = settings.transcription_api_key
+    transcriber = OpenAITranscriber(
+        api_key=key.get_secret_value() if key is not None else _api_key(settings),
+        base_url=str(base_url) if base_url is not None else None,
+        model=settings.transcription_model,
+        timeout=settings.model_timeout,
+        max_retries=settings.model_retries,
+    )
+    stack.push_async_callback(transcriber.close)
+    return transcriber
+
+
 def _api_key(settings: Settings) -> str:
     return settings.openai_api_key.get_secret_value() if settings.openai_api_key else "none"
 
@@ -375,9 +404,15 @@ async def build_engine(
         limits = Limits(
             requests_per_minute=settings.user_rpm, tokens_per_day=settings.user_tokens_per_day
         )
+        metrics = PrometheusRecorder()
         engine = Engine(
             store=store,
             model=model,
+            attachments=AttachmentReader(
+                transcriber=_transcriber(settings, stack),
+                max_download_bytes=int(settings.max_attachment_mb * 1_000_000),
+                max_file_chars=settings.file_max_chars,
+            ),
             personas=catalogue,
             default_persona=default,
             options=EngineOptions(
@@ -392,6 +427,7 @@ async def build_engine(
                 local_lease=settings.lease_seconds,
                 kb_passages=settings.kb_passages,
                 kb_chars=settings.kb_tokens * 4,
+                vision=settings.vision,
             ),
             tools=tools,
             access=access_control(settings, store),
@@ -400,6 +436,7 @@ async def build_engine(
             prices=PriceTable(settings.prices),
             retriever=_LazyKnowledge(settings, store) if isinstance(store, SqlStore) else None,
             clock=clock or (lambda: datetime.now(UTC)),
+            recorder=metrics,
         )
         yield Runtime(
             engine=engine,
@@ -407,4 +444,5 @@ async def build_engine(
             model_label=model_label,
             personas=catalogue,
             default_persona=default.name,
+            metrics=metrics,
         )

@@ -15,8 +15,9 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from signal import SIGINT, SIGTERM
+from typing import Any
 
-from bots.logs import RedactSecrets, configure_logging
+from bots.logs import RedactSecrets, announce, configure_logging
 from bots.platforms import PLATFORMS
 from core.config import Settings, load_settings
 from core.errors import ConfigError
@@ -135,6 +136,25 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--kb", default="default", type=_key_name, help="its name (default)")
     kb_list.add_argument("--kb", type=_key_name, help="only this knowledge base")
 
+    export = command(
+        "export",
+        "write what Parley keeps about a user as JSON (what /forget would delete)",
+        "Reads: DATABASE_URL. Their conversations (whole where nobody else wrote; in shared\n"
+        "ones their messages and the replies to them), images and files (base64), turns,\n"
+        "usage, moderation flags, and access-list entries naming them. User ids are per\n"
+        "platform: without --platform, every platform where the id appears.\n\n"
+        "examples:\n  parley export --user U024BE7LH --platform slack --output ada.json\n"
+        "  parley export --user alice --platform api --no-attachment-data",
+    )
+    export.add_argument("--user", required=True, metavar="ID", help="their id on the platform")
+    export.add_argument("--platform", help="slack, discord, telegram, api, console, ...")
+    export.add_argument("--output", metavar="FILE", help="write here (default: stdout)")
+    export.add_argument(
+        "--no-attachment-data",
+        action="store_true",
+        help="list images and files without their data",
+    )
+
     db = command(
         "db",
         "manage the database schema",
@@ -171,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_keys(settings, arguments))
         if arguments.command == "kb":
             return asyncio.run(_kb(settings, arguments))
+        if arguments.command == "export":
+            return _export(settings, arguments)
         return asyncio.run(_db(settings, arguments.db_command, getattr(arguments, "revision", "")))
     except ConfigError as exc:
         print(f"parley: {redact.redact(str(exc))}", file=sys.stderr)
@@ -220,7 +242,7 @@ async def _run(settings: Settings, platforms: list[str]) -> int:
         loop = asyncio.get_running_loop()
         for signal in (SIGINT, SIGTERM):
             loop.add_signal_handler(signal, stop.set)
-        print("Parley is running; Ctrl-C stops it.", file=sys.stderr)
+        announce(settings, "Parley is running; Ctrl-C stops it.")
         await stop.wait()
     return 0
 
@@ -315,6 +337,40 @@ async def _kb(settings: Settings, arguments: argparse.Namespace) -> int:
     store = await open_store(settings)
     try:
         return await kb.run(settings, store, arguments)
+    finally:
+        await store.close()
+
+
+def _export(settings: Settings, arguments: argparse.Namespace) -> int:
+    data = asyncio.run(_exported(settings, arguments))
+    text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    if arguments.output is None:
+        sys.stdout.write(text)
+        return 0
+    # Someone's personal data: readable by its owner only.
+    descriptor = os.open(arguments.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(descriptor, "w", encoding="utf-8") as output:
+        output.write(text)
+    found = sum(len(c["messages"]) for c in data["conversations"])
+    print(
+        f"Wrote {found} messages in {len(data['conversations'])} conversations of "
+        f"{arguments.user} to {arguments.output}.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _exported(settings: Settings, arguments: argparse.Namespace) -> dict[str, Any]:
+    from bots.bootstrap import open_store
+    from core.storage.privacy import Privacy
+
+    store = await open_store(settings)
+    try:
+        return await Privacy(store).export(
+            user_id=arguments.user,
+            platform=arguments.platform,
+            attachment_data=not arguments.no_attachment_data,
+        )
     finally:
         await store.close()
 

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     max_concurrent_turns: PositiveInt = Field(64, alias="PARLEY_MAX_CONCURRENT_TURNS")
     delivery_deadline: PositiveFloat = Field(600.0, alias="PARLEY_DELIVERY_DEADLINE")
     keep_finished_hours: PositiveFloat = Field(48.0, alias="PARLEY_KEEP_FINISHED_HOURS")
+    # 0: keep messages until /forget; N: `parley run` purges what is older than N days hourly.
+    retention_days: NonNegativeInt = Field(0, alias="PARLEY_RETENTION_DAYS")
     shutdown_grace: NonNegativeFloat = Field(30.0, alias="PARLEY_SHUTDOWN_GRACE")
     merge_queued: bool = Field(False, alias="PARLEY_MERGE_QUEUED")
 
@@ -155,6 +157,16 @@ class Settings(BaseSettings):
     kb_passages: NonNegativeInt = Field(4, alias="PARLEY_KB_PASSAGES")
     kb_tokens: PositiveInt = Field(1500, alias="PARLEY_KB_TOKENS")
 
+    # Images, voice notes and files sent to the bot.
+    vision: Literal["auto", "always", "never"] = Field("auto", alias="PARLEY_VISION")
+    max_attachment_mb: Annotated[float, Field(gt=0, le=2000)] = Field(
+        20.0, alias="PARLEY_MAX_ATTACHMENT_MB"
+    )
+    file_max_chars: PositiveInt = Field(100_000, alias="PARLEY_FILE_MAX_CHARS")
+    transcription_model: str = Field("whisper-1", alias="PARLEY_TRANSCRIPTION_MODEL")
+    transcription_base_url: AnyHttpUrl | None = Field(None, alias="PARLEY_TRANSCRIPTION_BASE_URL")
+    transcription_api_key: SecretStr | None = Field(None, alias="PARLEY_TRANSCRIPTION_API_KEY")
+
     http_host: str = Field("127.0.0.1", alias="PARLEY_HTTP_HOST", min_length=1)
     http_port: int = Field(8080, alias="PARLEY_HTTP_PORT", ge=0, le=65535)
     http_cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -197,6 +209,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "WARNING", alias="PARLEY_LOG_LEVEL"
     )
+    # json: one object per line (timestamp, level, logger, message, turn ids) for collectors.
+    log_format: Literal["text", "json"] = Field("text", alias="PARLEY_LOG_FORMAT")
+    # Users' messages and the bot's replies in the log (at INFO): off unless asked for.
+    log_messages: bool = Field(False, alias="PARLEY_LOG_MESSAGES")
 
     @field_validator("database_url")
     @classmethod

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 from core import wording
+from core.attachments import AttachmentReader, Fetch, ReadAttachments, sees_images
 from core.commands import CommandHandler, parse_command
 from core.context import Window, WindowCache, build_window, context_size, counted, shorten
 from core.errors import ModelError
@@ -44,6 +46,15 @@ from core.moderation import (
     ModerationChain,
     ModerationUnavailable,
     Verdict,
+)
+from core.observe import (
+    NO_RECORDER,
+    Recorder,
+    TurnIds,
+    first_chunk_timed,
+    messages_log,
+    outcome_of,
+    working_on,
 )
 from core.personas import Persona, PersonaCatalogue, resolve_persona
 from core.policy import AccessControl, RateLimiter
@@ -95,6 +106,7 @@ class EngineOptions:
     local_lease: float = 30.0
     kb_passages: int = 4  # retrieved before each answer when knowledge bases are attached
     kb_chars: int = 6000  # at most this much of them in the prompt
+    vision: str = "auto"  # PARLEY_VISION: send images to the model (auto: if it sees them)
 
 
 # How much of a flagged text is kept for review (personal data scrubbed).
@@ -127,9 +139,14 @@ class Engine:
         moderation: ModerationChain | None = None,
         prices: PriceTable | None = None,
         retriever: Retriever | None = None,
+        attachments: AttachmentReader | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        recorder: Recorder = NO_RECORDER,
     ) -> None:
         self._store = store
+        self._recorder = recorder
+        self._attachments = attachments
+        self._fetchers: dict[str, Fetch] = {}
         self._retriever = retriever
         self._access = access
         self._limiter = limiter
@@ -161,6 +178,10 @@ class Engine:
     @property
     def personas(self) -> PersonaCatalogue:
         return self._personas
+
+    def add_fetcher(self, platform: str, fetch: Fetch) -> None:
+        """How `platform`'s adapter downloads attachments (through its SDK)."""
+        self._fetchers[platform] = fetch
 
     async def accept(
         self,
@@ -226,6 +247,29 @@ class Engine:
             LeaseLost: another process took the turn over; it answers instead.
             DatabaseUnavailable: the end could not be stored; the turn is run again later.
         """
+        if messages_log.isEnabledFor(logging.INFO):
+            messages_log.info(
+                "turn %s: %s wrote: %s", turn.id, turn.inbound.user_name, turn.inbound.text
+            )
+        started = time.perf_counter()
+        last: ReplyEvent | None = None
+        async for event in self._run(turn, owner):
+            last = event
+            yield event
+        outcome = outcome_of(last)
+        if outcome is None:
+            return  # the caller stopped listening: the turn did not end here
+        assert last is not None
+        platform = turn.inbound.key.platform
+        seconds = time.perf_counter() - started
+        self._recorder.turn_finished(platform=platform, outcome=outcome, seconds=seconds)
+        reason = getattr(last, "reason", "")
+        if isinstance(last, Failed) or reason == "moderation_unavailable":
+            self._recorder.error(kind=reason)
+        if messages_log.isEnabledFor(logging.INFO):
+            messages_log.info("turn %s: replied (%s): %s", turn.id, outcome, shown_text(last))
+
+    async def _run(self, turn: Turn, owner: str) -> AsyncIterator[ReplyEvent]:
         inbound = turn.inbound
         progress = _Progress()
         try:
@@ -282,6 +326,7 @@ class Engine:
                 owner=self.owner,
                 lease_until=time.time() + self._options.local_lease,
             )
+            waited = time.monotonic()
             if accepted is None:
                 return
             if isinstance(accepted, Refused):
@@ -291,9 +336,13 @@ class Engine:
             heartbeat = asyncio.create_task(self._renew_local_leases())
             try:
                 turn = await self._own_turn(accepted)
+                platform = inbound.key.platform
+                self._recorder.queue_wait(platform=platform, seconds=time.monotonic() - waited)
+                ids = TurnIds(platform, turn.conversation_id, turn.id, self._recorder)
                 try:
-                    async for event in self.run(turn, self.owner):
-                        yield event
+                    with working_on(ids):
+                        async for event in self.run(turn, self.owner):
+                            yield event
                 except asyncio.CancelledError:
                     # The caller stopped it (Ctrl-C in the terminal): end it as stopped, so
                     # the conversation's next message does not wait for its lease.
@@ -388,9 +437,22 @@ class Engine:
         # Messages merged into this turn (queued while the one before ran) come first.
         user_messages: list[NewMessage] = []
         input_flags: list[FlagRecord] = []
-        for part in (*turn.merged, turn):
-            text = part.inbound.text
-            if self._moderation is not None:
+        parts = (*turn.merged, turn)
+        read = [ReadAttachments() for _ in parts]
+        if any(part.inbound.attachments for part in parts):
+            read = await self._read_attachments(parts)
+        notes = [note for r in read for note in r.notes]
+        usable = (
+            p.inbound.text.strip() or r.texts or r.images for p, r in zip(parts, read, strict=True)
+        )
+        if notes and not any(usable):
+            # Nothing the model could use (a photo for a model without vision, a file too
+            # large): say why, and store nothing.
+            yield await end(Refused(text=" ".join(notes), reason="attachments"))
+            return
+        for part, attachments in zip(parts, read, strict=True):
+            text = "\n\n".join(t for t in (part.inbound.text, *attachments.texts) if t.strip())
+            if self._moderation is not None and text:
                 try:
                     verdict = await self._moderation.check(text, direction=Direction.INPUT)
                 except ModerationUnavailable as exc:
@@ -417,6 +479,7 @@ class Engine:
                     token_count=0,
                     author_id=part.inbound.user_id,
                     author_name=part.inbound.user_name,
+                    attachments=attachments.kept,
                 )
             )
 
@@ -424,7 +487,8 @@ class Engine:
             # The conversation's persona picks the model, and so the tokenizer: counted once,
             # in the transaction that stores the message.
             counter = counter_for_model(self._model_for(state))
-            return message_tokens(counter, message.content, message.author_name)
+            images = sum(kept.tokens for kept in message.attachments if kept.data is not None)
+            return message_tokens(counter, message.content, message.author_name) + images
 
         *merged, message = user_messages
         state, _ = await self._store.begin_turn(
@@ -475,7 +539,7 @@ class Engine:
         prompt_limit, system_tokens = fixed_costs(exact=window.exact)
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": system},
-            *to_openai_messages(window),
+            *to_openai_messages(window, await self._images(window, model)),
         ]
         speakers = {self._options.bot_name, inbound.user_name}
         speakers.update(m.author_name for m in window.messages if m.author_name)
@@ -491,8 +555,12 @@ class Engine:
         produced = progress.produced  # tool calls, their results, then the reply
         usages = progress.usages
         prompt_tokens = system_tokens + window.tokens
-        shown = ""  # what the user has seen (or, when buffering, would have), across steps
+        # What the user has seen (or, when buffering, would have), across steps: first what
+        # could not be used of their attachments.
+        shown = "\n".join(f"_{note}_" for note in notes)
         buffered = self._moderation is not None and self._buffers(persona, state)
+        if shown and not buffered:
+            yield Delta(shown)
         steps = self._options.tool_steps
         for step in range(steps + 1):
             offered = schemas if step < steps else []
@@ -509,7 +577,8 @@ class Engine:
             calls = _ToolCalls()
             reported: UsageChunk | None = None
             try:
-                async for chunk in without_speaker(self._model.stream(request), speakers):
+                stream = first_chunk_timed(self._model.stream(request), self._recorder, model)
+                async for chunk in without_speaker(stream, speakers):
                     if isinstance(chunk, TextChunk):
                         piece = chunk.text
                         if not text_parts and shown:
@@ -617,6 +686,37 @@ class Engine:
         final = Final(text=shown, usage=total_usage(usages))
         yield await end(final, messages=produced, usage=records, flags=output_flags)
 
+    async def _read_attachments(self, parts: Sequence[Turn]) -> list[ReadAttachments]:
+        """Each part's attachments downloaded and read; images only for a model that sees."""
+        if self._attachments is None:
+            unread = ReadAttachments(notes=[wording.ATTACHMENTS_OFF])
+            return [unread if part.inbound.attachments else ReadAttachments() for part in parts]
+        key = parts[-1].inbound.key
+        # The conversation's persona picks the model: one more read, for attachments only.
+        model = self._model_for(await self._store.conversation(key=key))
+        vision = sees_images(model, self._options.vision)
+        fetch = self._fetchers.get(key.platform)
+        return [
+            await self._attachments.read(part.inbound.attachments, fetch, vision=vision)
+            for part in parts
+        ]
+
+    async def _images(self, window: Window, model: str) -> dict[int, str]:
+        """The window's stored images as data URLs, when the model sees images."""
+        ids = [
+            image["id"]
+            for m in window.messages
+            for image in m.images or ()
+            if not image.get("left_out")  # the window had no room for it
+        ]
+        if not ids or not sees_images(model, self._options.vision):
+            return {}
+        found = await self._store.images(ids=ids)
+        return {
+            image_id: f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+            for image_id, (mime, data) in found.items()
+        }
+
     async def _moderate_output(
         self, inbound: Inbound, produced: list[NewMessage], counter: TokenCounter
     ) -> tuple[list[NewMessage], list[FlagRecord]]:
@@ -656,6 +756,7 @@ class Engine:
         text: str,
         findings: Sequence[Finding] = (),
     ) -> FlagRecord:
+        self._recorder.moderation(direction=direction.value, action=action)
         names = [f"{f.source}/{f.category}" for f in findings]
         return FlagRecord(
             key=inbound.key,
@@ -680,7 +781,14 @@ class Engine:
         return self._options.buffer_output
 
     def _usage_record(self, inbound: Inbound, usage: Usage) -> UsageRecord:
-        return usage_record(inbound, usage, self._prices, self._clock())
+        record = usage_record(inbound, usage, self._prices, self._clock())
+        self._recorder.usage(
+            model=record.model,
+            prompt_tokens=record.prompt_tokens,
+            completion_tokens=record.completion_tokens,
+            cost_usd=record.cost_usd,
+        )
+        return record
 
     def _records(self, inbound: Inbound, usages: Sequence[Usage]) -> list[UsageRecord]:
         return [self._usage_record(inbound, usage) for usage in usages]
@@ -936,13 +1044,32 @@ def usage_record(
     )
 
 
-def to_openai_messages(window: Window) -> list[dict[str, Any]]:
-    """Stored messages as OpenAI chat messages; user messages carry their author's name."""
+def to_openai_messages(
+    window: Window, images: Mapping[int, str] | None = None
+) -> list[dict[str, Any]]:
+    """Stored messages as OpenAI chat messages; user messages carry their author's name.
+
+    A message's images are image parts when `images` has them (attachment id -> URL), and a
+    placeholder naming them when not (a model without vision, an image since deleted).
+    """
     result: list[dict[str, Any]] = []
     for message in window.messages:
-        content = message.content
+        text = message.content
         if message.role == "user" and message.author_name:
-            content = f"{message.author_name}: {content}"
+            text = f"{message.author_name}: {text}"
+        urls = []
+        for image in message.images or ():
+            url = (images or {}).get(image["id"])
+            if url is None:
+                text += f"\n[image: {image['name']}]"
+            else:
+                urls.append(url)
+        content: str | list[dict[str, Any]] = text
+        if urls:
+            content = [
+                {"type": "text", "text": text},
+                *({"type": "image_url", "image_url": {"url": url}} for url in urls),
+            ]
         entry: dict[str, Any] = {"role": message.role, "content": content}
         if message.tool_calls:
             entry["tool_calls"] = message.tool_calls

@@ -22,10 +22,15 @@ from typing import Any, Protocol
 
 from core.conversation import Engine
 from core.events import Accepted, Inbound, Refused, ReplyEvent, shown_text
+from core.observe import NO_RECORDER, Recorder, TurnIds, working_on
 from core.storage.base import Delivery, LeaseLost, SessionStore, Turn, TurnState
 from core.storage.retry import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
+
+# A turn accepted here and not started within this many seconds is assumed taken by another
+# process (for the pending gauge; the turn itself is safe in the database either way).
+QUEUED_FOR_AT_MOST = 3600.0
 
 
 class DeliveryFailed(Exception):
@@ -95,6 +100,7 @@ class Scheduler:
         grace_seconds: float = 30.0,
         merge_queued: bool = False,
         clock: Callable[[], float] = time.time,
+        recorder: Recorder = NO_RECORDER,
     ) -> None:
         self.owner = f"{uuid.uuid4().hex[:16]}"
         self._engine = engine
@@ -116,6 +122,15 @@ class Scheduler:
         self._done: dict[int, Delivery] = {}  # finished deliveries not stored yet, by turn
         self._last_prune = 0.0
         self._stopping = False
+        self._recorder = recorder
+        # Turns accepted here that have not started, by id: when (monotonic). Their count is
+        # the pending gauge, read only when the metrics are read.
+        self._queued: dict[int, float] = {}
+        recorder.watch_pending(lambda: len(self._queued))
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
 
     def add_outlet(self, platform: str, outlet: Outlet) -> None:
         self._outlets[platform] = outlet
@@ -175,6 +190,8 @@ class Scheduler:
         if isinstance(result, Refused):
             self._put_back(done)  # refused at the door: nothing was written
         if isinstance(result, Turn):
+            if not self._stopping:
+                self._queued[result.id] = time.monotonic()
             if result.state == TurnState.RUNNING:
                 self._start(result)
             elif not self._stopping:
@@ -217,10 +234,21 @@ class Scheduler:
                 turn = None
         except Exception:
             log.exception("the worker of conversation %s failed", conversation)
+            self._recorder.error(kind="worker")
         finally:
             del self._workers[conversation]
 
     async def _process(self, turn: Turn) -> None:
+        platform = turn.inbound.key.platform
+        now = time.monotonic()
+        for part in (*turn.merged, turn):
+            accepted = self._queued.pop(part.id, None)
+            if accepted is not None:  # accepted here (another process's turns: not known)
+                self._recorder.queue_wait(platform=platform, seconds=now - accepted)
+        with working_on(TurnIds(platform, turn.conversation_id, turn.id, self._recorder)):
+            await self._answer(turn)
+
+    async def _answer(self, turn: Turn) -> None:
         outlet = self._outlets.get(turn.inbound.key.platform)
         assert outlet is not None, "claimed a turn of a platform this process does not serve"
 
@@ -250,26 +278,35 @@ class Scheduler:
             await self._engine.after(turn)
         except LeaseLost:
             log.info("turn %s was taken over by another process", turn.id)
+            self._recorder.error(kind="lease_lost")
             self._engine.forget(turn)
         except DatabaseUnavailable as exc:
             # Whatever was not stored is done again once the lease expires.
             log.warning("turn %s stopped: the database is unavailable (%s)", turn.id, exc)
+            self._recorder.error(kind="database_unavailable")
             self._engine.forget(turn)
         finally:
             await view.aclose()
 
     async def _deliver(self, turn: Turn, view: ReplyView, text: str) -> bool:
+        started = time.monotonic()
+        outcome = "delivered"
         try:
             await asyncio.wait_for(view.deliver(text), timeout=self._deadline)
         except DeliveryFailed as exc:
             log.error("turn %s: the platform refused the reply: %s", turn.id, exc)
-            return False
+            outcome = "refused"
         except TimeoutError:
             log.error(
                 "turn %s: the reply could not be delivered within %.0f s", turn.id, self._deadline
             )
-            return False
-        return True
+            outcome = "timeout"
+        self._recorder.delivery(
+            platform=turn.inbound.key.platform,
+            outcome=outcome,
+            seconds=time.monotonic() - started,
+        )
+        return outcome == "delivered"
 
     # --- leases -------------------------------------------------------------------------------
 
@@ -326,6 +363,7 @@ class Scheduler:
                 )
             except Exception as exc:
                 log.warning("renewing leases failed: %s", exc)
+                self._recorder.error(kind="lease_renewal")
 
     async def _poll_loop(self) -> None:
         """Takes over due turns: expired leases (a process died) and turns that waited for
@@ -336,12 +374,27 @@ class Scheduler:
                 if free > 0:
                     for turn in await self._claim(limit=min(free, 32)):
                         log.info("taking over turn %s (%s)", turn.id, turn.state)
+                        # A first claim leases a pending turn; anything else was leased before.
+                        if turn.state != TurnState.RUNNING or turn.attempts > 1:
+                            self._recorder.lease_takeover()
                         self._start(turn)
+                self._forget_queued()
                 await self._flush_done()
                 await self._prune()
             except Exception as exc:
                 log.warning("looking for due turns failed: %s", exc)
+                self._recorder.error(kind="poll")
             await asyncio.sleep(self._poll)
+
+    def _forget_queued(self) -> None:
+        """Drops turns accepted here long ago that never started here: another process's
+        poll took them (it may, once the turn before them ended), so this one never will."""
+        too_old = time.monotonic() - QUEUED_FOR_AT_MOST
+        while self._queued:
+            turn_id, accepted = next(iter(self._queued.items()))
+            if accepted > too_old:
+                return  # accepted in order: the rest are younger
+            del self._queued[turn_id]
 
     async def _prune(self) -> None:
         now = self._clock()
