@@ -118,7 +118,8 @@ class Scheduler:
         self._workers: dict[int, asyncio.Task[None]] = {}  # conversation id -> its worker
         self._handoff: dict[int, Turn] = {}  # a leased turn for a conversation's worker
         self._waiting: set[int] = set()  # conversations with turns accepted here, pending
-        self._tasks: list[asyncio.Task[None]] = []
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
         self._done: dict[int, Delivery] = {}  # finished deliveries not stored yet, by turn
         self._last_prune = 0.0
         self._stopping = False
@@ -136,10 +137,8 @@ class Scheduler:
         self._outlets[platform] = outlet
 
     async def __aenter__(self) -> Scheduler:
-        self._tasks = [
-            asyncio.create_task(self._heartbeat(), name="parley-heartbeat"),
-            asyncio.create_task(self._poll_loop(), name="parley-poll"),
-        ]
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="parley-heartbeat")
+        self._poll_task = asyncio.create_task(self._poll_loop(), name="parley-poll")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -148,10 +147,10 @@ class Scheduler:
     async def stop(self) -> None:
         """Lets running turns finish within the grace period, then hands the rest over."""
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await _cancel(self._poll_task)
+        # The heartbeat keeps the running turns' leases through the grace: were one to expire,
+        # another process would answer the turn again while this one still edits its reply,
+        # and this one's last edit could overwrite the other's complete answer.
         workers = set(self._workers.values())
         if workers:
             _, late = await asyncio.wait(workers, timeout=self._grace)
@@ -160,6 +159,8 @@ class Scheduler:
                 for task in late:
                     task.cancel()
                 await asyncio.gather(*late, return_exceptions=True)
+        await _cancel(self._heartbeat_task)
+        self._poll_task = self._heartbeat_task = None
         try:
             await self._flush_done()
             released = await self._store.release_leases(owner=self.owner)
@@ -404,3 +405,9 @@ class Scheduler:
         pruned = await self._store.prune_turns(finished_before=now - self._keep)
         if pruned:
             log.info("pruned %d finished turns", pruned)
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
