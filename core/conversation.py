@@ -21,6 +21,7 @@ from core.commands import CommandHandler, parse_command
 from core.context import Window, WindowCache, build_window, context_size, counted, shorten
 from core.errors import ModelError
 from core.events import (
+    TURN_ENDS,
     Accepted,
     CommandResult,
     ConversationKey,
@@ -342,13 +343,16 @@ class Engine:
                 try:
                     with working_on(ids):
                         async for event in self.run(turn, self.owner):
+                            if isinstance(event, TURN_ENDS):
+                                # Before it is yielded: a caller may stop reading at the last
+                                # event, and the conversation's next turn waits for this.
+                                await self._delivered(turn)
                             yield event
                 except asyncio.CancelledError:
                     # The caller stopped it (Ctrl-C in the terminal): end it as stopped, so
                     # the conversation's next message does not wait for its lease.
                     await asyncio.shield(self._stopped(turn))
                     raise
-                await self._delivered(turn)
             finally:
                 heartbeat.cancel()
         await self.after(turn)

@@ -153,6 +153,9 @@ ReplyEvent = (
 )
 
 
+TURN_ENDS = (Final, CommandResult, Refused, Retracted, Failed)  # a turn's last event is one
+
+
 def shown_text(event: ReplyEvent) -> str:
     """The Markdown a chat shows in the end for a turn's last event.
 
@@ -161,6 +164,6 @@ def shown_text(event: ReplyEvent) -> str:
     """
     if isinstance(event, Failed) and event.partial:
         return f"{event.partial}\n\n_{event.text}_"
-    if isinstance(event, Final | CommandResult | Refused | Retracted | Failed):
+    if isinstance(event, TURN_ENDS):
         return event.text
     raise ValueError(f"{type(event).__name__} does not end a turn")

@@ -13,7 +13,8 @@ from core.events import ConversationKey, Inbound
 
 class TurnState:
     """Where an accepted message stands. Within a conversation, a turn starts only when every
-    earlier one is at least `REPLIED`, so answers follow the order messages arrived in.
+    earlier one is finished (delivered, or given up on), so answers are written, and shown,
+    in the order messages arrived in, whichever processes answer them.
 
     - PENDING: accepted (claimed and stored), waiting for its turn.
     - RUNNING: being answered under a lease; taken over by anyone once the lease expires.
@@ -28,7 +29,9 @@ class TurnState:
     DELIVERED = "delivered"
     UNDELIVERED = "undelivered"
 
-    UNFINISHED = (PENDING, RUNNING)  # a later turn of the conversation waits for these
+    # A later turn of the conversation waits for these. REPLIED too: another process must not
+    # post the next answer while this one is still being delivered.
+    UNFINISHED = (PENDING, RUNNING, REPLIED)
     LEASED = (RUNNING, REPLIED)
 
 

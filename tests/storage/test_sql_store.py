@@ -203,7 +203,7 @@ async def test_event_ids_are_per_platform(store: SqlStore) -> None:
     assert await store.accept(inbound=inbound("d", KEY, "42"), address={}) is None
 
 
-async def test_the_first_turn_is_leased_at_once_and_later_ones_wait_in_order(
+async def test_the_first_turn_is_leased_at_once_and_later_ones_wait_until_it_is_delivered(
     store: SqlStore,
 ) -> None:
     first = await accept(store, "one")
@@ -227,6 +227,9 @@ async def test_the_first_turn_is_leased_at_once_and_later_ones_wait_in_order(
     assert await claim() == []  # "two" waits for "one" to be answered
     await store.begin_turn(turn=first, owner=OWNER, message=user_message("one"))
     await store.finish_turn(turn=first, owner=OWNER, reply="1")
+    # ... and delivered: "two" is not posted while "one" may still be on its way.
+    assert await claim() == []
+    await store.finish_deliveries(owner=OWNER, done=[Delivery(first.id, delivered=True, at=9.0)])
     [taken] = await store.claim_turns(
         owner="process-2", now=100.0, lease_until=200.0, limit=10, platforms=["slack"]
     )
@@ -387,6 +390,7 @@ async def test_messages_queued_behind_a_turn_are_merged_when_the_channel_says_so
         platforms=["slack"],
         conversation_id=first.conversation_id,
         merge=not merge,  # the channel's choice wins over the default
+        done=[Delivery(first.id, delivered=True, at=1.0)],  # "one" landed
     )
     if not merge:
         assert (taken.id, taken.merged) == (queued[0].id, ())
