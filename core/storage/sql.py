@@ -141,7 +141,7 @@ class SqlStore:
             hot = self._hot
             conversation_id = int(connection.execute(hot.conversation_id, key_values).scalar_one())
             waiting = connection.execute(
-                hot.unfinished_turn, {"conversation_id": conversation_id}
+                hot.unfinished_turn, {"conversation_id": conversation_id, "p_owner": owner}
             ).first()
             leased = owner is not None and waiting is None
             turn_id = connection.execute(

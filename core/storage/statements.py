@@ -58,7 +58,8 @@ NO_LIMIT_ID = 2**62
 @dataclass(frozen=True)
 class HotStatements:
     conversation_id: Insert  # platform, workspace, channel, thread -> the id (row locked)
-    unfinished_turn: Select[Any]  # conversation_id -> a row when a turn there is unfinished
+    # conversation_id, p_owner -> a row when a turn there is unfinished (see build)
+    unfinished_turn: Select[Any]
     insert_turn: Insert  # the turn's columns -> the id, or none for a known event
     set_refusal: Update  # p_turn_id, p_reply
     limit_counts: Select[Any]  # p_platform, p_user_id, minute_ago, midnight
@@ -111,10 +112,16 @@ class HotStatements:
         mine_turn = and_(t.id == bindparam("p_turn_id"), t.lease_owner == bindparam("p_owner"))
         return cls(
             conversation_id=conversation_upsert.returning(c.id),
+            # A reply the accepting process itself is delivering does not hold the next turn
+            # back: that conversation's worker there delivers it before it runs the next.
             unfinished_turn=select(t.id)
             .where(
                 t.conversation_id == bindparam("conversation_id"),
                 t.state.in_(TurnState.UNFINISHED),
+                or_(
+                    t.state != TurnState.REPLIED,
+                    t.lease_owner.is_distinct_from(bindparam("p_owner")),
+                ),
             )
             .limit(1),
             insert_turn=insert_turn,

@@ -248,6 +248,21 @@ async def test_the_first_turn_is_leased_at_once_and_later_ones_wait_until_it_is_
     )
 
 
+async def test_a_reply_being_delivered_holds_back_other_processes_but_not_its_own(
+    store: SqlStore,
+) -> None:
+    mine = replace(KEY, thread="mine")
+    theirs = replace(KEY, thread="theirs")
+    for key in (mine, theirs):
+        first = await accept(store, "one", key)
+        await store.begin_turn(turn=first, owner=OWNER, message=user_message("one"))
+        await store.finish_turn(turn=first, owner=OWNER, reply="1")  # replied, delivering
+    # This process's worker delivers "one" before it runs "two": "two" is leased at once.
+    assert (await accept(store, "two", mine)).state == "running"
+    # Another process's "two" waits, or it could be posted before "one".
+    assert (await accept(store, "two", theirs, owner="process-2")).state == "pending"
+
+
 async def test_an_expired_lease_is_taken_over_and_the_old_owner_can_no_longer_end_it(
     store: SqlStore,
 ) -> None:
