@@ -305,10 +305,6 @@ class ReadAttachments:
     kept: list[Kept] = field(default_factory=list)  # every attachment, for the table
     notes: list[str] = field(default_factory=list)  # for the user: what could not be used
 
-    @property
-    def image_tokens(self) -> int:
-        return sum(image.tokens for image in self.images)
-
 
 class AttachmentReader:
     """Downloads and reads a message's attachments within the configured limits."""
