@@ -84,7 +84,13 @@ async def test_the_final_text_lands_once_the_web_api_recovers(
         # Slack goes bad while the answer streams and stays bad past its end: every edit
         # meets 502s with an HTML page, then a 503 whose "JSON" is not, then a closed port.
         slack.outage(html_error(502, times=4), not_json_error(503), refused(1.5))
-        await slack.outage_over()
+        try:
+            await slack.outage_over()
+        except AssertionError as exc:
+            # Once seen in CI: no edit at all within 30 s. Say where the turn stood.
+            states = await turn_states(bot.database)
+            requests = len(fake_openai.chat_requests)
+            raise AssertionError(f"{exc}; turns {states}; model requests {requests}") from None
         await slack.wait_for(
             lambda: thread_texts(slack, ts) == [answer], what="the answer after the outage"
         )
