@@ -205,7 +205,7 @@ async def test_fifty_webhook_requests_at_once_are_answered_in_their_accepted_ord
 # --- the Bot API failing while the answer is delivered ----------------------------------------
 
 # The outage lasts OUTAGE seconds from the first call it meets (an edit while the answer
-# streams), and the answer finishes streaming about half a second in. StreamingReply retries the
+# streams), and the answer finishes streaming about 1.7 s in. StreamingReply retries the
 # final text after 0.5, 1, 2, 4, 8 s, then every 15 s (rendering.py FIRST_BACKOFF, doubling
 # up to MAX_BACKOFF): a 3.5-second outage makes the final text fail three or four times with
 # growing pauses before it lands. A 30-second outage would take the same path through the
@@ -229,7 +229,9 @@ async def test_the_final_text_lands_in_one_message_once_the_bot_api_is_back(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="adapters.rendering")
-    fake_openai.reply(ANSWER, chunk_delay=0.03)  # 21 chunks: about 0.6 s of streaming
+    # 21 chunks, about 1.7 s: well past the half second the first call is held, so the first
+    # words go up before the answer is complete (at 0.6 s the margin was a tenth of a second).
+    fake_openai.reply(ANSWER, chunk_delay=0.08)
     async with running(telegram_settings(telegram, fake_openai, database_url, **fast())) as bot:
         telegram.push(private_message("tell me"))
         await telegram.wait_for(lambda: len(telegram.messages_in(ALICE)) == 1, what="first words")
