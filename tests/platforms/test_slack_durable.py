@@ -285,12 +285,22 @@ class TcpProxy:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._server is None or not self._server.is_serving():
+            writer.transport.abort()  # accepted from the backlog after the cut
+            return
+        # Known to `cut` from the start: a connection accepted just before a cut, still
+        # connecting upstream when it came, must not outlive it.
+        self._writers.add(writer)
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
         except OSError:
+            self._writers.discard(writer)
             writer.transport.abort()
             return
-        self._writers |= {writer, upstream_writer}
+        if writer not in self._writers:  # cut meanwhile
+            upstream_writer.transport.abort()
+            return
+        self._writers.add(upstream_writer)
         pumps = [
             asyncio.create_task(_pump(reader, upstream_writer)),
             asyncio.create_task(_pump(upstream_reader, writer)),
