@@ -8,12 +8,15 @@ process keeps alive, so no database connection is held while the model streams, 
 process takes over a turn whose lease expired (its process died): a turn that had not ended
 is run again, a reply already stored is delivered again, editing the messages it had posted.
 That a reply landed is stored with the process's next transaction (an accept, a claim, or the
-poll's, within a second), not one of its own: a crash in between costs one repeated edit.
+poll's, within a second), not one of its own: a crash in between costs one repeated edit. When
+another process has a turn of the same conversation waiting, it is stored at once and that
+process woken (PostgreSQL's LISTEN/NOTIFY, "signals between processes" below).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -31,6 +34,14 @@ log = logging.getLogger(__name__)
 # A turn accepted here and not started within this many seconds is assumed taken by another
 # process (for the pending gauge; the turn itself is safe in the database either way).
 QUEUED_FOR_AT_MOST = 3600.0
+# Signals (see `Scheduler._heard`): WAIT + a conversation id, from a process whose accepted
+# turn waits behind another process's turn of that conversation; DUE, from a process that
+# recorded such a delivery or released leases: look for due turns now.
+WAIT = "wait:"
+DUE = "due"
+# A WAIT this soon after a delivery here may be about it (its record rides on this process's
+# next transaction, up to a poll interval later): record it now and say DUE.
+RECENTLY = 10.0
 
 
 class DeliveryFailed(Exception):
@@ -118,6 +129,13 @@ class Scheduler:
         self._workers: dict[int, asyncio.Task[None]] = {}  # conversation id -> its worker
         self._handoff: dict[int, Turn] = {}  # a leased turn for a conversation's worker
         self._waiting: set[int] = set()  # conversations with turns accepted here, pending
+        # Across processes (signals, see `_heard`): conversations whose next turn another
+        # process holds, and when this one last delivered a turn of each conversation.
+        self._wanted: set[int] = set()
+        self._delivered_at: dict[int, float] = {}
+        self._wake = asyncio.Event()  # the poll looks at once
+        self._signals: set[asyncio.Task[None]] = set()
+        self._listening = contextlib.AsyncExitStack()
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._done: dict[int, Delivery] = {}  # finished deliveries not stored yet, by turn
@@ -137,6 +155,7 @@ class Scheduler:
         self._outlets[platform] = outlet
 
     async def __aenter__(self) -> Scheduler:
+        await self._listening.enter_async_context(self._store.listen(self._heard))
         self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="parley-heartbeat")
         self._poll_task = asyncio.create_task(self._poll_loop(), name="parley-poll")
         return self
@@ -164,11 +183,14 @@ class Scheduler:
         try:
             await self._flush_done()
             released = await self._store.release_leases(owner=self.owner)
+            if released:
+                log.info("stopping: %d unfinished turns left for another process", released)
+                await self._store.signal(DUE)  # the others take them now, not at their poll
         except Exception as exc:  # the leases then expire on their own
             log.warning("stopping: could not release leases: %s", exc)
-            return
-        if released:
-            log.info("stopping: %d unfinished turns left for another process", released)
+        finally:
+            await asyncio.gather(*self._signals, return_exceptions=True)
+            await self._listening.aclose()
 
     # --- accepting ----------------------------------------------------------------------------
 
@@ -199,7 +221,48 @@ class Scheduler:
                 # An earlier turn of the conversation is unfinished; its worker (here) or
                 # the poll (a turn of another process) takes this one when its time comes.
                 self._waiting.add(result.conversation_id)
+                if result.conversation_id not in self._workers:
+                    self._send(f"{WAIT}{result.conversation_id}")  # whoever holds it: say so
         return result
+
+    # --- signals between processes ------------------------------------------------------------
+    # A turn waiting behind another process's turn would start at this process's next poll
+    # after the other one's next transaction recorded the delivery: up to two poll intervals.
+    # Signals cut that to a few milliseconds: the waiting process says WAIT, the holder records
+    # its delivery as soon as it lands and says DUE, which wakes every poll. Signals are hints
+    # (lost while a listening connection is down; none on SQLite): the poll stays the rule.
+
+    def _heard(self, message: str) -> None:
+        if message.startswith(WAIT):
+            try:
+                conversation = int(message.removeprefix(WAIT))
+            except ValueError:
+                return
+            if conversation in self._workers:
+                self._wanted.add(conversation)  # `_answer` hands over after its delivery
+            delivered = self._delivered_at.get(conversation)
+            if delivered is not None and time.monotonic() - delivered < RECENTLY:
+                self._spawn(self._hand_over())  # delivered already: perhaps not recorded yet
+        else:  # DUE, or "" after the listening connection (re)connected
+            self._wake.set()
+
+    async def _hand_over(self) -> None:
+        await self._flush_done()
+        await self._store.signal(DUE)
+
+    def _send(self, message: str) -> None:
+        self._spawn(self._store.signal(message))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except Exception as exc:  # a hint lost: the poll does the same a little later
+                log.info("signalling other processes failed: %s", exc)
+
+        task = asyncio.create_task(run(), name="parley-signal")
+        self._signals.add(task)
+        task.add_done_callback(self._signals.discard)
 
     # --- running ------------------------------------------------------------------------------
 
@@ -238,6 +301,7 @@ class Scheduler:
             self._recorder.error(kind="worker")
         finally:
             del self._workers[conversation]
+            self._wanted.discard(conversation)
 
     async def _process(self, turn: Turn) -> None:
         platform = turn.inbound.key.platform
@@ -276,6 +340,12 @@ class Scheduler:
                 self._done[turn.id] = done
             else:
                 await self._store.finish_deliveries(owner=self.owner, done=[done])
+            conversation = turn.conversation_id
+            self._delivered_at.pop(conversation, None)
+            self._delivered_at[conversation] = time.monotonic()  # kept in time order
+            if conversation in self._wanted:  # another process waits for this delivery
+                self._wanted.discard(conversation)
+                self._spawn(self._hand_over())
             await self._engine.after(turn)
         except LeaseLost:
             log.info("turn %s was taken over by another process", turn.id)
@@ -385,17 +455,16 @@ class Scheduler:
             except Exception as exc:
                 log.warning("looking for due turns failed: %s", exc)
                 self._recorder.error(kind="poll")
-            await asyncio.sleep(self._poll)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+            self._wake.clear()
 
     def _forget_queued(self) -> None:
         """Drops turns accepted here long ago that never started here: another process's
-        poll took them (it may, once the turn before them ended), so this one never will."""
-        too_old = time.monotonic() - QUEUED_FOR_AT_MOST
-        while self._queued:
-            turn_id, accepted = next(iter(self._queued.items()))
-            if accepted > too_old:
-                return  # accepted in order: the rest are younger
-            del self._queued[turn_id]
+        poll took them (it may, once the turn before them ended), so this one never will.
+        And deliveries too old for a WAIT signal to be about them."""
+        _drop_older(self._queued, time.monotonic() - QUEUED_FOR_AT_MOST)
+        _drop_older(self._delivered_at, time.monotonic() - RECENTLY)
 
     async def _prune(self) -> None:
         now = self._clock()
@@ -405,6 +474,15 @@ class Scheduler:
         pruned = await self._store.prune_turns(finished_before=now - self._keep)
         if pruned:
             log.info("pruned %d finished turns", pruned)
+
+
+def _drop_older(moments: dict[int, float], than: float) -> None:
+    """Drops the entries of a dict kept in time order whose moment is before `than`."""
+    while moments:
+        key, moment = next(iter(moments.items()))
+        if moment >= than:
+            return
+        del moments[key]
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -283,6 +284,17 @@ class SessionStore(Protocol):
 
     async def prune_turns(self, *, finished_before: float) -> int:
         """Delete turns finished before that moment (their event ids with them)."""
+        ...
+
+    def listen(self, heard: Callable[[str], None]) -> AbstractAsyncContextManager[None]:
+        """While inside, `heard(message)` gets every `signal` any process sends (PostgreSQL's
+        LISTEN, reconnected when the connection drops). A hint only, never a guarantee: a
+        signal sent while the connection was down is lost, and on SQLite nothing is heard, so
+        the scheduler's poll stays the rule and signals only make it act sooner."""
+        ...
+
+    async def signal(self, message: str) -> None:
+        """Send `message` to every process listening (NOTIFY; nothing on SQLite)."""
         ...
 
     async def begin_turn(

@@ -17,8 +17,10 @@ backoff for a bounded time (core/storage/retry.py); only then do they reach the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
@@ -35,6 +37,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -74,6 +77,13 @@ from core.storage.tables import usage as usage_rows
 
 T = TypeVar("T")
 Work = Callable[[Connection], T]
+log = logging.getLogger(__name__)
+
+# PostgreSQL's LISTEN/NOTIFY channel for `signal`/`listen`.
+SIGNALS = "parley_turns"
+# A listening connection that has heard nothing for this long is checked with a query: a
+# connection that died without a word (a cut network) raises nothing by itself.
+LISTEN_CHECK_SECONDS = 30.0
 
 
 class SqlStore:
@@ -339,6 +349,45 @@ class SqlStore:
                 for d in sorted(done, key=lambda d: d.turn_id)  # one lock order everywhere
             ],
         )
+
+    @contextlib.asynccontextmanager
+    async def listen(self, heard: Callable[[str], None]) -> AsyncIterator[None]:
+        if not self._postgres:
+            yield
+            return
+        task = asyncio.create_task(self._listen(heard), name="parley-listen")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _listen(self, heard: Callable[[str], None]) -> None:
+        """Listens on one pooled connection; on a new one when it is lost (backoff to 30 s).
+        After each (re)connection `heard("")`: whatever was sent meanwhile is lost, so look."""
+        pause = 1.0
+        while True:
+            try:
+                async with self.engine.connect() as connection:
+                    try:
+                        raw = await connection.get_raw_connection()
+                        await _listen_on(raw.driver_connection, heard)
+                    finally:
+                        await connection.invalidate()  # never back into the pool listening
+                log.info("the connection listening for signals was lost; connecting again")
+                pause = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("listening for other processes' signals: %s; again in %.0f s", exc, pause)
+                pause = min(pause * 2, 30.0)
+            await asyncio.sleep(pause / 2)
+
+    async def signal(self, message: str) -> None:
+        if self._postgres:
+            statement = sql_text("SELECT pg_notify(:channel, :message)")
+            values = {"channel": SIGNALS, "message": message}
+            await self._run(lambda c: c.execute(statement, values))
 
     async def prune_turns(self, *, finished_before: float) -> int:
         statement = delete(turns).where(
@@ -901,6 +950,21 @@ def _usage_values(conversation_id: int, record: UsageRecord) -> dict[str, Any]:
         "estimated": record.estimated,
         "cost_usd": record.cost_usd,
     }
+
+
+async def _listen_on(listener: Any, heard: Callable[[str], None]) -> None:
+    """LISTEN on an asyncpg connection until it is lost; `heard("")` once listening."""
+    lost = asyncio.Event()
+    listener.add_termination_listener(lambda _connection: lost.set())
+    await listener.add_listener(
+        SIGNALS, lambda _connection, _pid, _channel, message: heard(message)
+    )
+    heard("")
+    while not lost.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(lost.wait(), LISTEN_CHECK_SECONDS)
+            return
+        await listener.execute("SELECT 1", timeout=5)
 
 
 def _advisory_id(*parts: str) -> int:
