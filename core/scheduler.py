@@ -220,9 +220,16 @@ class Scheduler:
             elif not self._stopping:
                 # An earlier turn of the conversation is unfinished; its worker (here) or
                 # the poll (a turn of another process) takes this one when its time comes.
-                self._waiting.add(result.conversation_id)
-                if result.conversation_id not in self._workers:
-                    self._send(f"{WAIT}{result.conversation_id}")  # whoever holds it: say so
+                conversation = result.conversation_id
+                self._waiting.add(conversation)
+                if conversation not in self._workers:
+                    # No worker here: the earlier turn is another process's, or was this
+                    # one's and its worker ended while this message was being stored (its
+                    # last claim could not see it yet). A worker's claim, which carries the
+                    # finished deliveries, takes it in the second case; in the first it
+                    # finds nothing and the other process is told.
+                    self._run_worker(conversation, None)
+                    self._send(f"{WAIT}{conversation}")
         return result
 
     # --- signals between processes ------------------------------------------------------------
@@ -271,6 +278,9 @@ class Scheduler:
         if conversation in self._workers:
             self._handoff[conversation] = turn
             return
+        self._run_worker(conversation, turn)
+
+    def _run_worker(self, conversation: int, turn: Turn | None) -> None:
         self._workers[conversation] = asyncio.create_task(
             self._worker(conversation, turn), name=f"parley-conversation-{conversation}"
         )

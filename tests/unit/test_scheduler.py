@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from bots.bootstrap import Runtime
-from core.events import ReplyEvent
+from core.events import Inbound, ReplyEvent
 from core.scheduler import PostedCallback, ReplyView, Scheduler
 from core.storage.base import Turn
 from tests.conftest import EngineFactory
@@ -63,6 +63,40 @@ async def test_a_delivery_that_cannot_be_repeated_is_stored_at_once_others_ride_
             await scheduler.accept(inbound("two"), {})
             # The accept's transaction stored the first delivery (if it was still to store).
             assert (await turn_states(runtime.store.engine))[0] == "delivered"  # type: ignore[attr-defined]
+            assert await asyncio.wait_for(delivered.get(), 10) == "second"
+
+
+async def test_a_message_stored_as_its_conversations_worker_ends_is_still_answered_at_once(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race: the second message is stored while the first turn runs (so it must wait),
+    but the worker finishes the first turn and ends before `accept` returns to the
+    scheduler. Polls are an hour apart: the scheduler itself must start the second turn."""
+    fake_openai.reply("first", delay=0.3)
+    fake_openai.reply("second")
+    delivered: asyncio.Queue[str] = asyncio.Queue()
+    returned = asyncio.Event()
+    async with engine_factory() as runtime:
+        store_it = runtime.engine.accept
+
+        async def accept(inbound: Inbound, *args: Any, **kwargs: Any) -> Any:
+            result = await store_it(inbound, *args, **kwargs)
+            if inbound.text == "two":
+                await returned.wait()  # stored and committed; the scheduler hears it later
+            return result
+
+        monkeypatch.setattr(runtime.engine, "accept", accept)
+        scheduler = Scheduler(engine=runtime.engine, store=runtime.store, poll_seconds=3600)
+        scheduler.add_outlet("test", lambda turn, posted: RecordingView(True, delivered))
+        async with scheduler:
+            await scheduler.accept(inbound("one"), {})
+            await fake_openai.received(1)
+            second = asyncio.create_task(scheduler.accept(inbound("two"), {}))
+            assert await asyncio.wait_for(delivered.get(), 10) == "first"
+            await states_become(runtime.store.engine, ["replied", "pending"])  # type: ignore[attr-defined]
+            await asyncio.sleep(0.2)  # the first turn's worker has nothing more: it ends
+            returned.set()
+            assert (await second).state == "pending"  # type: ignore[union-attr]
             assert await asyncio.wait_for(delivered.get(), 10) == "second"
 
 
