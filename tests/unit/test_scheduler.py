@@ -139,6 +139,13 @@ async def next_delivery(delivered: asyncio.Queue[str]) -> str:
     return await asyncio.wait_for(delivered.get(), 15)
 
 
+THE_FIRST_EXCHANGE_THEN_TWO = [
+    ("user", "alice: one"),
+    ("assistant", "first"),
+    ("user", "alice: two"),
+]
+
+
 def said_in_the_last_request(fake_openai: FakeOpenAI) -> list[tuple[str, str]]:
     return [(m["role"], m["content"]) for m in fake_openai.chat_requests[-1]["messages"][1:]]
 
@@ -156,11 +163,7 @@ async def test_a_message_another_process_accepted_starts_when_the_earlier_answer
         assert (await b.scheduler.accept(inbound("two"), {})).state == "pending"  # type: ignore[union-attr]
         assert await next_delivery(delivered) == "a: first"
         assert await next_delivery(delivered) in ("a: second", "b: second")  # either may take it
-    assert said_in_the_last_request(fake_openai) == [
-        ("user", "alice: one"),
-        ("assistant", "first"),
-        ("user", "alice: two"),
-    ]
+    assert said_in_the_last_request(fake_openai) == THE_FIRST_EXCHANGE_THEN_TWO
 
 
 @pytest.mark.postgres
@@ -177,11 +180,7 @@ async def test_also_when_the_earlier_answer_landed_but_is_not_recorded_yet(
         assert await turn_states(a.store.engine) == ["replied"]  # type: ignore[attr-defined]
         assert (await b.scheduler.accept(inbound("two"), {})).state == "pending"  # type: ignore[union-attr]
         assert await next_delivery(delivered) in ("a: second", "b: second")
-    assert said_in_the_last_request(fake_openai) == [
-        ("user", "alice: one"),
-        ("assistant", "first"),
-        ("user", "alice: two"),
-    ]
+    assert said_in_the_last_request(fake_openai) == THE_FIRST_EXCHANGE_THEN_TWO
 
 
 @pytest.mark.postgres
