@@ -155,6 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="list images and files without their data",
     )
 
+    forget = command(
+        "forget",
+        "delete what Parley keeps about a user (as /forget does, for someone who cannot ask)",
+        "Reads: DATABASE_URL. Deletes what `parley export` lists: conversations where only they\n"
+        "wrote, in shared ones their messages and the replies to them (and summaries built on\n"
+        "them), their images and files, turns, usage and moderation flags. Without --yes it\n"
+        "only says what it would delete. User ids are per platform.\n\n"
+        "examples:\n  parley forget --user U024BE7LH --platform slack\n"
+        "  parley forget --user U024BE7LH --platform slack --yes",
+    )
+    forget.add_argument("--user", required=True, metavar="ID", help="their id on the platform")
+    forget.add_argument(
+        "--platform", required=True, help="slack, discord, telegram, api, console, ..."
+    )
+    forget.add_argument("--yes", action="store_true", help="delete (default: only tell)")
+
     db = command(
         "db",
         "manage the database schema",
@@ -193,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_kb(settings, arguments))
         if arguments.command == "export":
             return _export(settings, arguments)
+        if arguments.command == "forget":
+            return asyncio.run(_forget(settings, arguments))
         return asyncio.run(_db(settings, arguments.db_command, getattr(arguments, "revision", "")))
     except ConfigError as exc:
         print(f"parley: {redact.redact(str(exc))}", file=sys.stderr)
@@ -373,6 +391,36 @@ async def _exported(settings: Settings, arguments: argparse.Namespace) -> dict[s
         )
     finally:
         await store.close()
+
+
+async def _forget(settings: Settings, arguments: argparse.Namespace) -> int:
+    from bots.bootstrap import open_store
+    from core.storage.privacy import Privacy
+
+    who = f"{arguments.user} on {arguments.platform}"
+    store = await open_store(settings)
+    try:
+        privacy = Privacy(store)
+        if not arguments.yes:
+            data = await privacy.export(
+                user_id=arguments.user, platform=arguments.platform, attachment_data=False
+            )
+            found = sum(len(c["messages"]) for c in data["conversations"])
+            print(
+                f"{found} messages in {len(data['conversations'])} conversations of {who} "
+                "would be deleted, with their images and files, turns, usage and flags. "
+                "Nothing was deleted: add --yes to delete."
+            )
+            return 0
+        gone = await privacy.forget(platform=arguments.platform, user_id=arguments.user)
+    finally:
+        await store.close()
+    print(
+        f"Deleted for {who}: {gone.messages} messages, {gone.attachments} images and files, "
+        f"{gone.conversations} whole conversations, {gone.turns} turns, {gone.usage} usage "
+        f"rows, {gone.flags} flags; {gone.summaries_cleared} shared summaries cleared."
+    )
+    return 0
 
 
 def _source(text: str) -> str:

@@ -151,3 +151,42 @@ async def test_export_to_stdout_without_image_data_and_across_platforms(
 
     code, out, _ = await export(database_url, tmp_path, "--user", "U-nobody")
     assert code == 0 and json.loads(out)["conversations"] == []
+
+
+async def test_parley_forget_says_what_it_would_delete_then_deletes_it(
+    engine_factory: EngineFactory, fake_openai: FakeOpenAI, database_url: str, tmp_path: Path
+) -> None:
+    async with engine_factory(DATABASE_URL=database_url) as runtime:
+        await seed(runtime, fake_openai, database_url)
+    arguments = ("forget", "--user", "U-ada", "--platform", "test")
+    engine = create_async_engine(database_url)
+    try:
+        before = await rows_of(engine)
+        asked = await parley(*arguments, stdin="", env=environment(database_url), cwd=tmp_path)
+        assert await rows_of(engine) == before
+        done = await parley(
+            *arguments, "--yes", stdin="", env=environment(database_url), cwd=tmp_path
+        )
+        after = await rows_of(engine)
+    finally:
+        await engine.dispose()
+    assert asked == (
+        0,
+        "8 messages in 2 conversations of U-ada on test would be deleted, with their images"
+        " and files, turns, usage and flags. Nothing was deleted: add --yes to delete.\n",
+        "",
+    )
+    assert done == (
+        0,
+        "Deleted for U-ada on test: 8 messages, 2 images and files, 1 whole conversations,"
+        " 4 turns, 4 usage rows, 0 flags; 1 shared summaries cleared.\n",
+        "",
+    )
+
+    # Ada's words (zebracorn) are gone; Bob's messages (quokka) all stay. (The shared
+    # thread's summary, built from both, was cleared.)
+    def bobs(rows: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        return [row for table, row in mentioning(rows, "quokka") if table == "messages"]
+
+    assert mentioning(before, "zebracorn") and mentioning(after, "zebracorn") == []
+    assert bobs(before) and bobs(after) == bobs(before)
