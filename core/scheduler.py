@@ -185,7 +185,7 @@ class Scheduler:
             released = await self._store.release_leases(owner=self.owner)
             if released:
                 log.info("stopping: %d unfinished turns left for another process", released)
-                await self._store.signal(DUE)  # the others take them now, not at their poll
+                self._send(DUE)  # the others take them now, not at their poll
         except Exception as exc:  # the leases then expire on their own
             log.warning("stopping: could not release leases: %s", exc)
         finally:

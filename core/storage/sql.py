@@ -384,10 +384,13 @@ class SqlStore:
             await asyncio.sleep(pause / 2)
 
     async def signal(self, message: str) -> None:
-        if self._postgres:
-            statement = sql_text("SELECT pg_notify(:channel, :message)")
-            values = {"channel": SIGNALS, "message": message}
-            await self._run(lambda c: c.execute(statement, values))
+        if not self._postgres:
+            return
+        # Tried once, not retried like the store's transactions: a hint that comes late helps
+        # nobody, and a process stopping must not wait out a database outage for it.
+        statement = sql_text("SELECT pg_notify(:channel, :message)")
+        async with self.engine.begin() as connection:
+            await connection.execute(statement, {"channel": SIGNALS, "message": message})
 
     async def prune_turns(self, *, finished_before: float) -> int:
         statement = delete(turns).where(
