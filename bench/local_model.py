@@ -60,7 +60,14 @@ async def main() -> None:
     started = time.perf_counter()
     async with LocalModelServer(served) as server:
         print(f"{served.title}: loaded in {time.perf_counter() - started:.1f} s")
-        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="local", max_retries=0)
+        # As Parley asks it (core/llm.py, keep_alive=False): llama.cpp's server drops a
+        # kept-alive connection after a few requests, racing the next one.
+        client = openai.AsyncOpenAI(
+            base_url=server.base_url,
+            api_key="local",
+            max_retries=0,
+            default_headers={"Connection": "close"},
+        )
         correct, first_tokens, rates = 0, [], []
         for question, answers in QUESTIONS:
             sent = time.perf_counter()
@@ -88,7 +95,8 @@ async def main() -> None:
                 first_tokens.append(first - sent)
                 if len(pieces) > 1:
                     rates.append((len(pieces) - 1) / (done - first))
-            print(f"{'right' if right else 'WRONG'}  {question}  ->  {text[:100]!r}")
+            waited = f"{first - sent:.2f} s" if first is not None else "no text"
+            print(f"{'right' if right else 'WRONG'}  ({waited})  {question}  ->  {text[:100]!r}")
         assert server.process is not None
         print(
             f"{correct}/10 right; first token median {statistics.median(first_tokens):.2f} s; "

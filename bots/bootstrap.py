@@ -394,6 +394,9 @@ async def build_engine(
                 fallback_model=settings.fallback_model,
                 max_retry_after=settings.model_max_retry_after,
                 reasoning_effort=settings.reasoning_effort,
+                # llama.cpp's server closes a kept-alive connection after a few requests,
+                # racing the next one: each such request cost a retry, or failed without.
+                keep_alive=not settings.uses_embedded_model,
             )
             stack.push_async_callback(client.close)
             model = client

@@ -86,7 +86,11 @@ class OpenAIModelClient:
         fallback_model: str | None = None,
         max_retry_after: float = 20.0,
         reasoning_effort: str = "",
+        keep_alive: bool = True,
     ) -> None:
+        """`keep_alive=False`: a new connection per request, for servers that close a kept-alive
+        connection just as the next request goes out on it (llama.cpp's server, after a few
+        requests: "Server disconnected without sending a response")."""
         self._max_retry_after = max_retry_after
         # How long reasoning models think before answering ("" leaves it to the server): a
         # chat wants an answer in seconds, not the API's default medium effort.
@@ -103,6 +107,7 @@ class OpenAIModelClient:
             http_client=openai.DefaultAsyncHttpxClient(
                 event_hooks={"response": [self._refuse_long_waits]}
             ),
+            default_headers=None if keep_alive else {"Connection": "close"},
         )
         self._fallback_model = fallback_model
         # OpenAI's own API takes max_completion_tokens (max_tokens is refused by its reasoning

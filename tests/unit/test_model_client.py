@@ -3,7 +3,10 @@ streams that stop early, and Retry-Afters too long to wait for."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import json
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -348,3 +351,91 @@ async def test_tool_call_fragments_and_usage_are_read_from_the_raw_chunks(
     assert calls[0].id and calls[0].name == "calculate" and calls[0].index == 0
     assert "".join(c.arguments for c in calls) == '{"expression": "2+2"}'
     assert chunks[-1] == UsageChunk(12, 7, "gpt-4o-mini")
+
+
+# --- servers that drop kept-alive connections ------------------------------------------------
+
+STREAM = (
+    b"".join(
+        b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        for chunk in (
+            {
+                "id": "c1",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "local",
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}],
+            },
+            {
+                "id": "c1",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "local",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            },
+        )
+    )
+    + b"data: [DONE]\n\n"
+)
+
+
+class DropsKeptAliveConnections:
+    """Answers one request per connection and promises to keep it open, then closes it as the
+    next request arrives on it, unanswered: llama.cpp's server past its keep-alive count,
+    every time instead of now and then."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.base_url = ""
+
+    async def __aenter__(self) -> DropsKeptAliveConnections:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            for answered in (False, True):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?im)^content-length: *(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                if answered:
+                    return  # the second request on this connection: no answer
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                    b"Connection: keep-alive\r\nContent-Length: %d\r\n\r\n" % len(STREAM) + STREAM
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed it first (it said "Connection: close")
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+async def test_a_client_without_keep_alive_survives_a_server_that_drops_connections(
+    keep_alive: bool,
+) -> None:
+    async with DropsKeptAliveConnections() as server:
+        client = OpenAIModelClient(
+            api_key="local",
+            base_url=server.base_url,
+            timeout=10.0,
+            max_retries=0,
+            keep_alive=keep_alive,
+        )
+        try:
+            results = [await collect(client) for _ in range(3)]
+        finally:
+            await client.close()
+    if keep_alive:  # the second request went out on the dropped connection
+        assert results[0][1] is None and results[1][1] is not None
+    else:
+        assert [(text_of(chunks), error) for chunks, error in results] == [("Hi", None)] * 3
+        assert server.connections == 3
