@@ -4,6 +4,7 @@ downscaled or transcribed or read, stored, and sent to the scripted model throug
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 from typing import Any
@@ -15,9 +16,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from core.attachments import (
     AUDIO,
+    DOWNLOADS_AT_ONCE,
     FILE,
     IMAGE,
     Attachment,
+    AttachmentReader,
     TooLarge,
     file_text,
     image_tokens,
@@ -293,3 +296,33 @@ async def test_an_older_image_gives_way_to_a_placeholder_when_the_window_is_full
 
 def user_messages(request: dict[str, Any]) -> list[dict[str, Any]]:
     return [m for m in request["messages"] if m["role"] == "user"]
+
+
+async def test_an_albums_photos_are_downloaded_side_by_side_and_kept_in_order() -> None:
+    """Four at a time: the first four downloads are all under way before any of them ends;
+    what they hold comes out in the order the attachments came, whichever ended first."""
+    names = [f"p{i}.png" for i in range(6)]
+    under_way: list[str] = []
+    four_started = asyncio.Event()
+    release = {name: asyncio.Event() for name in names}
+
+    async def fetch(attachment: Attachment, limit: int) -> bytes:
+        under_way.append(attachment.ref)
+        if len(under_way) == DOWNLOADS_AT_ONCE:
+            four_started.set()
+        await release[attachment.ref].wait()
+        return png(40 + names.index(attachment.ref), 30)
+
+    reader = AttachmentReader(transcriber=None, max_download_bytes=10**6, max_file_chars=100)
+    reading = asyncio.create_task(
+        reader.read([photo(name, size=100) for name in names], fetch, vision=True)
+    )
+    await asyncio.wait_for(four_started.wait(), 5)
+    await asyncio.sleep(0.05)
+    assert under_way == names[:4]  # no fifth before one of them ends
+    for name in reversed(names):  # the last ends first
+        release[name].set()
+    read = await asyncio.wait_for(reading, 10)
+    assert under_way == names
+    assert [k.name for k in read.images] == names
+    assert [Image.open(io.BytesIO(k.data)).width for k in read.images] == [40, 41, 42, 43, 44, 45]
