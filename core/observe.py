@@ -16,7 +16,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from core.events import CommandResult, Failed, Final, Refused, ReplyEvent, Retracted
+from core.events import TURN_ENDS, ReplyEvent
 
 MESSAGES_LOGGER = "parley.messages"
 """Message and reply texts are logged here only, at INFO, and only when PARLEY_LOG_MESSAGES
@@ -27,12 +27,9 @@ messages_log.setLevel(logging.CRITICAL + 1)  # silent wherever nobody asked for 
 
 T = TypeVar("T")
 
+# The metric's outcome label of each event that ends a turn: "final", "command", "refused"...
 _OUTCOMES: dict[type[ReplyEvent], str] = {
-    Final: "final",
-    CommandResult: "command",
-    Refused: "refused",
-    Retracted: "retracted",
-    Failed: "failed",
+    end: end.__name__.lower().removesuffix("result") for end in TURN_ENDS
 }
 
 
