@@ -26,22 +26,17 @@ from tests.fakes.discord_server import (
     thread_create,
 )
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.platforms.running import platform_settings
+from tests.platforms.running import Running, platform_settings
 from tests.platforms.running import running as running_platform
 
 QUIET: dict[str, Any] = {"parse": []}
 
 
-@pytest.fixture
-async def discord_fake() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord() as fake:
-        yield fake
-
-
 @asynccontextmanager
-async def running(
+async def started_discord(
     fake: FakeDiscord, fake_openai: FakeOpenAI, database: str, **extra: Any
-) -> AsyncIterator[Any]:
+) -> AsyncIterator[Running]:
+    """`parley run discord` in this process against the fake gateway and API."""
     settings = platform_settings(
         fake_openai,
         database,
@@ -56,7 +51,15 @@ async def running(
     with fake.patch_discord():  # restores discord.py's class attributes afterwards
         async with running_platform(settings, "discord") as started:
             assert isinstance(started.bot, DiscordBot)
-            yield started.runtime
+            yield started
+
+
+@asynccontextmanager
+async def running(
+    fake: FakeDiscord, fake_openai: FakeOpenAI, database: str, **extra: Any
+) -> AsyncIterator[Any]:
+    async with started_discord(fake, fake_openai, database, **extra) as started:
+        yield started.runtime
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -23,7 +22,6 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from adapters.discord.bot import DiscordBot
 from adapters.discord.translate import parse_message
 from core import wording
 from core.attachments import AUDIO, FILE, IMAGE, Attachment, TooLarge, prepare_image
@@ -41,8 +39,8 @@ from tests.fakes.discord_server import (
     next_snowflake,
 )
 from tests.fakes.openai_server import FakeOpenAI
-from tests.platforms.running import Running, platform_settings
-from tests.platforms.running import running as running_platform
+from tests.platforms.running import Running
+from tests.platforms.test_discord import contents, started_discord
 
 MB = 1_000_000
 # The start of an Ogg Opus file, as Discord's clients record voice messages.
@@ -74,41 +72,10 @@ def attachment_of(data: dict[str, Any], kind: str) -> Attachment:
 
 
 @pytest.fixture
-async def discord_fake() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord() as fake:
-        yield fake
-
-
-@asynccontextmanager
-async def running(
-    fake: FakeDiscord, fake_openai: FakeOpenAI, database: str, **extra: Any
-) -> AsyncIterator[Running]:
-    settings = platform_settings(
-        fake_openai,
-        database,
-        **{
-            "DISCORD_BOT_TOKEN": "discord-token",
-            "DISCORD_API_URL": fake.api_url,
-            "DISCORD_GATEWAY_URL": fake.gateway_url,
-            "PARLEY_DISCORD_UPDATE_INTERVAL": 0.05,
-            **extra,
-        },
-    )
-    with fake.patch_discord():
-        async with running_platform(settings, "discord") as started:
-            assert isinstance(started.bot, DiscordBot)
-            yield started
-
-
-@pytest.fixture
 def bot_factory(
     discord_fake: FakeDiscord, fake_openai: FakeOpenAI, sqlite_url: str
 ) -> Callable[..., Any]:
-    return lambda **extra: running(discord_fake, fake_openai, sqlite_url, **extra)
-
-
-def contents(fake: FakeDiscord, channel: str) -> list[str]:
-    return [m["content"] for m in fake.messages_in(channel)]
+    return lambda **extra: started_discord(discord_fake, fake_openai, sqlite_url, **extra)
 
 
 async def answered(started: Running, count: int = 1) -> None:

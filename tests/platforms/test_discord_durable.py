@@ -48,12 +48,6 @@ ANSWERING: dict[str, Any] = {"parse": [], "replied_user": True}
 HTML_503 = "<html><body><h1>503 Service Unavailable</h1></body></html>"
 
 
-@pytest.fixture
-async def discord_fake() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord() as fake:
-        yield fake
-
-
 def discord_settings(
     fake: FakeDiscord, fake_openai: FakeOpenAI, database: str, **extra: Any
 ) -> Any:

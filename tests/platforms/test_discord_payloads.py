@@ -330,12 +330,6 @@ CASES = [
 ]
 
 
-@pytest.fixture
-async def discord_fake() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord() as fake:
-        yield fake
-
-
 @asynccontextmanager
 async def running(
     fake: FakeDiscord, fake_openai: FakeOpenAI, database: str
