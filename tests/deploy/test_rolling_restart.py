@@ -40,13 +40,14 @@ from tests.durability.processes import (
     ParleyProcess,
     Processes,
     answer_to,
+    end_stream,
     environment,
     eventually,
     model_settings,
     slack_settings,
     turn_states,
 )
-from tests.fakes.openai_server import _chunk, _send, _usage
+from tests.fakes.openai_server import _chunk, _send
 from tests.fakes.slack_server import (
     FakeSlack,
     app_mention,
@@ -84,14 +85,7 @@ class PacedModel(EchoModel):
             for piece in pieces:
                 await _send(response, _chunk(body["model"], {"content": piece}))
                 await asyncio.sleep(SLOW_CHARACTER if slow else 0.02)
-            await _send(response, _chunk(body["model"], {}, finish_reason="stop"))
-            if (body.get("stream_options") or {}).get("include_usage"):
-                usage = _chunk(body["model"], None)
-                usage["choices"] = []
-                usage["usage"] = _usage(10, 5)
-                await _send(response, usage)
-            await response.write(b"data: [DONE]\n\n")
-            await response.write_eof()
+            await end_stream(response, body)
         return response
 
 

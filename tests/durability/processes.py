@@ -116,15 +116,20 @@ class EchoModel(FakeOpenAI):
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await _send(response, _chunk(body["model"], {"content": text}))
-        await _send(response, _chunk(body["model"], {}, finish_reason="stop"))
-        if (body.get("stream_options") or {}).get("include_usage"):
-            usage = _chunk(body["model"], None)
-            usage["choices"] = []
-            usage["usage"] = _usage(10, 5)
-            await _send(response, usage)
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+        await end_stream(response, body)
         return response
+
+
+async def end_stream(response: web.StreamResponse, body: dict[str, Any]) -> None:
+    """The end of a streamed answer: the finish reason, usage when asked for, [DONE]."""
+    await _send(response, _chunk(body["model"], {}, finish_reason="stop"))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        usage = _chunk(body["model"], None)
+        usage["choices"] = []
+        usage["usage"] = _usage(10, 5)
+        await _send(response, usage)
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
 
 
 def answer_to(content: str) -> str:
