@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 
 from core.config import Settings
 from core.observe import MESSAGES_LOGGER, current_turn
@@ -81,12 +82,15 @@ class JsonLines(logging.Formatter):
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """Every secret setting's value."""
-    return [
+    """Every secret setting's value, and the database password (DATABASE_URL is a plain
+    setting, but a driver's error may quote the URL it was given)."""
+    found = [
         value.get_secret_value()
         for value in (getattr(settings, name) for name in type(settings).model_fields)
         if isinstance(value, SecretStr)
     ]
+    password = make_url(settings.database_url).password
+    return [*found, password] if password else found
 
 
 def configure_logging(settings: Settings) -> RedactSecrets:

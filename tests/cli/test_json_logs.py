@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bots.logs import JsonLines, RedactSecrets
+from bots.logs import JsonLines, RedactSecrets, secrets_of
 from core.observe import TurnIds, working_on
+from tests.conftest import make_settings
 from tests.durability.processes import (
     TELEGRAM_TOKEN,
     ParleyProcess,
@@ -146,3 +147,19 @@ def test_a_record_carries_the_turn_s_ids_and_its_masked_traceback() -> None:
     assert first["exception"].endswith("RuntimeError: refused key [secret]")
     assert OPENAI_KEY not in stream.getvalue()
     assert "turn_id" not in second and second["message"] == "after the turn"
+
+
+def test_the_database_password_is_masked_too() -> None:
+    settings = make_settings(DATABASE_URL="postgresql://parley:db-pass-Zq81x@db.example.com/parley")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactSecrets(secrets_of(settings)))
+    logger = logging.getLogger("test.database.password")
+    logger.addHandler(handler)
+    try:
+        logger.warning("could not connect to %s", settings.database_url)
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue() == (
+        "could not connect to postgresql+asyncpg://parley:[secret]@db.example.com/parley\n"
+    )
